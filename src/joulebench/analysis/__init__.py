@@ -1,0 +1,1 @@
+"""Pure statistics over trial tables: summaries, effects, Pareto fronts."""
