@@ -88,8 +88,19 @@ class Backend(abc.ABC):
     # Parameter names that vary between trials inside one loaded worker.
     runtime_keys: ClassVar[frozenset[str]] = frozenset()
 
-    def __init__(self, params: EngineParams):
+    def __init__(self, params: EngineParams, options: dict[str, Any] | None = None):
         self.params = params
+        # Study-level settings the engine needs: device, trust_remote_code, seed, cache dirs.
+        self.options: dict[str, Any] = dict(options or {})
+        self.tokenizer = None  # a models.tokenizer.TextTokenizer once loaded, where the engine has one
+        # (start_s, end_s) perf_counter bounds of the steady state of the last generate() call, for
+        # served engines; None means the whole pass counts.
+        self.steady_state: tuple[float, float] | None = None
+
+    @classmethod
+    def check_params(cls, params: dict[str, Any]) -> list[str]:
+        """Impossible combinations of this engine's parameters (pure; plan time)."""
+        return []
 
     @abc.abstractmethod
     def load(self, model: "ModelSource") -> LoadInfo:  # noqa: F821

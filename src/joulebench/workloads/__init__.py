@@ -1,0 +1,132 @@
+"""Workloads: where prompts come from and how they are cut to length.
+
+* a ``.jsonl`` file with one ``prompt`` field per line (other fields ignored);
+* ``aienergyscore``: the AI Energy Score text-generation prompt set, from a local file
+  or folder the user points to (``dataset_path`` or ``JOULEBENCH_AIENERGYSCORE``), the
+  joulebench cache, or the Hugging Face hub through ``datasets`` when online;
+* ``synthetic``: prompts of exactly ``input_tokens`` tokens (random token ids, seeded).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+from ..backends.base import Request
+from ..errors import StudyError
+
+AIENERGYSCORE_HUB_ID = "AIEnergyScore/text_generation"
+AIENERGYSCORE_FILE = "aienergyscore_text_generation.jsonl"
+
+
+def _read_jsonl(path: Path, *, limit: int | None, yaml_path: str) -> list[str]:
+    prompts: list[str] = []
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as e:
+        raise StudyError(f"cannot read prompts file '{path}': {e.strerror}", path=yaml_path) from None
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise StudyError(f"{path}:{lineno}: not valid JSON ({e.msg})", path=yaml_path) from None
+            text = obj.get("prompt") if isinstance(obj, dict) else None
+            if text is None and isinstance(obj, dict) and obj and all(str(k).startswith("_") for k in obj):
+                continue  # a metadata line (provenance, licence)
+            if text is None and isinstance(obj, dict):
+                text = obj.get("text")
+            if not isinstance(text, str):
+                raise StudyError(f"{path}:{lineno}: no 'prompt' string field", path=yaml_path,
+                                 hint="each line must be a JSON object with a \"prompt\" field")
+            prompts.append(text)
+            if limit is not None and len(prompts) >= limit:
+                break
+    if not prompts:
+        raise StudyError(f"prompts file '{path}' holds no prompts", path=yaml_path)
+    return prompts
+
+
+def _aienergyscore_candidates(dataset_path: str | None) -> list[Path]:
+    cands = []
+    for p in (dataset_path, os.environ.get("JOULEBENCH_AIENERGYSCORE")):
+        if p:
+            p = Path(p).expanduser()
+            cands.append(p / AIENERGYSCORE_FILE if p.is_dir() else p)
+    from ..models.synthetic import cache_root
+
+    cands.append(cache_root() / "datasets" / AIENERGYSCORE_FILE)
+    return cands
+
+
+def load_aienergyscore(dataset_path: str | None, *, limit: int | None) -> list[str]:
+    for cand in _aienergyscore_candidates(dataset_path):
+        if cand.is_file():
+            return _read_jsonl(cand, limit=limit, yaml_path="workload.dataset_path")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise StudyError("the AI Energy Score prompt set is not available offline", path="workload.dataset",
+                         hint="set workload.dataset_path (or JOULEBENCH_AIENERGYSCORE) to a local copy of "
+                              f"{AIENERGYSCORE_FILE}")
+    try:
+        import datasets  # type: ignore
+    except ImportError:
+        raise StudyError("the AI Energy Score prompt set was not found locally and `datasets` is not installed",
+                         path="workload.dataset",
+                         hint="pip install datasets, or point workload.dataset_path to a local jsonl copy") from None
+    ds = datasets.load_dataset(AIENERGYSCORE_HUB_ID, split="train")
+    col = "text" if "text" in ds.column_names else ds.column_names[0]
+    prompts = [str(x) for x in ds[col]]
+    dest = _aienergyscore_candidates(None)[-1]
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    from ..results.store import atomic_write_bytes
+
+    atomic_write_bytes(dest, "".join(json.dumps({"prompt": p}) + "\n" for p in prompts).encode())
+    return prompts[:limit] if limit else prompts
+
+
+def build_requests(workload: dict[str, Any], tokenizer, *, base_dir: Path | None = None) -> list[Request]:
+    """The workload's requests for one trial (deterministic for a given workload and seed).
+
+    ``tokenizer`` is a :class:`joulebench.models.tokenizer.TextTokenizer` (or None for engines that
+    tokenise themselves; then synthetic prompts are not available and truncation is by the engine).
+    """
+    dataset = workload.get("dataset", "synthetic")
+    n = int(workload.get("prompts", 8))
+    seed = int(workload.get("seed", 0))
+    max_in = workload.get("max_input_tokens")
+    if dataset == "synthetic":
+        length = int(workload.get("input_tokens", 32))
+        if tokenizer is None:
+            raise StudyError("synthetic prompts need a tokenizer", path="workload.dataset")
+        rng = random.Random(seed)
+        lo = 3 if tokenizer.vocab_size > 300 else 0
+        hi = min(tokenizer.vocab_size, 259) - 1
+        reqs = []
+        for i in range(n):
+            ids = tuple(rng.randint(lo, hi) for _ in range(length))
+            reqs.append(Request(index=i, prompt=tokenizer.decode(ids), prompt_token_ids=ids))
+        return reqs
+    if dataset == "aienergyscore":
+        prompts = load_aienergyscore(workload.get("dataset_path"), limit=n)
+    else:
+        path = Path(dataset).expanduser()
+        if not path.is_absolute() and base_dir is not None and not path.exists():
+            path = base_dir / path
+        prompts = _read_jsonl(path, limit=n, yaml_path="workload.dataset")
+    if len(prompts) < n:  # cycle so `prompts: N` always means N requests
+        prompts = [prompts[i % len(prompts)] for i in range(n)]
+    reqs = []
+    for i, text in enumerate(prompts[:n]):
+        ids = None
+        if tokenizer is not None:
+            ids = tokenizer.encode(text)
+            if max_in is not None and len(ids) > int(max_in):
+                ids = ids[: int(max_in)]
+            ids = tuple(ids)
+        reqs.append(Request(index=i, prompt=text, prompt_token_ids=ids))
+    return reqs

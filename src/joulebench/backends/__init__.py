@@ -1,0 +1,44 @@
+"""Lazy registry of engines: a backend module is imported only when a study names it.
+
+Each entry is ``"module:Class"``. Engine packages (torch, vllm, llama_cpp) are imported
+inside the backend's methods, never at module import, so reading a backend's
+``Params`` model to validate a study is cheap.
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..errors import StudyError, did_you_mean
+
+_REGISTRY: dict[str, str] = {
+    "transformers": "joulebench.backends.transformers:TransformersBackend",
+    "vllm": "joulebench.backends.vllm:VLLMBackend",
+    "llamacpp": "joulebench.backends.llamacpp:LlamaCppBackend",
+}
+
+# Engine packages each backend needs at run time (for `joulebench env`).
+ENGINE_PACKAGES: dict[str, tuple[str, ...]] = {
+    "transformers": ("torch", "transformers"),
+    "vllm": ("vllm",),
+    "llamacpp": ("llama_cpp",),
+}
+
+
+def backend_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def register(name: str, target: str) -> None:
+    """Register a third-party backend as ``"package.module:Class"``."""
+    _REGISTRY[name] = target
+
+
+def get_backend_class(name: str):
+    try:
+        target = _REGISTRY[name]
+    except KeyError:
+        raise StudyError(f"unknown backend '{name}'", path="backend",
+                         hint=did_you_mean(name, _REGISTRY) or f"known backends: {', '.join(backend_names())}") from None
+    module_name, _, cls_name = target.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, cls_name)

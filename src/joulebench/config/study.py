@@ -1,0 +1,148 @@
+"""Pydantic models of a study. Pure: no environment access, no network.
+
+A study fixes a model, a backend and a workload, and sweeps *parameters*. Every
+parameter lives in one flat namespace, so the same name works as a fixed value
+(under ``engine:`` or ``workload:``) and as a sweep axis:
+
+* common:   ``model``, ``backend``, ``device``
+* workload: ``dataset``, ``dataset_path``, ``prompts``, ``input_tokens``,
+            ``max_input_tokens``, ``max_output_tokens``, ``force_output_tokens``
+* engine:   whatever the backend's ``Params`` model defines (``dtype``, ``batch_size``, ...)
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+COMMON_KEYS = ("model", "backend", "device")
+WORKLOAD_KEYS = ("dataset", "dataset_path", "prompts", "input_tokens", "max_input_tokens",
+                 "max_output_tokens", "force_output_tokens")
+
+
+class WorkloadConfig(Strict):
+    dataset: str = Field("synthetic", description="synthetic | aienergyscore | path to a .jsonl file")
+    dataset_path: str | None = Field(None, description="local copy of a named dataset")
+    prompts: int = Field(8, ge=1, description="number of requests in one pass")
+    input_tokens: int = Field(32, ge=1, description="prompt length of synthetic prompts")
+    max_input_tokens: int | None = Field(None, ge=1, description="truncate longer prompts")
+    max_output_tokens: int = Field(32, ge=1)
+    force_output_tokens: bool = Field(True, description="every request yields exactly max_output_tokens")
+
+
+class RepeatsConfig(Strict):
+    min: int = Field(3, ge=1)
+    max: int = Field(10, ge=1)
+    ci_target: float | None = Field(0.02, gt=0, lt=1,
+                                    description="stop when the 95 % CI half-width / mean is below this")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) is smaller than min ({self.min})")
+        return self
+
+    @property
+    def adaptive(self) -> bool:
+        return self.ci_target is not None and self.max > self.min
+
+
+class WarmupConfig(Strict):
+    cv_target: float = Field(0.02, gt=0, description="stop when CV of the last k passes' tokens/s is below")
+    k: int = Field(3, ge=2)
+    min_passes: int = Field(2, ge=0)
+    max_passes: int = Field(20, ge=0)
+    max_s: float = Field(300.0, gt=0)
+
+
+class ThermalGateConfig(Strict):
+    band_c: float = Field(3.0, gt=0)
+    timeout_s: float = Field(120.0, ge=0)
+
+
+class MeasurementConfig(Strict):
+    min_window_s: float = Field(10.0, gt=0)
+    warmup: WarmupConfig = WarmupConfig()
+    thermal_gate: ThermalGateConfig | None = None
+    device_idle_s: float = Field(10.0, ge=0, description="device idle reference length (0: skip)")
+    loaded_idle_s: float = Field(5.0, ge=0, description="loaded idle reference length (0: skip)")
+    baseline_max_age_s: float = Field(3600.0, gt=0)
+    baseline_drift_rel: float = Field(0.05, gt=0)
+    sampler_hz: float = Field(10.0, gt=0, le=100)
+    sampler: bool = True
+    allow_foreign_processes: bool = False
+    counter_period_s: float = Field(0.1, gt=0)
+
+
+class RunnerOptions(Strict):
+    one_worker_per_trial: bool = False
+    timeout_s: float = Field(3600.0, gt=0, description="per experiment (one worker)")
+    python: str | None = Field(None, description="interpreter of an engine environment (process runner)")
+    image: str | None = Field(None, description="container image override (docker runner)")
+    address: str | None = Field(None, description="Ray cluster address (ray runner)")
+    gpus: list[int | str] | None = Field(None, description="GPUs this study may use (indices or UUIDs)")
+    on_invalid: Literal["error", "skip"] = "error"
+    environments: dict[str, str] = Field(default_factory=dict, description="backend -> python interpreter")
+    resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per experiment")
+
+
+class StudyConfig(Strict):
+    name: str
+    description: str | None = None
+    model: str
+    backend: str = "transformers"
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:0 | cuda:0,1")
+    engine: dict[str, Any] = Field(default_factory=dict, description="fixed engine parameters")
+    workload: WorkloadConfig = WorkloadConfig()
+    sweep: dict[str, list[Any]] = Field(default_factory=dict)
+    experiments: list[dict[str, Any]] = Field(default_factory=list)
+    repeats: RepeatsConfig = RepeatsConfig()
+    measurement: MeasurementConfig = MeasurementConfig()
+    runner: Literal["auto", "process", "docker", "ray"] = "auto"
+    runner_options: RunnerOptions = RunnerOptions()
+    seed: int = 0
+    trust_remote_code: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _slug(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,80}", v):
+            raise ValueError("use letters, digits, '.', '_' and '-' (it names the results folder)")
+        return v
+
+    @field_validator("repeats", mode="before")
+    @classmethod
+    def _fixed_repeats(cls, v):
+        if isinstance(v, bool):
+            raise ValueError("repeats must be a count or {min, max, ci_target}")
+        if isinstance(v, int):
+            if v < 1:
+                raise ValueError("repeats must be at least 1")
+            return {"min": v, "max": v, "ci_target": None}
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+(,\d+)*)?", v):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or cuda:N,M,...")
+        return v
+
+    @field_validator("sweep")
+    @classmethod
+    def _axes(cls, v: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        for k, vals in v.items():
+            if len(vals) == 0:
+                raise ValueError(f"axis '{k}' has no values")
+            seen = []
+            for x in vals:
+                if x in seen:
+                    raise ValueError(f"axis '{k}' lists {x!r} twice")
+                seen.append(x)
+        return v
