@@ -1,0 +1,260 @@
+"""Engine-agnostic load generator for OpenAI-compatible completion servers.
+
+Two arrival processes, as in vLLM's serving benchmark:
+
+* closed loop, ``concurrency=N``: at most N requests in flight; a new one is sent
+  as soon as one finishes;
+* open loop, ``request_rate=R`` (requests/s): Poisson arrivals (exponential gaps,
+  seeded), optionally capped by ``concurrency``.
+
+Every request is streamed (server-sent events). Each output token gets the
+``time.perf_counter()`` time at which its chunk arrived. Token counts are exact
+when the server reports them: a running ``usage.completion_tokens`` per chunk
+(vLLM, SGLang, TensorRT-LLM with ``continuous_usage_stats``), else per-chunk
+``logprobs.tokens``, else one token per content chunk, reconciled with the final
+``usage`` (then ``token_times_exact`` is False if they disagree).
+
+Definitions (vLLM's): TTFT = submit -> first token; ITL = gaps between
+consecutive tokens; TPOT = (latency - TTFT) / (output tokens - 1).
+
+Steady-state window: from the first completed response (before it, every slot
+is still in its first prefill: ramp-up) to the last submission (after it, the
+number of requests in flight only falls: the tail). See ``steady_state``.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ...errors import BackendError
+from ..base import Request, RequestResult
+
+WindowHook = Callable[[float], None]
+
+
+@dataclass(frozen=True)
+class SteadyState:
+    """The part of one pass where the server ran at its steady load (perf_counter seconds)."""
+
+    start_s: float
+    end_s: float
+    output_tokens: int              # tokens whose timestamps fall inside [start_s, end_s]
+    requests_inside: tuple[int, ...]  # request indices submitted and finished inside the window
+    requests_overlapping: int       # requests with any token inside the window
+    definition: str = "first completed response -> last request submitted"
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+    @property
+    def throughput_tok_s(self) -> float | None:
+        return self.output_tokens / self.duration_s if self.duration_s > 0 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"start_s": self.start_s, "end_s": self.end_s, "duration_s": self.duration_s,
+                "output_tokens": self.output_tokens, "requests_inside": list(self.requests_inside),
+                "requests_overlapping": self.requests_overlapping, "definition": self.definition}
+
+
+def steady_state(results: list[RequestResult]) -> SteadyState | None:
+    """Window from the first finished request to the last submitted one; None when they do not overlap
+    (e.g. all requests sent at once, or fewer requests than the concurrency)."""
+    done = [r for r in results if r.token_times_s]
+    if len(done) < 2:
+        return None
+    start = min(r.token_times_s[-1] for r in done)
+    end = max(r.submit_s for r in results)
+    if end <= start:
+        return None
+    tokens = 0
+    overlapping = 0
+    inside = []
+    for r in done:
+        n = sum(1 for t in r.token_times_s if start <= t <= end) if r.token_times_exact else 0
+        tokens += n
+        overlapping += n > 0
+        if r.submit_s >= start and r.token_times_s[-1] <= end:
+            inside.append(r.index)
+    return SteadyState(start_s=start, end_s=end, output_tokens=tokens, requests_inside=tuple(sorted(inside)),
+                       requests_overlapping=overlapping)
+
+
+def poisson_arrivals(n: int, rate_per_s: float, seed: int) -> list[float]:
+    """Offsets (s) of n Poisson arrivals at ``rate_per_s``, first at 0, reproducible from ``seed``."""
+    if rate_per_s <= 0:
+        raise ValueError("request_rate must be positive")
+    rng = random.Random(seed)
+    t = 0.0
+    out = []
+    for i in range(n):
+        if i:
+            t += rng.expovariate(rate_per_s)
+        out.append(t)
+    return out
+
+
+@dataclass
+class LoadSpec:
+    concurrency: int | None = None        # closed loop (or cap of the open loop)
+    request_rate: float | None = None     # open loop, requests/s (Poisson)
+    seed: int = 0
+    timeout_s: float = 600.0              # per request
+
+
+@dataclass
+class _StreamState:
+    times: list[float] = field(default_factory=list)
+    running_usage: int = 0
+    saw_running_usage: bool = False
+    final_completion_tokens: int | None = None
+    prompt_tokens: int | None = None
+    finish_reason: str | None = None
+    text: list[str] = field(default_factory=list)
+    counted_by_chunks: bool = False
+
+
+def _consume_chunk(state: _StreamState, chunk: dict[str, Any], t: float) -> None:
+    usage = chunk.get("usage") or None
+    choices = chunk.get("choices") or []
+    new = 0
+    if choices:
+        choice = choices[0]
+        text = choice.get("text")
+        if text is None:  # chat-style delta
+            text = (choice.get("delta") or {}).get("content")
+        if text:
+            state.text.append(text)
+        if choice.get("finish_reason"):
+            state.finish_reason = choice["finish_reason"]
+        logprobs = choice.get("logprobs") or {}
+        if usage and usage.get("completion_tokens") is not None:
+            state.saw_running_usage = True
+            new = int(usage["completion_tokens"]) - state.running_usage
+            state.running_usage = int(usage["completion_tokens"])
+        elif isinstance(logprobs, dict) and logprobs.get("tokens") is not None:
+            new = len(logprobs["tokens"])
+        elif text:
+            new = 1
+            state.counted_by_chunks = True
+    if usage:
+        if usage.get("prompt_tokens") is not None:
+            state.prompt_tokens = int(usage["prompt_tokens"])
+        if usage.get("completion_tokens") is not None:
+            state.final_completion_tokens = int(usage["completion_tokens"])
+    if new > 0:
+        state.times.extend([t] * new)
+
+
+class LoadGenerator:
+    """Drives one server: ``run(requests, body_for)`` returns one RequestResult per request."""
+
+    def __init__(self, base_url: str, *, completions_path: str = "/v1/completions",
+                 on_window_start: WindowHook | None = None, on_window_end: WindowHook | None = None):
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + completions_path
+        self.on_window_start = on_window_start
+        self.on_window_end = on_window_end
+
+    def run(self, requests: list[Request], body_for: Callable[[Request], dict[str, Any]],
+            spec: LoadSpec) -> list[RequestResult]:
+        coro = self._run(requests, body_for, spec)
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(coro)
+        # Called from inside an event loop: run ours in a private thread.
+        box: dict[str, Any] = {}
+
+        def target():
+            try:
+                box["out"] = asyncio.run(coro)
+            except BaseException as exc:  # noqa: BLE001
+                box["err"] = exc
+        th = threading.Thread(target=target)
+        th.start()
+        th.join()
+        if "err" in box:
+            raise box["err"]
+        return box["out"]
+
+    async def _run(self, requests, body_for, spec: LoadSpec) -> list[RequestResult]:
+        import httpx
+
+        n = len(requests)
+        limit = spec.concurrency or n or 1
+        sem = asyncio.Semaphore(limit)
+        offsets = poisson_arrivals(n, spec.request_rate, spec.seed) if spec.request_rate else [0.0] * n
+        submitted = 0
+        first_done = False
+        limits = httpx.Limits(max_connections=limit + 4, max_keepalive_connections=limit + 4)
+        timeout = httpx.Timeout(spec.timeout_s, connect=30.0)
+
+        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+            t0 = time.perf_counter()
+
+            async def one(req: Request, offset: float) -> RequestResult:
+                nonlocal submitted, first_done
+                delay = t0 + offset - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                async with sem:
+                    body = body_for(req)
+                    body["stream"] = True
+                    state = _StreamState()
+                    submit = time.perf_counter()
+                    submitted += 1
+                    if submitted == n and self.on_window_end is not None:
+                        self.on_window_end(submit)
+                    async with client.stream("POST", self.url, json=body) as resp:
+                        if resp.status_code != 200:
+                            detail = (await resp.aread()).decode("utf-8", "replace")[:2000]
+                            raise BackendError(f"server answered {resp.status_code} to request {req.index}: {detail}")
+                        async for line in resp.aiter_lines():
+                            t = time.perf_counter()
+                            if not line.startswith("data:"):
+                                continue
+                            data = line[5:].strip()
+                            if data == "[DONE]":
+                                break
+                            try:
+                                chunk = json.loads(data)
+                            except json.JSONDecodeError:
+                                continue
+                            if "error" in chunk and not chunk.get("choices"):
+                                raise BackendError(f"server error on request {req.index}: {chunk['error']}")
+                            _consume_chunk(state, chunk, t)
+                    if not first_done:
+                        first_done = True
+                        if self.on_window_start is not None:
+                            self.on_window_start(time.perf_counter())
+                return _to_result(req, submit, state)
+
+            tasks = [asyncio.create_task(one(r, off)) for r, off in zip(requests, offsets)]
+            try:
+                return list(await asyncio.gather(*tasks))
+            except BaseException:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+
+
+def _to_result(req: Request, submit: float, state: _StreamState) -> RequestResult:
+    times = state.times
+    exact = True
+    n_out = len(times)
+    final = state.final_completion_tokens
+    if final is not None and final != n_out:
+        # Chunks did not map one-to-one to tokens: keep the count, not the per-token times.
+        n_out = final
+        exact = False
+        times = [times[0], times[-1]] if times else []
+    return RequestResult(index=req.index, input_tokens=state.prompt_tokens or 0, output_tokens=n_out,
+                         submit_s=submit, token_times_s=times, token_times_exact=exact,
+                         finish_reason=state.finish_reason, text="".join(state.text))

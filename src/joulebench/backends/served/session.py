@@ -1,0 +1,129 @@
+"""One served engine: a recipe, a running server process, and a load generator on it."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ...errors import BackendError
+from ..base import Request, RequestResult
+from .loadgen import LoadGenerator, LoadSpec, SteadyState, WindowHook, steady_state
+from .recipes import ServerRecipe
+from .server import ServerProcess, free_port
+
+HOST = "127.0.0.1"
+
+
+def _get_json(url: str, timeout_s: float = 5.0) -> tuple[int, Any]:
+    import httpx
+
+    r = httpx.get(url, timeout=timeout_s)
+    try:
+        return r.status_code, r.json()
+    except ValueError:
+        return r.status_code, None
+
+
+class ServedSession:
+    """Start with ``start()``, drive with ``generate()``, always ``close()``."""
+
+    def __init__(self, recipe: ServerRecipe, *, python: str, model: str, options: dict[str, Any],
+                 env: dict[str, str] | None = None, log_dir: Path | None = None,
+                 ready_timeout_s: float | None = None):
+        self.recipe = recipe
+        self.python = python
+        self.model = model
+        self.options = dict(options)
+        self.extra_env = dict(env or {})
+        self.log_dir = Path(log_dir) if log_dir else None
+        self.ready_timeout_s = ready_timeout_s or recipe.ready_timeout_s
+        self.server: ServerProcess | None = None
+        self.port: int | None = None
+        self.model_name: str | None = None
+        self.ready_s: float | None = None
+        self.last_steady_state: SteadyState | None = None
+        self.on_window_start: WindowHook | None = None
+        self.on_window_end: WindowHook | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def command(self) -> list[str]:
+        return self.recipe.build_command(self.python, self.model, HOST, self.port, self.options)
+
+    def start(self) -> float:
+        """Launch the server and wait until it answers; returns seconds to ready."""
+        self.port = free_port(HOST)
+        env = dict(os.environ)
+        env.update(self.recipe.env(self.options))
+        env.update(self.extra_env)
+        log_path = None
+        if self.log_dir is not None:
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            log_path = self.log_dir / f"{self.recipe.name}-server-{self.port}.log"
+        self.server = ServerProcess(self.command(), env=env, log_path=log_path,
+                                    stop_timeout_s=self.recipe.stop_timeout_s)
+        self.ready_s = self.server.wait_ready(self._ready, timeout_s=self.ready_timeout_s,
+                                              what=f"{self.recipe.name} server (pid {self.server.pid})")
+        return self.ready_s
+
+    def _ready(self) -> bool:
+        status, _ = _get_json(self.base_url + self.recipe.health_path)
+        if status != 200:
+            return False
+        status, body = _get_json(self.base_url + self.recipe.models_path)
+        if status != 200 or not isinstance(body, dict) or not body.get("data"):
+            return False
+        ids = [m.get("id") for m in body["data"]]
+        name = self.recipe.served_model_name
+        self.model_name = name if name in ids else ids[0]
+        return True
+
+    def generate(self, requests: list[Request], runtime: dict[str, Any],
+                 extra_body: Callable[[Request], dict[str, Any]] | None = None) -> list[RequestResult]:
+        if self.server is None or not self.server.running():
+            tail = self.server.log_tail() if self.server else ""
+            raise BackendError(f"{self.recipe.name} server is not running\n{tail}")
+        max_tokens = int(runtime.get("max_output_tokens") or 16)
+        force = bool(runtime.get("force_output_tokens", False))
+
+        def body_for(req: Request) -> dict[str, Any]:
+            body: dict[str, Any] = {
+                "model": self.model_name,
+                "prompt": list(req.prompt_token_ids) if req.prompt_token_ids is not None else req.prompt,
+                "max_tokens": max_tokens,
+                "temperature": float(runtime.get("temperature", 0.0) or 0.0),
+            }
+            for key in ("top_p", "top_k", "seed"):
+                if runtime.get(key) is not None:
+                    body[key] = runtime[key]
+            if self.recipe.stream_options:
+                body["stream_options"] = dict(self.recipe.stream_options)
+            if force:
+                body.update(self.recipe.force_length_fields(max_tokens, self.options))
+            if extra_body is not None:
+                body.update(extra_body(req))
+            return body
+
+        spec = LoadSpec(concurrency=runtime.get("concurrency"), request_rate=runtime.get("request_rate"),
+                        seed=int(runtime.get("seed") or 0))
+        gen = LoadGenerator(self.base_url, completions_path=self.recipe.completions_path,
+                            on_window_start=self.on_window_start, on_window_end=self.on_window_end)
+        t0 = time.perf_counter()
+        results = gen.run(requests, body_for, spec)
+        self.last_wall_s = time.perf_counter() - t0
+        self.last_steady_state = steady_state(results)
+        if force:
+            short = [r.index for r in results if r.output_tokens != max_tokens]
+            if short:
+                raise BackendError(f"{self.recipe.name}: forced output length {max_tokens} not met by "
+                                   f"requests {short[:10]} (got {[r.output_tokens for r in results[:10]]})")
+        return results
+
+    def close(self) -> int | None:
+        if self.server is None:
+            return None
+        code = self.server.stop()
+        return code
