@@ -1,0 +1,18 @@
+"""Meters over devices: the energy window, the sampler process, idle baselines, warm-up,
+the thermal gate, pre-flight and typed quality flags (METHODOLOGY.md sections 2 to 5)."""
+from __future__ import annotations
+
+from .baselines import IdleBaseline, baseline_drifted, baseline_is_stale, energy_above, measure_idle_power
+from .flags import Flag, QualityFlag, power_integral_j, window_flags
+from .preflight import preflight, preflight_flags
+from .sampler import Sampler, write_timeseries
+from .thermal import ThermalResult, thermal_gate
+from .warmup import warmup_converged
+from .window import DeviceEnergy, EnergyWindow, WindowMeasurement
+
+__all__ = [
+    "IdleBaseline", "baseline_drifted", "baseline_is_stale", "energy_above", "measure_idle_power",
+    "Flag", "QualityFlag", "power_integral_j", "window_flags", "preflight", "preflight_flags",
+    "Sampler", "write_timeseries", "ThermalResult", "thermal_gate", "warmup_converged",
+    "DeviceEnergy", "EnergyWindow", "WindowMeasurement",
+]

@@ -1,0 +1,239 @@
+"""The energy window: hardware counters read at both edges, after device synchronisation.
+
+    with EnergyWindow(devices, sync=backend.synchronize) as w:
+        run_the_workload()
+    w.result  # WindowMeasurement: per-device and total energy, duration, source, flags
+
+Energy is the difference of each device's counter (NVML total energy, RAPL
+``energy_uj``). A device without a counter (pre-Volta GPUs) falls back to
+integrating instant power polled by a background thread at 20 Hz; that
+figure is flagged COUNTER_UNAVAILABLE and labelled ``nvml-power-integral``.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..devices.base import Device, DeviceInfo
+from .flags import Flag, QualityFlag
+
+GPU_SOURCE = "nvml-counter"
+INTEGRAL_SOURCE = "nvml-power-integral"
+RAPL_SOURCE = "rapl"
+
+
+@dataclass(frozen=True)
+class DeviceEnergy:
+    info: DeviceInfo
+    energy_j: float | None
+    source: str | None
+    start_temperature_c: float | None = None
+    end_temperature_c: float | None = None
+
+    @property
+    def uuid(self) -> str:
+        return self.info.uuid
+
+    def mean_power_w(self, duration_s: float) -> float | None:
+        if self.energy_j is None or duration_s <= 0:
+            return None
+        return self.energy_j / duration_s
+
+    def to_dict(self, duration_s: float | None = None) -> dict:
+        d = {"index": self.info.index, "uuid": self.info.uuid, "name": self.info.name, "kind": self.info.kind,
+             "energy_j": self.energy_j, "energy_source": self.source,
+             "start_temperature_c": self.start_temperature_c, "end_temperature_c": self.end_temperature_c}
+        if duration_s:
+            d["mean_power_w"] = self.mean_power_w(duration_s)
+        return d
+
+
+@dataclass(frozen=True)
+class WindowMeasurement:
+    """Immutable result of one window. ``energy_j`` totals the GPUs (the CPU domains when no GPU is metered)."""
+
+    duration_s: float
+    energy_j: float | None
+    energy_source: str | None
+    devices: tuple[DeviceEnergy, ...]
+    flags: tuple[QualityFlag, ...]
+    start_time_s: float
+    end_time_s: float
+    cpu_energy_j: float | None = None
+    cpu_energy_source: str | None = None
+
+    @property
+    def mean_power_w(self) -> float | None:
+        if self.energy_j is None or self.duration_s <= 0:
+            return None
+        return self.energy_j / self.duration_s
+
+    def device(self, uuid: str) -> DeviceEnergy:
+        for d in self.devices:
+            if d.info.uuid == uuid:
+                return d
+        raise KeyError(uuid)
+
+    def to_dict(self) -> dict:
+        return {"duration_s": self.duration_s, "energy_j": self.energy_j, "energy_source": self.energy_source,
+                "mean_power_w": self.mean_power_w, "cpu_energy_j": self.cpu_energy_j,
+                "cpu_energy_source": self.cpu_energy_source, "start_time_s": self.start_time_s,
+                "end_time_s": self.end_time_s, "devices": [d.to_dict(self.duration_s) for d in self.devices],
+                "flags": [f.to_dict() for f in self.flags]}
+
+
+def _source(device: Device) -> str:
+    return RAPL_SOURCE if device.info.kind in ("cpu-package", "dram") else GPU_SOURCE
+
+
+def _sum(items: list[DeviceEnergy]) -> tuple[float | None, str | None]:
+    """Total of devices; None if any device has no figure (a partial total would under-count)."""
+    if not items or any(d.energy_j is None for d in items):
+        return None, None
+    sources = sorted({d.source for d in items if d.source})
+    return sum(d.energy_j for d in items), (sources[0] if len(sources) == 1 else "+".join(sources))
+
+
+class _PowerIntegrator:
+    """Background thread integrating instant power of counter-less devices (fallback only)."""
+
+    def __init__(self, devices: list[Device], hz: float = 20.0, clock=time.perf_counter):
+        self.devices = devices
+        self.period = 1.0 / hz
+        self.clock = clock
+        self.energy_j = {d.info.uuid: 0.0 for d in devices}
+        self.samples = {d.info.uuid: 0 for d in devices}
+        self._last: dict[str, tuple[float, float]] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="joulebench-power-integral", daemon=True)
+
+    def _read(self, d: Device) -> float | None:
+        try:
+            p = d.instant_power_w()
+            return p if p is not None else d.power_w()
+        except Exception:
+            return None
+
+    def _tick(self) -> None:
+        now = self.clock()
+        for d in self.devices:
+            p = self._read(d)
+            if p is None:
+                continue
+            u = d.info.uuid
+            if u in self._last:
+                t0, p0 = self._last[u]
+                self.energy_j[u] += p0 * (now - t0)     # zero-order hold
+            self._last[u] = (now, p)
+            self.samples[u] += 1
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            self._tick()
+
+    def start(self) -> None:
+        self._tick()
+        self._thread.start()
+
+    def stop(self) -> dict[str, float | None]:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._tick()
+        return {u: (e if self.samples[u] >= 2 else None) for u, e in self.energy_j.items()}
+
+
+class EnergyWindow:
+    """Context manager metering a block over ``devices`` (a GPU list, RAPL domains, or both)."""
+
+    def __init__(self, devices: list[Device], *, sync: Callable[[], None] | None = None,
+                 clock: Callable[[], float] = time.perf_counter, wall_clock: Callable[[], float] = time.time,
+                 fallback_hz: float = 20.0):
+        uuids = [d.info.uuid for d in devices]
+        if len(set(uuids)) != len(uuids):
+            raise ValueError(f"the same device appears twice in the window: {uuids}")
+        self.devices = list(devices)
+        self.sync = sync
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.fallback_hz = fallback_hz
+        self.result: WindowMeasurement | None = None
+        self._start: dict[str, float | None] = {}
+        self._temps: dict[str, float | None] = {}
+        self._integrator: _PowerIntegrator | None = None
+        self._t0 = 0.0
+        self._wall0 = 0.0
+
+    @staticmethod
+    def _temp(d: Device) -> float | None:
+        try:
+            return d.temperature_c()
+        except Exception:
+            return None
+
+    def __enter__(self) -> "EnergyWindow":
+        self.result = None
+        if self.sync is not None:
+            self.sync()
+        self._temps = {d.info.uuid: self._temp(d) for d in self.devices}
+        fallback = []
+        self._wall0 = self.wall_clock()
+        self._t0 = self.clock()
+        for d in self.devices:
+            e = d.energy_counter_j()
+            self._start[d.info.uuid] = e
+            if e is None and d.info.kind == "gpu":
+                fallback.append(d)
+        if fallback:
+            self._integrator = _PowerIntegrator(fallback, self.fallback_hz, self.clock)
+            self._integrator.start()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        try:
+            if exc_type is None and self.sync is not None:
+                self.sync()
+            ends = {d.info.uuid: d.energy_counter_j() for d in self.devices}
+            t1 = self.clock()
+            wall1 = self.wall_clock()
+        finally:
+            integrated = self._integrator.stop() if self._integrator is not None else {}
+            self._integrator = None
+        duration = t1 - self._t0
+        flags: list[QualityFlag] = []
+        per: list[DeviceEnergy] = []
+        for d in self.devices:
+            u = d.info.uuid
+            e0, e1 = self._start.get(u), ends.get(u)
+            if e0 is not None and e1 is not None:
+                energy, source = max(0.0, e1 - e0), _source(d)
+            elif u in integrated:
+                energy, source = integrated[u], INTEGRAL_SOURCE if integrated[u] is not None else None
+            else:
+                energy, source = None, None
+            per.append(DeviceEnergy(d.info, energy, source, self._temps.get(u), self._temp(d)))
+        fell_back = [p for p in per if p.source == INTEGRAL_SOURCE]
+        if fell_back:
+            flags.append(QualityFlag(Flag.COUNTER_UNAVAILABLE,
+                                     "power integral for " + ", ".join(f"GPU {p.info.index}" for p in fell_back)))
+        fakes = [d for d in self.devices if type(getattr(d, "nvml", None)).__name__ == "FakeNVML"]
+        if fakes:
+            flags.append(QualityFlag(Flag.FAKE_DEVICE, ", ".join(d.info.uuid for d in fakes)))
+        gpus = [p for p in per if p.info.kind == "gpu"]
+        cpus = [p for p in per if p.info.kind != "gpu"]
+        gpu_total, gpu_src = _sum(gpus)
+        cpu_total, cpu_src = _sum(cpus)
+        if gpus:
+            total, source = gpu_total, gpu_src
+        else:
+            total, source = cpu_total, cpu_src
+        if total is None:
+            missing = [p.info.uuid for p in (gpus or cpus) if p.energy_j is None]
+            flags.append(QualityFlag(Flag.ENERGY_UNAVAILABLE,
+                                     "no devices metered" if not per else f"no energy reading from {missing}"))
+        self.result = WindowMeasurement(
+            duration_s=duration, energy_j=total, energy_source=source, devices=tuple(per), flags=tuple(flags),
+            start_time_s=self._wall0, end_time_s=wall1,
+            cpu_energy_j=cpu_total if gpus else None, cpu_energy_source=cpu_src if gpus else None)
+        return False
