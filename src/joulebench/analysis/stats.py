@@ -44,3 +44,243 @@ def cv(values: Sequence[float | None]) -> float:
     if x.size < 2 or x.mean() == 0:
         return math.nan
     return float(x.std(ddof=1) / abs(x.mean()))
+
+
+# ---------------------------------------------------------------------------
+# Bootstrap, robust outliers, per-configuration summaries
+# ---------------------------------------------------------------------------
+
+from dataclasses import asdict, dataclass  # noqa: E402
+import warnings  # noqa: E402
+
+#: Default number of bootstrap resamples and seed: results are reproducible run to run.
+BOOTSTRAP_RESAMPLES = 9999
+BOOTSTRAP_SEED = 20240601
+
+#: Modified z-score threshold for outliers (Iglewicz & Hoaglin, 1993, recommend 3.5).
+MAD_THRESHOLD = 3.5
+_MAD_CONSISTENCY = 0.6745          # Phi^-1(0.75): makes MAD comparable to sigma for normal data
+_MEANAD_CONSISTENCY = 1.253314     # sqrt(pi/2): same for the mean absolute deviation
+
+
+def bootstrap_ci(values: Sequence[float | None], confidence: float = 0.95, *,
+                 n_resamples: int = BOOTSTRAP_RESAMPLES, seed: int = BOOTSTRAP_SEED,
+                 method: str = "BCa") -> tuple[float, float, str]:
+    """(low, high, method used) of a bootstrap CI of the mean.
+
+    Method: bias-corrected and accelerated (BCa) bootstrap, Efron (1987),
+    "Better bootstrap confidence intervals", JASA 82(397), as implemented by
+    ``scipy.stats.bootstrap``; seeded, so the same data always gives the same
+    interval. BCa needs the jackknife, which degenerates for tiny or constant
+    samples: then the percentile interval is used and the returned method says so.
+    Fewer than 2 values: (nan, nan, "none"). All values equal: a zero-width interval.
+    """
+    x = _clean(values)
+    if x.size < 2:
+        return (math.nan, math.nan, "none")
+    if float(np.ptp(x)) == 0.0:
+        m = float(x[0])
+        return (m, m, "constant")
+    methods = [method] if method.lower() == "percentile" else [method, "percentile"]
+    for meth in methods:
+        rng = np.random.default_rng(seed)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                res = _st.bootstrap((x,), np.mean, confidence_level=confidence,
+                                    n_resamples=n_resamples, method=meth, random_state=rng,
+                                    vectorized=True)
+            except (ValueError, FloatingPointError):
+                continue
+        lo, hi = float(res.confidence_interval.low), float(res.confidence_interval.high)
+        if math.isfinite(lo) and math.isfinite(hi):
+            return (lo, hi, meth if meth != "percentile" or method.lower() == "percentile"
+                    else "percentile (BCa degenerate)")
+    return (math.nan, math.nan, "none")
+
+
+#: Smallest scale the MAD rule uses, relative to the median (see ``mad_outliers``).
+MAD_MIN_REL_SCALE = 0.02
+
+
+def mad_outliers(values: Sequence[float | None], threshold: float = MAD_THRESHOLD, *,
+                 min_rel_scale: float = MAD_MIN_REL_SCALE) -> np.ndarray:
+    """Boolean mask (same length as ``values``; None/nan are never outliers).
+
+    Modified z-score of Iglewicz & Hoaglin (1993), "How to Detect and Handle
+    Outliers": M_i = 0.6745 (x_i - median) / MAD, outlier when |M_i| > 3.5.
+
+    With the few repeats of a benchmark (3 to 10) the sample MAD is often tiny by
+    chance, and the plain rule then calls ordinary noise an outlier in 12 to 30 %
+    of normal samples (simulated: n = 3, 5, 10). The MAD is therefore floored at
+    ``min_rel_scale`` x |median| (default 2 %, the protocol's CI target), so a value
+    must lie more than 3.5 / 0.6745 x 2 % = 10.4 % from the median to be flagged
+    when the repeats agree closely. When the MAD is 0 and the median too, the mean
+    absolute deviation is used, M_i = (x_i - median) / (1.253314 * MeanAD).
+    Needs at least 3 values. Outliers are for flagging: never drop them silently.
+    """
+    raw = np.asarray([np.nan if v is None else float(v) for v in values], dtype=float)
+    mask = np.zeros(raw.shape, dtype=bool)
+    ok = np.isfinite(raw)
+    x = raw[ok]
+    if x.size < 3:
+        return mask
+    med = float(np.median(x))
+    dev = np.abs(x - med)
+    mad = max(float(np.median(dev)), min_rel_scale * abs(med))
+    if mad > 0:
+        z = _MAD_CONSISTENCY * dev / mad
+    else:
+        meanad = float(dev.mean())
+        if meanad == 0:
+            return mask
+        z = dev / (_MEANAD_CONSISTENCY * meanad)
+    mask[ok] = z > threshold
+    return mask
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    """Summary statistics of one metric over the repeats of one configuration."""
+
+    n: int
+    mean: float
+    median: float
+    std: float
+    cv: float
+    ci95_t_low: float
+    ci95_t_high: float
+    ci95_boot_low: float
+    ci95_boot_high: float
+    ci95_rel_halfwidth: float
+    boot_method: str
+    n_outliers: int
+
+    def as_dict(self, prefix: str = "") -> dict[str, float | int | str]:
+        return {f"{prefix}{k}": v for k, v in asdict(self).items()}
+
+
+def summarize(values: Sequence[float | None], confidence: float = 0.95, *,
+              seed: int = BOOTSTRAP_SEED, n_resamples: int = BOOTSTRAP_RESAMPLES) -> MetricSummary:
+    """n, mean, median, std, CV, t and bootstrap CIs and MAD outlier count of one sample."""
+    x = _clean(values)
+    n = int(x.size)
+    nan = math.nan
+    if n == 0:
+        return MetricSummary(0, nan, nan, nan, nan, nan, nan, nan, nan, math.inf, "none", 0)
+    m, lo, hi = mean_ci_t(x, confidence)
+    blo, bhi, meth = bootstrap_ci(x, confidence, seed=seed, n_resamples=n_resamples)
+    return MetricSummary(
+        n=n, mean=m, median=float(np.median(x)),
+        std=float(x.std(ddof=1)) if n > 1 else nan,
+        cv=cv(x), ci95_t_low=lo, ci95_t_high=hi, ci95_boot_low=blo, ci95_boot_high=bhi,
+        ci95_rel_halfwidth=ci_halfwidth_rel(x, confidence), boot_method=meth,
+        n_outliers=int(mad_outliers(x).sum()),
+    )
+
+
+# ---------------------------------------------------------------------------
+# Trial tables -> per-configuration summaries
+# ---------------------------------------------------------------------------
+
+#: (column of the trial table, label, unit, higher is better)
+METRICS: tuple[tuple[str, str, str, bool], ...] = (
+    ("energy_per_output_token_j", "energy per output token", "J/token", False),
+    ("energy_above_loaded_idle_per_output_token_j", "energy above loaded idle per output token", "J/token", False),
+    ("throughput_tok_s", "throughput", "tokens/s", True),
+    ("ttft_s_median", "median TTFT", "s", False),
+    ("itl_s_median", "median ITL", "s", False),
+    ("mean_power_w", "mean power", "W", False),
+)
+METRIC_INFO = {m[0]: m for m in METRICS}
+
+DEFAULT_CV_TARGET = 0.05
+
+
+@dataclass(frozen=True)
+class PrimaryMetric:
+    column: str
+    label: str
+    unit: str
+    higher_is_better: bool
+    energy_available: bool
+
+
+def primary_metric(trials) -> PrimaryMetric:
+    """J/output-token when any finished trial has it, else throughput (no energy meter)."""
+    ok = trials[trials["status"] == "ok"] if "status" in trials else trials
+    col = "energy_per_output_token_j"
+    if col in ok and ok[col].notna().any():
+        return PrimaryMetric(col, "energy per output token", "J/token", False, True)
+    return PrimaryMetric("throughput_tok_s", "throughput", "tokens/s", True, False)
+
+
+def mark_outliers(trials, metrics: Sequence[str] | None = None, threshold: float = MAD_THRESHOLD):
+    """Copy of the trial table with ``outlier_<metric>`` columns and an ``outlier_metrics`` list.
+
+    The MAD rule is applied within each configuration, over its finished trials.
+    Rows are kept; nothing is dropped.
+    """
+    import pandas as pd
+
+    df = trials.copy()
+    metrics = [m for m in (metrics or [m[0] for m in METRICS]) if m in df.columns]
+    names: list[list[str]] = [[] for _ in range(len(df))]
+    pos = {idx: i for i, idx in enumerate(df.index)}
+    for m in metrics:
+        col = pd.Series(False, index=df.index)
+        ok = df[df["status"] == "ok"] if "status" in df else df
+        for _, g in ok.groupby("config_id", sort=False):
+            vals = pd.to_numeric(g[m], errors="coerce").tolist()
+            mask = mad_outliers(vals, threshold)
+            for idx, flag in zip(g.index, mask):
+                if flag:
+                    col[idx] = True
+                    names[pos[idx]].append(m)
+        df[f"outlier_{m}"] = col.values
+    df["outlier_metrics"] = [";".join(n) for n in names]
+    return df
+
+
+def summarize_configs(trials, *, axes: Sequence[str] | None = None, cv_target: float = DEFAULT_CV_TARGET,
+                      ci_target: float | None = None, confidence: float = 0.95,
+                      seed: int = BOOTSTRAP_SEED, n_resamples: int = BOOTSTRAP_RESAMPLES):
+    """One row per configuration: its parameters and, per metric, the ``MetricSummary`` fields.
+
+    Columns: ``config_id``, ``param.<axis>`` for each axis, ``n_trials``, ``n_ok``, ``n_failed``,
+    ``<metric>_<stat>`` for each metric of ``METRICS`` present in the table, and for the
+    primary metric (J/output-token, else tokens/s) ``primary_metric``, ``cv_above_target``
+    (CV > ``cv_target``) and ``ci_above_target`` (relative t-CI half-width > ``ci_target``).
+    """
+    import pandas as pd
+
+    if trials.empty:
+        return pd.DataFrame(columns=["config_id", "n_trials", "n_ok", "n_failed"])
+    prim = primary_metric(trials)
+    param_cols = [f"param.{a}" for a in axes] if axes is not None else \
+        [c for c in trials.columns if c.startswith("param.")]
+    param_cols = [c for c in param_cols if c in trials.columns]
+    metrics = [m[0] for m in METRICS if m[0] in trials.columns]
+    rows = []
+    for cid, g in trials.groupby("config_id", sort=False):
+        ok = g[g["status"] == "ok"]
+        row: dict[str, object] = {"config_id": cid}
+        first = g.iloc[0]
+        for c in param_cols:
+            row[c] = first[c]
+        row["n_trials"] = int(len(g))
+        row["n_ok"] = int(len(ok))
+        row["n_failed"] = int((g["status"] != "ok").sum())
+        for m in metrics:
+            vals = pd.to_numeric(ok[m], errors="coerce").tolist()
+            row.update(summarize(vals, confidence, seed=seed, n_resamples=n_resamples).as_dict(f"{m}_"))
+        c = row.get(f"{prim.column}_cv", math.nan)
+        rel = row.get(f"{prim.column}_ci95_rel_halfwidth", math.inf)
+        row["primary_metric"] = prim.column
+        row["cv_target"] = cv_target
+        row["cv_above_target"] = bool(isinstance(c, float) and math.isfinite(c) and c > cv_target)
+        row["ci_target"] = ci_target if ci_target is not None else math.nan
+        row["ci_above_target"] = bool(ci_target is not None and (not math.isfinite(rel) or rel > ci_target)
+                                      and row["n_ok"] > 0)
+        rows.append(row)
+    return pd.DataFrame(rows)
