@@ -20,8 +20,6 @@ def load_results(study_dir):
     return _load(study_dir)
 
 
-def measure(*args, **kwargs):
-    """Meter any block of code: ``with joulebench.measure(devices=[0]) as m: ...; m.result``."""
-    from .measure import measure as _measure
-
-    return _measure(*args, **kwargs)
+# Imported eagerly: importing the submodule joulebench.measure would otherwise replace a lazy
+# wrapper function of the same name on the package. It imports no heavy dependency.
+from .measure import measure  # noqa: E402

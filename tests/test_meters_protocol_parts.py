@@ -1,0 +1,123 @@
+"""Warm-up convergence, the thermal gate (fake clock) and pre-flight with foreign processes."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from joulebench.devices import resolve_gpus
+from joulebench.devices.fake_nvml import FakeClock, FakeNVML
+from joulebench.errors import DeviceError
+from joulebench.meters import Flag, preflight, preflight_flags, thermal_gate, warmup_converged
+
+U0 = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
+U1 = "GPU-bbbbbbbb-0000-0000-0000-000000000000"
+
+
+# ---- warm-up ----
+def test_warmup_converges_on_stable_last_k():
+    ok, cv = warmup_converged([50, 80, 100, 101, 99], k=3, cv_target=0.02)
+    assert ok and cv == pytest.approx(0.01)
+
+
+def test_warmup_not_converged_while_rising():
+    ok, cv = warmup_converged([50, 80, 100], k=3, cv_target=0.02)
+    assert not ok and cv > 0.3
+
+
+def test_warmup_needs_k_passes():
+    assert warmup_converged([100, 100], k=3) == (False, None)
+    with pytest.raises(ValueError):
+        warmup_converged([1, 2, 3], k=1)
+
+
+def test_warmup_threshold_is_strict():
+    ok, cv = warmup_converged([100, 102, 104], k=3, cv_target=0.02)
+    assert cv == pytest.approx(0.0196, abs=1e-4) and ok
+    assert not warmup_converged([100, 102, 104], k=3, cv_target=0.019)[0]
+
+
+# ---- thermal gate ----
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+def cooling(clock, start_c, rate_c_per_s, floor_c):
+    fake = FakeNVML([{"uuid": U0, "power_w": 100.0}], clock=clock)
+    t0 = clock.now
+    fake.gpus[0].temperature = lambda t: max(floor_c, start_c - rate_c_per_s * (t - t0))
+    return fake
+
+
+def test_thermal_gate_waits_until_within_band(clock):
+    fake = cooling(clock, 60.0, 1.0, 30.0)
+    devs = resolve_gpus(cuda_visible_devices=None, nvml=fake)
+    r = thermal_gate(devs, reference_c=40.0, band_c=3.0, timeout_s=120, poll_s=0.5, clock=clock, sleep=clock.sleep)
+    assert r.within_band and not r.timed_out
+    assert r.start_temperature_c == 60.0
+    assert r.waited_s == pytest.approx(17.0)        # 60 -> 43 C at 1 C/s
+    assert r.end_temperature_c <= 43.0
+
+
+def test_thermal_gate_times_out(clock):
+    fake = cooling(clock, 80.0, 0.1, 70.0)
+    devs = resolve_gpus(cuda_visible_devices=None, nvml=fake)
+    r = thermal_gate(devs, reference_c=40.0, band_c=3.0, timeout_s=10, poll_s=0.5, clock=clock, sleep=clock.sleep)
+    assert r.timed_out and not r.within_band and r.waited_s == pytest.approx(10.0)
+
+
+def test_thermal_gate_without_reference_or_when_cold(clock):
+    fake = FakeNVML([{"uuid": U0, "temperature_c": 30}], clock=clock)
+    devs = resolve_gpus(cuda_visible_devices=None, nvml=fake)
+    r = thermal_gate(devs, reference_c=None, band_c=3.0, timeout_s=10, clock=clock, sleep=clock.sleep)
+    assert r.within_band and r.waited_s == 0 and r.start_temperature_c == 30.0
+    cold = thermal_gate(devs, reference_c=40.0, band_c=3.0, timeout_s=10, clock=clock, sleep=clock.sleep)
+    assert not cold.within_band and not cold.timed_out and cold.waited_s == 0   # waiting cannot warm it
+
+
+def test_thermal_gate_uses_the_hottest_gpu(clock):
+    fake = FakeNVML([{"uuid": U0, "temperature_c": 41}, {"uuid": U1, "temperature_c": 55}], clock=clock)
+    devs = resolve_gpus(cuda_visible_devices=None, nvml=fake)
+    r = thermal_gate(devs, reference_c=40.0, band_c=3.0, timeout_s=5, clock=clock, sleep=clock.sleep)
+    assert r.timed_out and r.start_temperature_c == 55.0
+
+
+# ---- pre-flight ----
+def test_preflight_clean_gpu_records_state(clock):
+    fake = FakeNVML([{"uuid": U0, "persistence_mode": 1, "power_limit_w": 700}], clock=clock)
+    rep = preflight(resolve_gpus(cuda_visible_devices=None, nvml=fake), allow_foreign=False, own_pids=set())
+    assert rep["foreign_processes"] == [] and rep["flags"] == []
+    (d,) = rep["devices"]
+    assert d["uuid"] == U0 and d["persistence_mode"] is True and d["power_limit_w"] == 700.0
+    assert {"pstate", "sm_clock_mhz", "max_sm_clock_mhz", "mig_mode", "ecc_mode"} <= set(d)
+    json.dumps(rep)
+
+
+def test_preflight_foreign_process_is_an_error_naming_gpu_and_pid(clock):
+    fake = FakeNVML([{"uuid": U0}, {"uuid": U1, "processes": [{"pid": 4242, "used_memory_bytes": 3 << 30}]}],
+                    clock=clock)
+    devs = resolve_gpus(cuda_visible_devices=None, nvml=fake)
+    with pytest.raises(DeviceError) as e:
+        preflight(devs, allow_foreign=False, own_pids=set())
+    msg = str(e.value)
+    assert "GPU 1" in msg and U1 in msg and "pid 4242" in msg and "3072 MiB" in msg and "allow" in msg
+    # only the measured GPUs matter
+    assert preflight(devs[:1], allow_foreign=False, own_pids=set())["flags"] == []
+
+
+def test_preflight_own_and_allowed_processes(clock):
+    fake = FakeNVML([{"uuid": U0, "processes": [{"pid": os.getpid(), "used_memory_bytes": 1 << 20},
+                                                 {"pid": 777, "used_memory_bytes": 1 << 20}]}], clock=clock)
+    devs = resolve_gpus(cuda_visible_devices=None, nvml=fake)
+    assert preflight(devs, allow_foreign=False, own_pids={777})["flags"] == []   # our pid is always own
+    rep = preflight(devs, allow_foreign=True, own_pids=set())
+    assert [f.flag for f in preflight_flags(rep)] == [Flag.FOREIGN_PROCESS]
+    assert rep["foreign_processes"][0]["pid"] == 777
+
+
+def test_preflight_residual_memory(clock):
+    fake = FakeNVML([{"uuid": U0, "memory_used_bytes": 6 << 30}], clock=clock)
+    rep = preflight(resolve_gpus(cuda_visible_devices=None, nvml=fake), allow_foreign=False)
+    assert [f["code"] for f in rep["flags"]] == ["residual_memory"]

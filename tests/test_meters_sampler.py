@@ -1,0 +1,127 @@
+"""The sampler is a real separate process: started, stopped, and gone when its parent dies."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from joulebench.devices.nvml import FAKE_ENV
+from joulebench.errors import DeviceError
+from joulebench.meters import Sampler, write_timeseries
+
+U0 = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
+U1 = "GPU-bbbbbbbb-0000-0000-0000-000000000000"
+
+
+@pytest.fixture
+def fake_env(tmp_path, monkeypatch):
+    spec = tmp_path / "fake_nvml.json"
+    spec.write_text(json.dumps({"epoch_unix": time.time(),
+                                "gpus": [{"uuid": U0, "power_w": 100.0}, {"uuid": U1, "power_w": 300.0}]}))
+    monkeypatch.setenv(FAKE_ENV, str(spec))
+    return spec
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); look at its state
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    except OSError:
+        return False
+
+
+def test_sampler_runs_in_another_process_and_returns_the_timeline(fake_env):
+    s = Sampler([U1], hz=20.0, cpu=False)
+    s.start()
+    assert s.pid is not None and s.pid != os.getpid()
+    t0 = time.time()
+    time.sleep(1.0)
+    df = s.stop()
+    t1 = time.time()
+    assert not s.process.is_alive()
+    assert s.stop() is df                               # idempotent
+    assert list(df.columns[:4]) == ["t_s", "device_uuid", "device_index", "kind"]
+    assert set(df["device_uuid"]) == {U1}               # only the GPU asked for
+    assert 15 <= len(df) <= 30                          # ~20 Hz for ~1 s
+    assert df["t_s"].is_monotonic_increasing and df["t_s"].iloc[-1] <= t1 and df["t_s"].iloc[0] <= t0 + 0.1
+    assert (df["power_instant_w"] == 300.0).all()
+    e = df["energy_j"].to_numpy()
+    assert e[-1] - e[0] == pytest.approx(300.0 * (df["t_s"].iloc[-1] - df["t_s"].iloc[0]), abs=35.0)
+    assert df.attrs["hz"] == 20.0
+
+
+def test_sampler_context_manager_and_two_gpus(fake_env):
+    with Sampler([U0, U1], hz=10.0, cpu=False) as s:
+        time.sleep(0.5)
+    df = s.stop()
+    assert set(df["device_uuid"]) == {U0, U1}
+    assert df.groupby("device_uuid")["power_w"].first().to_dict() == pytest.approx({U0: 100.0, U1: 300.0}, rel=0.01)
+
+
+def test_sampler_reports_unknown_device(fake_env):
+    with pytest.raises(DeviceError, match="could not open its devices.*GPU-nope"):
+        Sampler(["GPU-nope"], cpu=False).start()
+
+
+def test_sampler_reads_rapl(tmp_path, monkeypatch):
+    monkeypatch.delenv(FAKE_ENV, raising=False)
+    z = tmp_path / "pc" / "intel-rapl:0"
+    z.mkdir(parents=True)
+    (z / "name").write_text("package-0")
+    (z / "energy_uj").write_text("5000000")
+    (z / "max_energy_range_uj").write_text("262143328850")
+    with Sampler([], hz=20.0, cpu=True, rapl_root=tmp_path / "pc") as s:
+        time.sleep(0.3)
+    df = s.stop()
+    assert set(df["kind"]) == {"cpu-package"}
+    assert (df["energy_j"] == 5.0).all()
+
+
+def test_child_exits_when_parent_is_killed(fake_env, tmp_path):
+    script = textwrap.dedent(f"""
+        import sys, time
+        from joulebench.meters import Sampler
+        s = Sampler([{U0!r}], hz=10.0, cpu=False)
+        s.start()
+        print(s.pid, flush=True)
+        time.sleep(120)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ))
+    try:
+        child_pid = int(parent.stdout.readline())
+        assert _alive(child_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.time() + 10
+        while _alive(child_pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child_pid), "the sampler outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
+def test_write_timeseries_is_atomic_parquet(fake_env, tmp_path):
+    with Sampler([U0], hz=20.0, cpu=False) as s:
+        time.sleep(0.3)
+    df = s.stop()
+    out = tmp_path / "timeseries" / "trial-1.parquet"
+    write_timeseries(df, out)
+    back = pd.read_parquet(out)
+    assert len(back) == len(df) and list(back.columns) == list(df.columns)
+    assert back["throttle_reasons"].dtype.name == "Int64"
+    assert [p.name for p in out.parent.iterdir()] == ["trial-1.parquet"]    # no temp file left
