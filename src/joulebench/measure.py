@@ -141,7 +141,7 @@ class Meter:
             timeline = self._sampler.stop() if self._sampler is not None else None
         w = self._window.result
         if w is not None:
-            flags = window_flags(w, timeline, device_idle=self.device_idle, sampler_hz=self.hz)
+            flags = list(w.flags) + window_flags(w, timeline, device_idle=self.device_idle, sampler_hz=self.hz)
             self.result = Measurement(w, tuple(flags), timeline, self._loaded_idle, self.device_idle)
         return False
 

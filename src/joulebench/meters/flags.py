@@ -123,7 +123,10 @@ def window_flags(window: "WindowMeasurement", timeline: "pd.DataFrame | None" = 
                  sampler_hz: float = 10.0,
                  gap_factor: float = 3.0,
                  throttle_mask: int | None = None) -> list[QualityFlag]:
-    """All quality flags of one measured window: the window's own flags plus those derived here.
+    """Quality flags derived from one measured window and its timeline.
+
+    The window's own flags (``window.flags``: COUNTER_UNAVAILABLE, ENERGY_UNAVAILABLE,
+    FAKE_DEVICE) are not repeated here; a record carries ``window.flags + window_flags(...)``.
 
     * SHORT_WINDOW: duration < 100 counter periods (``counter_period_s``, default
       each device's period: 0.1 s for NVML).
@@ -137,7 +140,7 @@ def window_flags(window: "WindowMeasurement", timeline: "pd.DataFrame | None" = 
     """
     from ..devices.nvml import THROTTLE_MASK, THROTTLE_NAMES
 
-    flags: list[QualityFlag] = list(window.flags)
+    flags: list[QualityFlag] = []
     mask = THROTTLE_MASK if throttle_mask is None else throttle_mask
     gpus = [d for d in window.devices if d.info.kind == "gpu"]
 
