@@ -91,3 +91,26 @@ def test_sample_gives_power_from_successive_reads(tree):
     row = d.sample()
     assert row["energy_j"] == pytest.approx(4.0)
     assert 1.0 < row["power_w"] < 30.0             # 1 J over ~50 ms
+
+
+def test_long_window_sees_every_wrap(tree):
+    """Two wraps inside one window: the keeper thread's reads in between catch both."""
+    import time
+
+    (d,) = [x for x in cpu_devices(tree) if x.info.uuid == "rapl:intel-rapl:1"]
+    set_uj(tree, "intel-rapl:1", 0)
+    with EnergyWindow([d], keepalive_s=0.02) as w:
+        for v in (MAX // 2, MAX - 10, 100, MAX // 2, MAX - 10, 200):   # up, wrap, up, wrap
+            set_uj(tree, "intel-rapl:1", v)
+            time.sleep(0.15)
+    expected_uj = 2 * (MAX + 1) + 200
+    assert w.result.energy_j == pytest.approx(expected_uj / 1e6)
+
+
+def test_edges_only_would_miss_wraps(tree):
+    (d,) = [x for x in cpu_devices(tree) if x.info.uuid == "rapl:intel-rapl:1"]
+    set_uj(tree, "intel-rapl:1", 0)
+    with EnergyWindow([d], keepalive_s=0) as w:     # keeper off: the failure the keeper prevents
+        for v in (MAX // 2, MAX - 10, 100, MAX // 2, MAX - 10, 200):
+            set_uj(tree, "intel-rapl:1", v)
+    assert w.result.energy_j == pytest.approx(200 / 1e6)

@@ -114,3 +114,10 @@ def test_power_integral_zero_order_hold():
     assert power_integral_j(tl, T0 + 0.5, T0 + 2.0) == pytest.approx(100 * 0.5 + 300 * 1.0)
     assert power_integral_j(tl, T0, T0 + 2, column="power_w") == pytest.approx(2.0)
     assert power_integral_j(tl.iloc[0:0], T0, T0 + 1) is None
+
+
+def test_flag_accepts_member_names():
+    assert Flag("IDLE_BASELINE_DRIFTED") is Flag.IDLE_BASELINE_DRIFTED
+    assert Flag("throttling") is Flag.THROTTLING
+    with pytest.raises(ValueError):
+        Flag("no_such_flag")

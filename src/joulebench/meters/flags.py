@@ -38,6 +38,16 @@ class Flag(str, Enum):
     THERMAL_GATE_TIMEOUT = "thermal_gate_timeout"
     FAKE_DEVICE = "fake_device"
 
+    @classmethod
+    def _missing_(cls, value):
+        """Accept member names and any case: ``Flag("IDLE_BASELINE_DRIFTED")``."""
+        if isinstance(value, str):
+            key = value.strip().lower()
+            for member in cls:
+                if member.value == key:
+                    return member
+        return None
+
     @property
     def advice(self) -> str:
         return _ADVICE[self]

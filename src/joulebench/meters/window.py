@@ -144,12 +144,42 @@ class _PowerIntegrator:
         return {u: (e if self.samples[u] >= 2 else None) for u, e in self.energy_j.items()}
 
 
+class _WrapKeeper:
+    """Reads wrapping counters (RAPL) every ``period_s`` so a long window sees every wrap.
+
+    RAPL's ``energy_uj`` wraps after ~262 kJ (about 20 minutes at 200 W); a window
+    that only read its two edges would lose whole wraps. One read every 30 s is
+    far inside the wrap period and costs nothing measurable.
+    """
+
+    def __init__(self, devices: list[Device], period_s: float):
+        self.devices = devices
+        self.period_s = period_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="joulebench-counter-keeper", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period_s):
+            for d in self.devices:
+                try:
+                    d.energy_counter_j()
+                except Exception:
+                    pass
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
 class EnergyWindow:
     """Context manager metering a block over ``devices`` (a GPU list, RAPL domains, or both)."""
 
     def __init__(self, devices: list[Device], *, sync: Callable[[], None] | None = None,
                  clock: Callable[[], float] = time.perf_counter, wall_clock: Callable[[], float] = time.time,
-                 fallback_hz: float = 20.0):
+                 fallback_hz: float = 20.0, keepalive_s: float = 30.0):
         uuids = [d.info.uuid for d in devices]
         if len(set(uuids)) != len(uuids):
             raise ValueError(f"the same device appears twice in the window: {uuids}")
@@ -158,6 +188,8 @@ class EnergyWindow:
         self.clock = clock
         self.wall_clock = wall_clock
         self.fallback_hz = fallback_hz
+        self.keepalive_s = keepalive_s
+        self._keeper: _WrapKeeper | None = None
         self.result: WindowMeasurement | None = None
         self._start: dict[str, float | None] = {}
         self._temps: dict[str, float | None] = {}
@@ -188,16 +220,26 @@ class EnergyWindow:
         if fallback:
             self._integrator = _PowerIntegrator(fallback, self.fallback_hz, self.clock)
             self._integrator.start()
+        wrapping = [d for d in self.devices if d.info.kind != "gpu" and self._start.get(d.info.uuid) is not None]
+        if wrapping and self.keepalive_s > 0:
+            self._keeper = _WrapKeeper(wrapping, self.keepalive_s)
+            self._keeper.start()
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         try:
             if exc_type is None and self.sync is not None:
                 self.sync()
+            if self._keeper is not None:
+                self._keeper.stop()
+                self._keeper = None
             ends = {d.info.uuid: d.energy_counter_j() for d in self.devices}
             t1 = self.clock()
             wall1 = self.wall_clock()
         finally:
+            if self._keeper is not None:
+                self._keeper.stop()
+                self._keeper = None
             integrated = self._integrator.stop() if self._integrator is not None else {}
             self._integrator = None
         duration = t1 - self._t0
