@@ -42,7 +42,7 @@ def make_study(root: Path, *, energy: bool = True, repeats: int = 3, failed: boo
     axes = {"batch_size": BATCH, "dtype": DTYPE}
     (study / "study.yaml").write_text(yaml.safe_dump({
         "name": "fixture", "model": "synthetic:smollm2-135m", "backend": "transformers",
-        "sweep": axes, "repeats": {"min": repeats, "max": repeats, "ci_target": 0.02, "cv_target": 0.05},
+        "sweep": axes, "repeats": {"min": repeats, "max": repeats, "ci_target": 0.02},
         "measurement": {"min_window_s": 0.5}}))
     configs, trials = [], []
     t_now = 1.7e9

@@ -11,7 +11,7 @@ result says so. Working on the log scale turns multiplicative effects ("batch 32
 costs 14x less per token") into additive ones and makes the spread comparable
 between cheap and expensive configurations.
 
-* Variance shares: type II sums of squares (``statsmodels.stats.anova.anova_lm(typ=2)``;
+* Variance shares: type II sums of squares (the definition of ``statsmodels.stats.anova.anova_lm(typ=2)``,
   Langsrud 2003, "ANOVA for unbalanced data: Use Type II instead of Type III sums of
   squares"), reported as eta-squared = SS_axis / SS_total (share of the total variance
   of log y) and partial eta-squared = SS_axis / (SS_axis + SS_residual). In unbalanced
@@ -120,7 +120,6 @@ def fit_effects(trials: pd.DataFrame, axes: Sequence[str] | None = None, *,
                 interactions: bool = True) -> EffectsResult:
     """Fit log(response) on the sweep axes; see the module docstring for the method."""
     import statsmodels.formula.api as smf
-    from statsmodels.stats.anova import anova_lm
 
     prim = response or primary_metric(trials)
     label = "J/output-token" if prim.column == "energy_per_output_token_j" else \
@@ -165,9 +164,8 @@ def fit_effects(trials: pd.DataFrame, axes: Sequence[str] | None = None, *,
     chosen: list[tuple[str, str]] = []
     final = main
     if interactions and len(varying) > 1:
-        main_aov = _anova(main, anova_lm)
-        order = sorted(varying, key=lambda a: -float(main_aov.loc[f"C({names[a]})", "sum_sq"])
-                       if main_aov is not None and f"C({names[a]})" in main_aov.index else 0.0)
+        main_ss = type2_table(d, main_terms, [])
+        order = sorted(varying, key=lambda a: -main_ss[f"C({names[a]})"]["sum_sq"])
         for a, b in combinations(order, 2):
             terms = main_terms + [f"C({names[p]}):C({names[q]})" for p, q in chosen + [(a, b)]]
             with warnings.catch_warnings():
@@ -179,22 +177,18 @@ def fit_effects(trials: pd.DataFrame, axes: Sequence[str] | None = None, *,
                 final = cand
     res.r_squared = float(final.rsquared) if ss_total > 0 else math.nan
     res.df_resid = float(final.df_resid)
-    aov = _anova(final, anova_lm)
-    ss_resid = float(final.ssr)
+    inter_terms = [f"C({names[p]}):C({names[q]})" for p, q in chosen]
+    aov = type2_table(d, main_terms, inter_terms)
 
     rows = []
     for a in varying:
-        term = f"C({names[a]})"
-        ss = float(aov.loc[term, "sum_sq"]) if aov is not None and term in aov.index else math.nan
-        rows.append(_term_row(a, ss, ss_total, ss_resid, aov, term, n_levels=len(levels[a]),
+        rows.append(_term_row(a, aov[f"C({names[a]})"], ss_total, n_levels=len(levels[a]),
                               levels=", ".join(levels[a])))
     res.axes = pd.DataFrame(rows).sort_values("eta_sq", ascending=False, na_position="last",
                                               ignore_index=True)
     irows = []
-    for a, b in chosen:
-        term = f"C({names[a]}):C({names[b]})"
-        ss = float(aov.loc[term, "sum_sq"]) if aov is not None and term in aov.index else math.nan
-        irows.append(_term_row(f"{a} x {b}", ss, ss_total, ss_resid, aov, term))
+    for (a, b), term in zip(chosen, inter_terms):
+        irows.append(_term_row(f"{a} x {b}", aov[term], ss_total))
     res.interactions = pd.DataFrame(irows)
     if len(varying) > 1 and not chosen:
         res.notes.append("No interactions fitted: the design has no residual degrees of freedom for them "
@@ -202,7 +196,9 @@ def fit_effects(trials: pd.DataFrame, axes: Sequence[str] | None = None, *,
 
     # main effects as ratios, from the main-effects model
     tcrit = float(_st.t.ppf(0.5 + confidence / 2, main.df_resid)) if main.df_resid > 0 else math.nan
-    params, cov = main.params, main.cov_params()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        params, cov = main.params, main.cov_params()
     me_rows = []
     for a in varying:
         coef = {lv: (f"C({names[a]})[T.{lv}]" if i else None) for i, lv in enumerate(levels[a])}
@@ -227,23 +223,48 @@ def fit_effects(trials: pd.DataFrame, axes: Sequence[str] | None = None, *,
     return res
 
 
-def _anova(model, anova_lm) -> pd.DataFrame | None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            return anova_lm(model, typ=2)
-        except (ValueError, np.linalg.LinAlgError, ZeroDivisionError):
-            return None
+def type2_table(d: pd.DataFrame, main_terms: list[str], inter_terms: list[str]) -> dict[str, dict[str, float]]:
+    """Type II sums of squares by residual-sum-of-squares differences (same definition as
+    ``anova_lm(typ=2)``, which it matches; computed directly so saturated designs still get
+    their sums of squares): SS(T) = RSS(model without T and without the interactions that
+    contain T) - RSS(that model plus T). F and p use the full model's residual mean square,
+    and are nan without residual degrees of freedom."""
+    import statsmodels.formula.api as smf
+
+    def fit(terms: list[str]):
+        formula = "y ~ " + (" + ".join(terms) if terms else "1")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return smf.ols(formula, data=d).fit()
+
+    full = fit(main_terms + inter_terms)
+    rss_full, df_resid = float(full.ssr), float(full.df_resid)
+    out: dict[str, dict[str, float]] = {}
+    for term in main_terms + inter_terms:
+        factors = set(term.split(":"))
+        if ":" in term:
+            reduced_terms = [t for t in main_terms + inter_terms if t != term]
+        else:
+            reduced_terms = [t for t in main_terms + inter_terms if t != term and not factors & set(t.split(":"))]
+        with_terms = reduced_terms + [term]
+        reduced, withm = fit(reduced_terms), fit(with_terms)
+        ss = max(float(reduced.ssr) - float(withm.ssr), 0.0)
+        df_t = float(withm.model.rank - reduced.model.rank)
+        if df_resid > 0 and rss_full > 0 and df_t > 0:
+            F = (ss / df_t) / (rss_full / df_resid)
+            p = float(_st.f.sf(F, df_t, df_resid))
+        else:
+            F = p = math.nan
+        out[term] = {"sum_sq": ss, "df": df_t, "F": F, "p_value": p, "ss_resid": rss_full}
+    return out
 
 
-def _term_row(name: str, ss: float, ss_total: float, ss_resid: float, aov, term: str, **extra) -> dict:
-    F = float(aov.loc[term, "F"]) if aov is not None and term in aov.index else math.nan
-    p = float(aov.loc[term, "PR(>F)"]) if aov is not None and term in aov.index else math.nan
-    dfv = float(aov.loc[term, "df"]) if aov is not None and term in aov.index else math.nan
-    return {"axis": name, **extra, "df": dfv, "sum_sq": ss,
+def _term_row(name: str, t: dict[str, float], ss_total: float, **extra) -> dict:
+    ss, ss_resid = t["sum_sq"], t["ss_resid"]
+    return {"axis": name, **extra, "df": t["df"], "sum_sq": ss,
             "eta_sq": ss / ss_total if ss_total > 0 else math.nan,
             "partial_eta_sq": ss / (ss + ss_resid) if (ss + ss_resid) > 0 else math.nan,
-            "F": F if math.isfinite(F) else math.nan, "p_value": p if math.isfinite(p) else math.nan}
+            "F": t["F"], "p_value": t["p_value"]}
 
 
 def _contrast(axis, lv_from, lv_to, coef, params, cov, tcrit, df_resid) -> Contrast:
@@ -252,8 +273,9 @@ def _contrast(axis, lv_from, lv_to, coef, params, cov, tcrit, df_resid) -> Contr
         vec[coef[lv_to]] += 1.0
     if coef[lv_from] is not None and coef[lv_from] in vec.index:
         vec[coef[lv_from]] -= 1.0
-    est = float(vec @ params)
-    var = float(vec @ cov.to_numpy() @ vec)
+    with np.errstate(all="ignore"):
+        est = float(vec.to_numpy() @ params.to_numpy())
+        var = float(vec.to_numpy() @ cov.to_numpy() @ vec.to_numpy())
     se = math.sqrt(var) if var > 0 and math.isfinite(var) else math.nan
     if math.isfinite(se) and math.isfinite(tcrit) and se > 0:
         lo, hi = math.exp(est - tcrit * se), math.exp(est + tcrit * se)
@@ -297,7 +319,8 @@ def _headline(res: EffectsResult) -> str:
         parts.append(s + ".")
     if not res.interactions.empty:
         top_i = res.interactions.sort_values("eta_sq", ascending=False).iloc[0]
-        if math.isfinite(top_i["eta_sq"]) and top_i["eta_sq"] >= 0.05:
+        p = top_i["p_value"]
+        if math.isfinite(top_i["eta_sq"]) and top_i["eta_sq"] >= 0.05 and (not math.isfinite(p) or p < 0.05):
             parts.append(f"The {top_i['axis']} interaction explains {top_i['eta_sq'] * 100:.0f} %: the effect of one "
                          "depends on the other.")
     return " ".join(parts)

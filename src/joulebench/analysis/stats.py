@@ -73,10 +73,11 @@ def bootstrap_ci(values: Sequence[float | None], confidence: float = 0.95, *,
     ``scipy.stats.bootstrap``; seeded, so the same data always gives the same
     interval. BCa needs the jackknife, which degenerates for tiny or constant
     samples: then the percentile interval is used and the returned method says so.
-    Fewer than 2 values: (nan, nan, "none"). All values equal: a zero-width interval.
+    Fewer than 3 values: (nan, nan, "none"), since two values have only three distinct
+    resample means. All values equal: a zero-width interval.
     """
     x = _clean(values)
-    if x.size < 2:
+    if x.size < 3:
         return (math.nan, math.nan, "none")
     if float(np.ptp(x)) == 0.0:
         m = float(x[0])
@@ -282,5 +283,12 @@ def summarize_configs(trials, *, axes: Sequence[str] | None = None, cv_target: f
         row["ci_target"] = ci_target if ci_target is not None else math.nan
         row["ci_above_target"] = bool(ci_target is not None and (not math.isfinite(rel) or rel > ci_target)
                                       and row["n_ok"] > 0)
+        # CV(J/token)^2 ~ CV(W)^2 + CV(tok/s)^2 (METHODOLOGY.md section 1): which one dominates the spread?
+        cv_tok, cv_pow = row.get("throughput_tok_s_cv", math.nan), row.get("mean_power_w_cv", math.nan)
+        row["cv_share_throughput"] = (cv_tok ** 2 / (cv_tok ** 2 + cv_pow ** 2)
+                                      if prim.energy_available and math.isfinite(cv_tok) and math.isfinite(cv_pow)
+                                      and (cv_tok > 0 or cv_pow > 0) else math.nan)
+        row["throughput_dominated"] = bool(row["cv_above_target"] and math.isfinite(row["cv_share_throughput"])
+                                           and row["cv_share_throughput"] > 0.5)
         rows.append(row)
     return pd.DataFrame(rows)

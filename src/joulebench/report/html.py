@@ -356,7 +356,10 @@ def _render(study_dir, plan, manifest, study, trials, summary, effects: EffectsR
         out.append("<p>None.</p>")
 
     # flags
-    out.append('<h2 id="flags">Quality flags per trial</h2>')
+    out.append('<h2 id="flags">Quality flags</h2>')
+    out.append("<h3>Per configuration (from the repeats)</h3>")
+    out.append(_config_flags_table(summary, axes))
+    out.append("<h3>Per trial (raised by the measurement protocol)</h3>")
     out.append(_flags_table(study_dir, axes, trials))
 
     # failed
@@ -396,6 +399,50 @@ def plots_safe_contrast(c, label: str) -> str:
     from ..analysis.effects import describe_contrast
 
     return describe_contrast(c, label)
+
+
+_CONFIG_ADVICE = {
+    "high_cv": "Repeats of this configuration vary more than the target; add repeats (repeats.max) or find "
+               "the noise source.",
+    "throughput_dominated": "J/token spread comes from tokens/s noise (host-bound work), not from power; more "
+                            "repeats tighten the mean, a faster host loop removes it.",
+    "ci_above_target": "The 95 % CI of the mean is wider than the study's target; more repeats narrow it "
+                       "(about as 1/sqrt(n)).",
+}
+
+
+def _advice(code: str) -> str:
+    try:  # the protocol's typed flags carry the canonical advice text
+        from ..meters.flags import Flag
+
+        return Flag(code).advice
+    except (ImportError, ValueError, KeyError):
+        return _CONFIG_ADVICE[code]
+
+
+def _config_flags_table(summary: pd.DataFrame, axes) -> str:
+    rows = []
+    for _, r in summary.iterrows():
+        prim = r.get("primary_metric")
+        if r.get("cv_above_target"):
+            rows.append([_e(plots.config_label(r, axes)), "<code>high_cv</code>", _e(_advice("high_cv")),
+                         _e(f"CV of {prim} = {r.get(f'{prim}_cv', math.nan) * 100:.1f} % > target "
+                            f"{r['cv_target'] * 100:.1f} % (n = {r.get(f'{prim}_n')})")])
+        if r.get("throughput_dominated"):
+            rows.append([_e(plots.config_label(r, axes)), "<code>throughput_dominated</code>",
+                         _e(_advice("throughput_dominated")),
+                         _e(f"{r['cv_share_throughput'] * 100:.0f} % of the J/token variance comes from tokens/s "
+                            f"(CV {r['throughput_tok_s_cv'] * 100:.1f} %) vs power "
+                            f"(CV {r['mean_power_w_cv'] * 100:.1f} %)")])
+        if r.get("ci_above_target"):
+            rel = r.get(f"{prim}_ci95_rel_halfwidth", math.inf)
+            rows.append([_e(plots.config_label(r, axes)), "<code>ci_above_target</code>",
+                         _e(_CONFIG_ADVICE["ci_above_target"]),
+                         _e(f"CI half-width {rel * 100:.1f} % of the mean > target {r['ci_target'] * 100:.1f} %"
+                            if math.isfinite(rel) else "fewer than 2 finished repeats: no CI")])
+    if not rows:
+        return "<p>None: every configuration is within its CV and CI targets.</p>"
+    return _table(["configuration", "flag", "advice", "detail"], rows)
 
 
 def _flags_table(study_dir: Path, axes, trials: pd.DataFrame) -> str:

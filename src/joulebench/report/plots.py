@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Sequence
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -24,6 +25,11 @@ DPI = 110
 _FRONT = "#1f6fb4"
 _DOMINATED = "#a0a0a0"
 _OUTLIER = "#d62728"
+
+
+_plain = matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}")
+_plain_minor = matplotlib.ticker.FuncFormatter(
+    lambda v, _: f"{v:g}" if f"{v:.1e}"[0] in "25" else "")   # label 2x and 5x minor ticks only
 
 
 def _save(fig, stem: Path) -> Path:
@@ -112,6 +118,8 @@ def plot_main_effects(main_effects: pd.DataFrame, levels: dict[str, list[str]], 
         ax.set_xticks(x, levels[a], rotation=30 if max(len(s) for s in levels[a]) > 6 else 0, fontsize=8)
         ax.set_xlabel(a)
         ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(_plain)
+        ax.yaxis.set_minor_formatter(_plain_minor)
         ax.grid(alpha=0.3, which="both")
     axs[0][0].set_ylabel(f"{label}, ratio to first level")
     fig.suptitle(f"Main effects on {label} (other axes held fixed, 95 % CI)", fontsize=10)
