@@ -4,6 +4,8 @@ from __future__ import annotations
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from joulebench.devices import resolve_gpus
 from joulebench.devices.fake_nvml import FakeClock, FakeNVML
@@ -127,3 +129,28 @@ def test_mixed_gpu_and_cpu_window_keeps_cpu_separate(fake, clock, tmp_path):
     assert r.cpu_energy_j == pytest.approx(35.0) and r.cpu_energy_source == "rapl"
     d = r.to_dict()
     assert d["devices"][0]["mean_power_w"] == pytest.approx(100.0)
+
+
+segments = st.lists(st.tuples(st.floats(0.0, 30.0), st.floats(0.0, 1000.0)), min_size=1, max_size=6)
+
+
+@settings(max_examples=60, deadline=None)
+@given(sched0=segments, sched1=segments, start=st.floats(0.0, 20.0), length=st.floats(0.05, 40.0))
+def test_window_energy_within_counter_quantisation(sched0, sched1, start, length):
+    """For any power schedule: per-device energies sum to the total, and each is the exact
+    integral of power within one counter period of the highest power at each edge."""
+    clock = FakeClock()
+    fake = FakeNVML([{"uuid": U0, "power_schedule": [[0.0, 50.0]] + [list(s) for s in sched0]},
+                     {"uuid": U1, "power_schedule": [[0.0, 50.0]] + [list(s) for s in sched1]}],
+                    clock=clock, epoch=clock.now)
+    devs = resolve_gpus(cuda_visible_devices=None, nvml=fake)
+    clock.advance(start)
+    t0 = clock.now
+    with EnergyWindow(devs, clock=clock, wall_clock=clock) as w:
+        clock.advance(length)
+    r = w.result
+    assert r.energy_j == pytest.approx(sum(d.energy_j for d in r.devices))
+    for d, g in zip(r.devices, fake.gpus):
+        exact = (g.energy_exact_mj(t0 + length) - g.energy_exact_mj(t0)) / 1000.0
+        p_max = max(w for _, w in g._power)
+        assert abs(d.energy_j - exact) <= 2 * p_max * g.counter_period_s + 1e-6
