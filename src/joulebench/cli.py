@@ -1,0 +1,215 @@
+"""The `joulebench` command line (thin: every command calls the Python API)."""
+from __future__ import annotations
+
+import json
+import sys
+from importlib import resources
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import EXIT_INTERRUPTED, EXIT_INVALID, JoulebenchError, StudyErrors
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def quickstart_path() -> Path:
+    return Path(str(resources.files("joulebench").joinpath("studies/quickstart.yaml")))
+
+
+def _fail(e: JoulebenchError) -> None:
+    if isinstance(e, StudyErrors):
+        err_console.print(f"[bold red]error:[/] {len(e.errors)} problem(s) in the study:", highlight=False)
+        for sub in e.errors:
+            err_console.print(f"  - {sub.render()}", highlight=False, markup=False)
+    else:
+        err_console.print("[bold red]error:[/] ", end="", highlight=False)
+        err_console.print(str(e), highlight=False, markup=False)
+    sys.exit(e.exit_code)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except JoulebenchError as e:
+            _fail(e)
+        except KeyboardInterrupt:
+            err_console.print("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="joulebench")
+def main() -> None:
+    """Measure the energy, speed and cost of LLM inference across deployment configurations."""
+
+
+@main.command()
+@click.argument("study", required=False, type=click.Path(dir_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), help="study directory (default ./joulebench-results/<study>-<UTC time>)")
+@click.option("--dry-run", is_flag=True, help="validate and print the plan; run nothing")
+@click.option("--runner", type=click.Choice(["auto", "process", "docker", "ray"]), help="override the study's runner")
+@click.option("--quiet", "-q", is_flag=True, help="plain log lines instead of a progress display")
+@click.option("--no-report", is_flag=True, help="skip building report.html at the end")
+def run(study, out, dry_run, runner, quiet, no_report):
+    """Run a study (with no file: the built-in quickstart study)."""
+    from .orchestrator import run_study
+
+    path = Path(study) if study else quickstart_path()
+    if dry_run:
+        _print_plan(path)
+        return
+    result = run_study(path, out=out, runner=runner, quiet=quiet, report=not no_report)
+    print_results(result.study_dir)
+    console.print(f"study directory: {result.study_dir}")
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.argument("study", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="print plan.json instead of a table")
+def plan(study, as_json):
+    """Print the expanded trials (ids, parameters, order) and counts; runs nothing."""
+    _print_plan(Path(study), as_json=as_json)
+
+
+def _print_plan(path: Path, as_json: bool = False) -> None:
+    from .config import load_study
+    from .plan import build_plan
+
+    loaded = load_study(path)
+    p = build_plan(loaded)
+    doc = p.to_json()
+    if as_json:
+        click.echo(json.dumps(doc, indent=2))
+        return
+    axes = list(p.axes)
+    table = Table(title=f"study {p.study}: {len(p.configs)} configurations", show_lines=False)
+    table.add_column("round", justify="right")
+    table.add_column("pos", justify="right")
+    table.add_column("trial id")
+    table.add_column("load group")
+    for a in axes or ["backend", "model"]:
+        table.add_column(a)
+    rows = [t for t in doc["trials"] if not t["conditional"]]
+    cfgs = {c["config_id"]: c for c in doc["configs"]}
+    for t in rows:
+        c = cfgs[t["config_id"]]
+        table.add_row(str(t["round"]), str(t["position"]), t["trial_id"], c["load_group"],
+                      *[str(c["params"].get(a)) for a in (axes or ["backend", "model"])])
+    console.print(table)
+    counts = doc["counts"]
+    rep = doc["repeats"]
+    adaptive = rep["ci_target"] is not None and rep["max"] > rep["min"]
+    console.print(f"{counts['configs']} configurations in {counts['load_groups']} load group(s); "
+                  f"{counts['trials_min']} trials" + (f" (up to {counts['trials_max']} with adaptive repeats "
+                                                      f"to a {rep['ci_target']:.0%} CI target)" if adaptive else ""))
+    m = loaded.config.measurement
+    per_trial = m.min_window_s + 3 * 1.0
+    lo = counts["trials_min"] * per_trial + counts["load_groups"] * rep["min"] * (10 + m.loaded_idle_s)
+    console.print(f"estimated time: at least {lo / 60:.1f} min (windows of {m.min_window_s:g} s, warm-up, loads)")
+    if p.skipped:
+        console.print(f"[yellow]{len(p.skipped)} invalid combination(s) skipped:[/]")
+        for s in p.skipped:
+            console.print(f"  - {s['where']}: {'; '.join(s['reasons'])}", markup=False)
+
+
+@main.command()
+@click.argument("study_dir", type=click.Path(file_okay=False, exists=True))
+@click.option("--runner", type=click.Choice(["auto", "process", "docker", "ray"]))
+@click.option("--quiet", "-q", is_flag=True)
+@click.option("--retry-failed", is_flag=True, help="also run again the trials that failed")
+@click.option("--no-report", is_flag=True)
+def resume(study_dir, runner, quiet, retry_failed, no_report):
+    """Continue an interrupted study: finished trials are kept, nothing runs twice."""
+    from .orchestrator import resume_study
+
+    result = resume_study(study_dir, runner=runner, quiet=quiet, retry_failed=retry_failed,
+                          report=not no_report)
+    print_results(result.study_dir)
+    sys.exit(result.exit_code)
+
+
+@main.command()
+@click.argument("study_dir", type=click.Path(file_okay=False, exists=True))
+def report(study_dir):
+    """Write report.html, results.parquet, results.csv and summary.csv."""
+    from .report.html import build_report
+
+    path = build_report(Path(study_dir))
+    print_results(Path(study_dir))
+    console.print(f"report: {path}")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def env(as_json):
+    """Devices, meters, container engine, images, installed backends, versions."""
+    from .envinfo import environment_report, print_environment
+
+    rep = environment_report()
+    if as_json:
+        click.echo(json.dumps(rep, indent=2, default=str))
+    else:
+        print_environment(rep, console)
+
+
+def print_results(study_dir: Path) -> None:
+    """A compact per-configuration table straight from the trial records."""
+    from .analysis.stats import mean_ci_t
+    from .results.store import StudyStore
+
+    store = StudyStore(study_dir)
+    try:
+        plan_doc = store.read_plan()
+    except (OSError, ValueError):
+        return
+    axes = list(plan_doc.get("axes") or {}) or ["backend", "model"]
+    recs: dict[str, list[dict]] = {}
+    for r in store.iter_records():
+        recs.setdefault(r["config_id"], []).append(r)
+    table = Table(title="results (mean [95 % CI])")
+    for a in axes:
+        table.add_column(a)
+    for col in ("ok/n", "tokens/s", "J/output token", "TTFT median s", "flags"):
+        table.add_column(col, justify="right")
+
+    def fmt(vals):
+        m, lo, hi = mean_ci_t(vals)
+        if m != m:  # nan
+            return "n/a"
+        return f"{m:.4g}" + (f" [{lo:.3g}, {hi:.3g}]" if lo == lo else "")
+
+    for c in plan_doc["configs"]:
+        rs = recs.get(c["config_id"], [])
+        if not rs:
+            continue
+        ok = [r for r in rs if r.get("status") == "ok"]
+        flags = sorted({f["code"] for r in ok for f in r.get("flags", [])} - {"synthetic_weights", "SYNTHETIC_WEIGHTS"})
+        table.add_row(*[str(c["params"].get(a)) for a in axes], f"{len(ok)}/{len(rs)}",
+                      fmt([r.get("throughput_tok_s") for r in ok]),
+                      fmt([r.get("energy_per_output_token_j") for r in ok]),
+                      fmt([(r.get("ttft_s") or {}).get("median") for r in ok]),
+                      ", ".join(flags) or "-")
+    console.print(table)
+
+
+def _register_optional() -> None:
+    try:
+        from .cli_containers import register
+
+        register(main)
+    except ImportError:
+        pass
+
+
+_register_optional()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,452 @@
+"""The study engine: plan -> rounds -> experiments -> records, safe to interrupt.
+
+* ``plan.json`` is written before anything runs; every trial record is written
+  atomically the moment it finishes, so a crash loses at most the trial in flight.
+* Round r runs repeat r of every configuration that still needs one, in a seeded
+  blocked shuffle (see plan.py). Repeats beyond ``repeats.min`` are adaptive: a
+  configuration continues while the 95 % CI half-width of its mean J/output-token
+  (tokens/s where no energy meter exists) is above ``repeats.ci_target``.
+* One experiment = one isolated worker = one model load, serving the round's
+  configurations of one load group. A worker that crashes, hangs past its timeout or
+  is killed turns its trial in flight into a failed record; the rest of its trials
+  continue in a fresh worker.
+* Ctrl-C (or SIGTERM): the worker is stopped, the trial in flight is marked
+  ``interrupted`` (resume runs it again), exit code 130.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import fcntl
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .analysis.stats import ci_halfwidth_rel
+from .config.loader import LoadedStudy, load_study, parse_study_text
+from .display import Display
+from .errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIALS_FAILED, JoulebenchError, ResumeError)
+from .plan import Configuration, Plan, build_plan, trial_id_for
+from .results.schema import SCHEMA_VERSION, TrialRecord
+from .results.store import RETRYABLE_ERROR_KINDS, StudyStore, atomic_write_bytes, atomic_write_json, sha256_bytes
+from .runners.base import Experiment, ExperimentOutcome, Runner
+
+DEFAULT_RESULTS_ROOT = Path("joulebench-results")
+
+
+@dataclass
+class StudyResult:
+    study_dir: Path
+    exit_code: int
+    ok: int
+    failed: int
+    interrupted: bool = False
+
+    def __fspath__(self) -> str:
+        return str(self.study_dir)
+
+
+def default_study_dir(name: str, root: Path | None = None) -> Path:
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    return Path(root or DEFAULT_RESULTS_ROOT) / f"{name}-{stamp}"
+
+
+class StudyLock:
+    """One orchestrator per study directory (flock: released when the process dies)."""
+
+    def __init__(self, study_dir: Path):
+        self.path = Path(study_dir) / ".lock"
+        self.fh = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            other = self.fh.read().strip() or "?"
+            self.fh.close()
+            raise JoulebenchError(f"another joulebench (pid {other}) is running the study in {self.path.parent}; "
+                                  "wait for it to finish") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(str(os.getpid()))
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+        finally:
+            self.fh.close()
+
+
+def make_runner(kind: str, loaded: LoadedStudy, display: Display) -> Runner:
+    opts = loaded.config.runner_options
+    if kind == "auto":
+        kind = "process"
+        try:
+            from .runners.docker import engine_available
+
+            if engine_available():
+                kind = "docker"
+        except ImportError:
+            pass
+        display.log(f"runner: {kind} (auto)")
+    if kind == "process":
+        from .runners.process import ProcessRunner
+
+        return ProcessRunner(python=opts.python)
+    if kind == "docker":
+        from .runners.docker import DockerRunner
+
+        return DockerRunner(image=opts.image)
+    if kind == "ray":
+        from .runners.ray import RayRunner
+
+        return RayRunner(address=opts.address, resources=opts.resources)
+    raise JoulebenchError(f"unknown runner '{kind}'")
+
+
+class Orchestrator:
+    def __init__(self, loaded: LoadedStudy, plan: Plan, study_dir: Path, runner: Runner, display: Display):
+        self.loaded = loaded
+        self.cfg = loaded.config
+        self.plan = plan
+        self.store = StudyStore(study_dir)
+        self.runner = runner
+        self.display = display
+        self.axes = list(plan.axes)
+        self.device_idle: dict[str, Any] | None = None
+        self.device_idle_flags: list[str] = []
+        self._in_flight: str | None = None
+        self._attempt = 0
+
+    # ------------------------------------------------------------------ top level
+    def run(self) -> StudyResult:
+        interrupted = False
+        prev_term = signal.getsignal(signal.SIGTERM)
+
+        def _term(signum, frame):  # noqa: ARG001 - docker stop / cron timeout: same as Ctrl-C
+            raise KeyboardInterrupt
+
+        try:
+            signal.signal(signal.SIGTERM, _term)
+        except ValueError:  # not the main thread
+            prev_term = None
+        self.store.update_manifest(status="running", pid=os.getpid(), last_started_at=time.time())
+        total = self._planned_total()
+        self.display.start(total, f"study {self.cfg.name}")
+        try:
+            self.runner.prepare(self.store.root, self.cfg.name)
+            self._device_idle_reference()
+            for r in range(self.plan.max_repeats):
+                needed = self._configs_needing(r)
+                if not needed:
+                    continue
+                self.display.set_total(self._planned_total())
+                self._run_round(r, needed)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            self.display.stop()
+            try:
+                self.runner.close()
+            except Exception:  # noqa: BLE001
+                pass
+            if prev_term is not None:
+                signal.signal(signal.SIGTERM, prev_term)
+        records = self.store.records_by_id()
+        ok = sum(1 for r in records.values() if r.get("status") == "ok")
+        failed = sum(1 for r in records.values() if r.get("status") == "failed")
+        if interrupted:
+            self.store.update_manifest(status="interrupted", finished_at=time.time(), ok=ok, failed=failed)
+            self.display.log(f"interrupted: {ok} trials kept; continue with `joulebench resume {self.store.root}`")
+            return StudyResult(self.store.root, EXIT_INTERRUPTED, ok, failed, interrupted=True)
+        self.store.update_manifest(status="finished", finished_at=time.time(), ok=ok, failed=failed)
+        code = EXIT_OK if failed == 0 else EXIT_TRIALS_FAILED
+        return StudyResult(self.store.root, code, ok, failed)
+
+    def _planned_total(self) -> int:
+        done = self.store.records_by_id()
+        n = 0
+        for c in self.plan.configs:
+            ran = sum(1 for r in range(self.plan.max_repeats) if trial_id_for(c.config_id, r) in done)
+            n += max(ran, self.plan.min_repeats)
+        return n
+
+    # ------------------------------------------------------------------ baselines
+    def _study_gpus(self):
+        from .devices import resolve_gpus
+        from .protocol import _intended_ordinals
+
+        ordinals: set[int] = set()
+        for c in self.plan.configs:
+            o = _intended_ordinals(c.params.get("device", "auto"))
+            ordinals.update(o or [])
+        if not ordinals:
+            return []
+        return resolve_gpus(sorted(ordinals))
+
+    def _device_idle_reference(self) -> None:
+        """Device idle power per GPU, measured here with no context of ours; reused while fresh."""
+        secs = self.cfg.measurement.device_idle_s
+        try:
+            gpus = self._study_gpus()
+        except Exception as e:  # noqa: BLE001
+            self.display.log(f"no device idle reference: {e}")
+            return
+        if not gpus or secs <= 0:
+            return
+        from .meters.baselines import IdleBaseline, baseline_drifted, baseline_is_stale, measure_idle_power
+
+        manifest = self.store.read_manifest()
+        prev = manifest.get("device_idle")
+        if prev:
+            base = IdleBaseline(**prev)
+            if not baseline_is_stale(base, max_age_s=self.cfg.measurement.baseline_max_age_s, now=time.time()):
+                recheck = measure_idle_power(gpus, min(3.0, secs))
+                if not baseline_drifted(base, recheck, threshold_rel=self.cfg.measurement.baseline_drift_rel):
+                    self.device_idle = prev
+                    return
+                self.device_idle_flags = ["IDLE_BASELINE_DRIFTED"]
+        self.display.set_context(label="device idle reference", phase=f"{secs:.0f} s")
+        base = measure_idle_power(gpus, secs)
+        from dataclasses import asdict
+
+        self.device_idle = asdict(base)
+        self.store.update_manifest(device_idle=self.device_idle)
+        self.display.log(f"device idle: {base.power_w:.1f} W over {len(gpus)} GPU(s)"
+                         if base.power_w is not None else "device idle: no counter")
+
+    # ------------------------------------------------------------------ rounds
+    def _metric_values(self, config_id: str, records: dict[str, dict]) -> list[float]:
+        vals_e, vals_t = [], []
+        for r in range(self.plan.max_repeats):
+            rec = records.get(trial_id_for(config_id, r))
+            if rec and rec.get("status") == "ok":
+                vals_e.append(rec.get("energy_per_output_token_j"))
+                vals_t.append(rec.get("throughput_tok_s"))
+        if vals_e and all(v is not None for v in vals_e):
+            return vals_e
+        return [v for v in vals_t if v is not None]
+
+    def _configs_needing(self, r: int) -> list[str]:
+        records = self.store.records_by_id()
+        done = self.store.done_ids()
+        rep = self.plan.config.repeats
+        out = []
+        for c in self.plan.configs:
+            tid = trial_id_for(c.config_id, r)
+            if tid in done:
+                continue
+            if r < rep.min:
+                out.append(c.config_id)
+                continue
+            # adaptive: earlier repeats must all exist and be ok, and the CI must still be too wide
+            earlier = [records.get(trial_id_for(c.config_id, k)) for k in range(r)]
+            if any(e is None or e.get("status") != "ok" for e in earlier):
+                continue
+            if rep.ci_target is None:
+                continue
+            if ci_halfwidth_rel(self._metric_values(c.config_id, records)) > rep.ci_target:
+                out.append(c.config_id)
+        return out
+
+    def _run_round(self, r: int, config_ids: list[str]) -> None:
+        order = self.plan.round_order(r, config_ids)
+        groups: list[list[Configuration]] = []
+        for c in order:
+            if groups and groups[-1][0].load_group == c.load_group and not self.cfg.runner_options.one_worker_per_trial:
+                groups[-1].append(c)
+            else:
+                groups.append([c])
+        for members in groups:
+            pending = [trial_id_for(c.config_id, r) for c in members]
+            by_tid = {trial_id_for(c.config_id, r): c for c in members}
+            while pending:
+                outcome = self._run_experiment(r, [by_tid[t] for t in pending])
+                done = self.store.done_ids()
+                if outcome.in_flight and outcome.in_flight not in done:
+                    self._mark_failed(by_tid[outcome.in_flight], r, outcome.error or "worker ended mid-trial",
+                                      outcome.error_kind or "crash", outcome)
+                elif outcome.error and not outcome.finished and not outcome.in_flight:
+                    # the worker never started a trial: fail them all rather than loop
+                    for t in pending:
+                        if t not in self.store.done_ids():
+                            self._mark_failed(by_tid[t], r, outcome.error, outcome.error_kind or "crash", outcome)
+                done = self.store.done_ids()
+                pending = [t for t in pending if t not in done]
+
+    def _experiment_spec(self, experiment_id: str, r: int, configs: list[Configuration]) -> dict[str, Any]:
+        return {
+            "experiment_id": experiment_id, "study": self.cfg.name, "round": r,
+            "base_dir": str(self.loaded.base_dir), "seed": self.cfg.seed,
+            "trust_remote_code": self.cfg.trust_remote_code,
+            "measurement": self.cfg.measurement.model_dump(mode="json"),
+            "device_idle": self.device_idle, "device_idle_flags": self.device_idle_flags,
+            "thermal_reference_c": self.store.read_manifest().get("thermal_reference_c"),
+            "trials": [{"trial_id": trial_id_for(c.config_id, r), "config_id": c.config_id, "repeat": r,
+                        "round": r, "params": c.params} for c in configs],
+        }
+
+    def _run_experiment(self, r: int, configs: list[Configuration]) -> ExperimentOutcome:
+        self._attempt += 1
+        group = configs[0].load_group
+        eid = f"r{r}-{group}-{self._attempt:03d}"
+        spec = self._experiment_spec(eid, r, configs)
+        python = (self.cfg.runner_options.environments.get(configs[0].params["backend"])
+                  or self.cfg.runner_options.python)
+        exp = Experiment(experiment_id=eid, study_name=self.cfg.name, study_dir=self.store.root, spec=spec,
+                         trial_ids=[t["trial_id"] for t in spec["trials"]],
+                         label=f"{configs[0].params['backend']} {configs[0].params['model']}", python=python)
+        labels = {t["trial_id"]: c.label(self.axes) for t, c in zip(spec["trials"], configs)}
+
+        def on_event(ev: dict[str, Any]) -> None:
+            kind = ev.get("event")
+            if kind == "trial_start":
+                self._in_flight = ev.get("trial_id")
+                self.display.set_context(label=f"round {r + 1} · {labels.get(self._in_flight, '')}", phase="")
+            elif kind == "trial_end":
+                tid = ev.get("trial_id")
+                self._in_flight = None
+                self.display.advance(self._trial_summary(tid))
+            elif kind == "phase" and ev.get("phase") == "load":
+                self.display.set_context(label=f"round {r + 1} · loading {exp.label}", phase="load")
+            self.display.event(ev)
+
+        try:
+            outcome = self.runner.run_experiment(exp, on_event=on_event,
+                                                 timeout_s=self.cfg.runner_options.timeout_s)
+        except KeyboardInterrupt:
+            if self._in_flight and self._in_flight not in self.store.done_ids():
+                c = {trial_id_for(c.config_id, r): c for c in configs}[self._in_flight]
+                self._mark_failed(c, r, "interrupted by the user; resume runs it again", "interrupted", None)
+            raise
+        if outcome.error:
+            self.display.log(f"experiment {eid}: {outcome.error}")
+        self._remember_thermal_reference()
+        return outcome
+
+    def _remember_thermal_reference(self) -> None:
+        m = self.store.read_manifest()
+        if m.get("thermal_reference_c") is not None:
+            return
+        for rec in self.store.iter_records():
+            t = (rec.get("thermal") or {}).get("start_temperature_c")
+            if rec.get("status") == "ok" and t is not None:
+                self.store.update_manifest(thermal_reference_c=t)
+                return
+
+    def _mark_failed(self, c: Configuration, r: int, error: str, kind: str,
+                     outcome: ExperimentOutcome | None) -> None:
+        tid = trial_id_for(c.config_id, r)
+        rec = TrialRecord(trial_id=tid, config_id=c.config_id, study=self.cfg.name, params=c.params, repeat=r,
+                          round=r, status="failed", error=error, error_kind=kind, finished_at=time.time(),
+                          experiment_id=outcome.experiment_id if outcome else None,
+                          schema_version=SCHEMA_VERSION).model_dump(mode="json")
+        if outcome and outcome.log_tail:
+            (self.store.logs_dir / f"{tid}.log").write_text(outcome.log_tail)
+        self.store.write_record(rec)
+        self.display.advance(f"trial {tid} failed ({kind}): {error}")
+
+    def _trial_summary(self, tid: str | None) -> str | None:
+        if not tid:
+            return None
+        try:
+            rec = self.store.records_by_id().get(tid) or {}
+        except Exception:  # noqa: BLE001
+            return None
+        if rec.get("status") != "ok":
+            return f"trial {tid} failed: {rec.get('error')}"
+        e = rec.get("energy_per_output_token_j")
+        tps = rec.get("throughput_tok_s") or 0
+        en = f"{e:.4g} J/tok" if e is not None else "energy n/a"
+        return f"trial {tid} ok: {tps:.1f} tok/s, {en}, {rec.get('duration_s', 0):.1f} s window"
+
+
+# ---------------------------------------------------------------------- entry points
+def _prepare_new_study(loaded: LoadedStudy, plan: Plan, study_dir: Path, source_path: str | None) -> StudyStore:
+    store = StudyStore(study_dir)
+    if (study_dir / "manifest.json").exists():
+        raise JoulebenchError(f"{study_dir} already holds a study; use `joulebench resume {study_dir}` "
+                              "or choose another --out")
+    store.create()
+    atomic_write_bytes(study_dir / "study.yaml", loaded.text.encode())
+    atomic_write_json(study_dir / "plan.json", plan.to_json())
+    store.update_manifest(study=plan.study, created_at=time.time(), joulebench_version=__version__,
+                          study_sha256=sha256_bytes(loaded.text.encode()), source_path=source_path,
+                          base_dir=str(loaded.base_dir), plan_fingerprint=plan.fingerprint(),
+                          runner=loaded.config.runner, status="planned")
+    return store
+
+
+def run_study(source, *, out: str | Path | None = None, runner: str | None = None, quiet: bool = False,
+              display: Display | None = None, report: bool = True) -> StudyResult:
+    loaded = source if isinstance(source, LoadedStudy) else load_study(source)
+    plan = build_plan(loaded)
+    study_dir = Path(out) if out else default_study_dir(loaded.config.name)
+    display = display or Display(quiet=quiet)
+    source_path = str(Path(source).resolve()) if isinstance(source, (str, Path)) else None
+    with StudyLock(study_dir):
+        _prepare_new_study(loaded, plan, study_dir, source_path)
+        result = _execute(loaded, plan, study_dir, runner or loaded.config.runner, display)
+    if report:
+        _report(study_dir, display)
+    return result
+
+
+def resume_study(study_dir: str | Path, *, runner: str | None = None, quiet: bool = False,
+                 display: Display | None = None, retry_failed: bool = False, report: bool = True) -> StudyResult:
+    study_dir = Path(study_dir)
+    store = StudyStore(study_dir)
+    manifest = store.read_manifest()
+    if not manifest or not (study_dir / "study.yaml").exists():
+        raise ResumeError(f"{study_dir} is not a joulebench study directory (no manifest.json / study.yaml)")
+    text = (study_dir / "study.yaml").read_text()
+    src = manifest.get("source_path")
+    if src and Path(src).exists():
+        current = Path(src).read_bytes()
+        if sha256_bytes(current) != manifest.get("study_sha256"):
+            raise ResumeError(f"the study file {src} changed since this study started; resuming would mix two "
+                              "different studies. Restore the file, or start a new study with `joulebench run`")
+    base_dir = Path(manifest.get("base_dir") or study_dir)
+    loaded = parse_study_text(text, file=str(study_dir / "study.yaml"), base_dir=base_dir)
+    plan = build_plan(loaded)
+    if plan.fingerprint() != manifest.get("plan_fingerprint"):
+        raise ResumeError("the plan of this study differs from the one it started with (another joulebench "
+                          "version?); start a new study instead")
+    if retry_failed:
+        for rec in store.iter_records():
+            if rec.get("status") == "failed":
+                rec["error_kind"] = "interrupted" if rec.get("error_kind") not in RETRYABLE_ERROR_KINDS \
+                    else rec["error_kind"]
+                store.write_record(rec)
+    display = display or Display(quiet=quiet)
+    with StudyLock(study_dir):
+        result = _execute(loaded, plan, study_dir, runner or loaded.config.runner, display)
+    if report:
+        _report(study_dir, display)
+    return result
+
+
+def _execute(loaded: LoadedStudy, plan: Plan, study_dir: Path, runner_kind: str, display: Display) -> StudyResult:
+    runner = make_runner(runner_kind, loaded, display)
+    return Orchestrator(loaded, plan, study_dir, runner, display).run()
+
+
+def _report(study_dir: Path, display: Display) -> None:
+    try:
+        from .report.html import build_report
+    except ImportError:
+        return
+    try:
+        path = build_report(study_dir)
+        display.log(f"report: {path}")
+    except Exception as e:  # noqa: BLE001 - the results are safe on disk; the report can be rebuilt
+        display.log(f"could not build the report ({type(e).__name__}: {e}); "
+                    f"run `joulebench report {study_dir}` to retry")

@@ -1,0 +1,1 @@
+"""Trial records, the study directory, and the trial table."""

@@ -1,0 +1,125 @@
+"""The trial record: one JSON file per finished or failed trial.
+
+Units live in the names. Energy figures are null where no meter exists, with a
+quality flag that says why. ``schema_version`` changes when a field changes
+meaning.
+"""
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class LatencyStats(_Model):
+    median: float | None = None
+    p90: float | None = None
+    p99: float | None = None
+    mean: float | None = None
+    n: int = 0
+
+
+class DeviceRecord(_Model):
+    """Identity and energy of one measured device."""
+
+    index: int | None = None          # NVML index on the host
+    uuid: str | None = None
+    name: str | None = None
+    kind: str = "gpu"                 # gpu | cpu-package | dram
+    energy_j: float | None = None
+    energy_source: str | None = None
+    device_idle_w: float | None = None
+    loaded_idle_w: float | None = None
+    mean_power_w: float | None = None
+    start_temperature_c: float | None = None
+    end_temperature_c: float | None = None
+
+
+class QualityFlagRecord(_Model):
+    code: str
+    advice: str
+    detail: str | None = None
+
+
+class Baselines(_Model):
+    device_idle_w: float | None = None
+    loaded_idle_w: float | None = None
+    device_idle_measured_at: float | None = None   # unix time
+    device_idle_duration_s: float | None = None
+    loaded_idle_duration_s: float | None = None
+
+
+class WarmupRecord(_Model):
+    passes: int = 0
+    converged: bool = False
+    duration_s: float = 0.0
+    cv: float | None = None
+    throughputs_tok_s: list[float] = Field(default_factory=list)
+
+
+class TrialRecord(_Model):
+    schema_version: int = SCHEMA_VERSION
+    trial_id: str
+    config_id: str
+    study: str
+    params: dict[str, Any]
+    repeat: int
+    round: int = 0
+    experiment_id: str | None = None
+    status: Literal["ok", "failed"] = "ok"
+    error: str | None = None
+    error_kind: str | None = None     # error | crash | timeout | interrupted | infrastructure
+    started_at: float | None = None   # unix time
+    finished_at: float | None = None
+
+    # energy (J) and its source
+    energy_j: float | None = None
+    energy_source: str | None = None
+    energy_above_device_idle_j: float | None = None
+    energy_above_loaded_idle_j: float | None = None
+    energy_per_output_token_j: float | None = None
+    energy_above_device_idle_per_output_token_j: float | None = None
+    energy_above_loaded_idle_per_output_token_j: float | None = None
+    energy_per_request_j: float | None = None
+    energy_per_token_j: float | None = None        # per input + output token
+    mean_power_w: float | None = None
+    cpu_energy_j: float | None = None
+    cpu_energy_source: str | None = None
+
+    # work done in the window
+    output_tokens: int | None = None
+    input_tokens: int | None = None
+    requests: int | None = None
+    passes: int | None = None          # workload passes inside the window
+    duration_s: float | None = None    # the measured window
+    throughput_tok_s: float | None = None
+    input_throughput_tok_s: float | None = None
+    requests_per_s: float | None = None
+    ttft_s: LatencyStats | None = None
+    itl_s: LatencyStats | None = None
+    tpot_s: LatencyStats | None = None
+    latency_s: LatencyStats | None = None
+    flops: float | None = None
+    flops_formula: str | None = None
+    peak_memory_bytes: int | None = None
+    nvml_memory_used_bytes: int | None = None
+    weights_bytes: int | None = None
+    load_s: float | None = None
+    load_energy_j: float | None = None
+
+    devices: list[DeviceRecord] = Field(default_factory=list)
+    baselines: Baselines = Field(default_factory=Baselines)
+    warmup: WarmupRecord = Field(default_factory=WarmupRecord)
+    thermal: dict[str, Any] = Field(default_factory=dict)
+    preflight: dict[str, Any] = Field(default_factory=dict)
+    flags: list[QualityFlagRecord] = Field(default_factory=list)
+    model: dict[str, Any] = Field(default_factory=dict)   # source, synthetic_weights, parameters
+    environment: dict[str, Any] = Field(default_factory=dict)
+    node: dict[str, Any] = Field(default_factory=dict)    # hostname, ray node id
+    timeseries: str | None = None     # relative path of the timeline parquet
