@@ -154,3 +154,14 @@ def test_window_energy_within_counter_quantisation(sched0, sched1, start, length
         exact = (g.energy_exact_mj(t0 + length) - g.energy_exact_mj(t0)) / 1000.0
         p_max = max(w for _, w in g._power)
         assert abs(d.energy_j - exact) <= 2 * p_max * g.counter_period_s + 1e-6
+
+
+def test_counter_reset_gives_null_energy_not_zero(fake, clock):
+    (d,) = resolve_gpus([0], cuda_visible_devices=None, nvml=fake)
+    clock.advance(60.0)
+    with EnergyWindow([d], clock=clock, wall_clock=clock) as w:
+        clock.advance(5.0)
+        fake.epoch = fake.gpus[0].epoch = clock.now      # the driver restarted its counter
+    r = w.result
+    assert r.energy_j is None and r.devices[0].energy_j is None
+    assert any(f.flag is Flag.ENERGY_UNAVAILABLE and "backwards" in f.detail for f in r.flags)

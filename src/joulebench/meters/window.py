@@ -248,8 +248,13 @@ class EnergyWindow:
         for d in self.devices:
             u = d.info.uuid
             e0, e1 = self._start.get(u), ends.get(u)
-            if e0 is not None and e1 is not None:
-                energy, source = max(0.0, e1 - e0), _source(d)
+            if e0 is not None and e1 is not None and e1 >= e0:
+                energy, source = e1 - e0, _source(d)
+            elif e0 is not None and e1 is not None:
+                # a counter that goes backwards was reset (driver reload, GPU reset): no figure
+                energy, source = None, None
+                flags.append(QualityFlag(Flag.ENERGY_UNAVAILABLE,
+                                         f"{d.info.uuid}: energy counter went backwards ({e0:.3f} -> {e1:.3f} J)"))
             elif u in integrated:
                 energy, source = integrated[u], INTEGRAL_SOURCE if integrated[u] is not None else None
             else:
