@@ -158,3 +158,19 @@ def test_describe_contrast_wording():
     up = Contrast("dtype", "bf16", "fp32", 1.3, 0.9, 1.8, 0.2)
     assert describe_contrast(up, "J/output-token").endswith("by 1.30x [0.90x, 1.80x] (the 95 % CI includes no change)")
     assert format_ratio(3.14159) == "3.1x" and format_ratio(float("nan")) == "?"
+
+
+def test_null_level_and_float_coded_ints_are_levels():
+    rows = []
+    for q, f in ((None, 1.0), ("awq", 0.6)):
+        for bs, g in ((1.0, 1.0), (4.0, 0.3)):        # batch sizes as floats, as pandas makes them next to NaN
+            for y in (0.98, 1.02):
+                rows.append({"config_id": f"{q}-{bs}", "status": "ok", "param.quantization": q,
+                             "param.batch_size": bs, "energy_per_output_token_j": 2.0 * f * g * y})
+    res = fit_effects(pd.DataFrame(rows), ["quantization", "batch_size"],
+                      axis_levels={"quantization": [None, "awq"], "batch_size": [1, 4]})
+    assert res.n == 8
+    me = res.main_effects.set_index(["axis", "level"])
+    assert me.loc[("quantization", "awq"), "reference"] == "None"
+    assert me.loc[("quantization", "awq"), "ratio"] == pytest.approx(0.6, rel=1e-6)
+    assert me.loc[("batch_size", "4"), "reference"] == "1"

@@ -28,7 +28,7 @@ IMG_RE = re.compile(r'<img class="plot" alt="([^"]*)" src="data:image/png;base64
 @pytest.fixture(scope="module")
 def energy_report(tmp_path_factory) -> Path:
     study = make_study(tmp_path_factory.mktemp("energy"))
-    return build_report(study)
+    return build_report(study, max_trial_timeline_files=3)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +45,8 @@ def test_report_writes_tables_plots_and_html(energy_report):
                  "timelines"):
         assert (study / "plots" / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
         assert (study / "plots" / f"{stem}.pdf").read_bytes()[:5] == b"%PDF-", stem
+    per_trial = sorted((study / "plots" / "timelines").glob("*.png"))
+    assert len(per_trial) == 3 and all(p.with_suffix(".pdf").exists() for p in per_trial)
     res = pd.read_parquet(study / "results.parquet")
     assert len(res) == 18 and res["outlier_energy_per_output_token_j"].sum() == 1
     summary = pd.read_csv(study / "summary.csv")

@@ -78,11 +78,24 @@ def _sort_levels(values: Sequence[Any]) -> list[Any]:
         return sorted(vals, key=str)
 
 
+def level_str(v: Any) -> str:
+    """A level as text; 4.0 (an int column that pandas made float) reads as 4, like the plan's 4;
+    None and nan (an axis such as ``quantization: [null, awq]``) read as "None"."""
+    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
+        return "None"
+    if isinstance(v, (float, np.floating)) and math.isfinite(v) and float(v).is_integer():
+        return str(int(v))
+    if isinstance(v, (np.integer,)):
+        return str(int(v))
+    return str(v)
+
+
 def level_order(trials: pd.DataFrame, axis: str, plan_levels: Sequence[Any] | None = None) -> list[str]:
     """Levels of an axis present in ``trials``, as text, in the plan's order (else sorted)."""
     col = trials[f"param.{axis}"]
-    present = [str(v) for v in col.dropna()]
-    ordered = [str(v) for v in plan_levels] if plan_levels else [str(v) for v in _sort_levels(col.dropna())]
+    present = [level_str(v) for v in col]
+    ordered = [level_str(v) for v in plan_levels] if plan_levels else \
+        [level_str(v) for v in _sort_levels([v for v in col if level_str(v) != "None"])] + ["None"]
     out = [lv for lv in dict.fromkeys(ordered) if lv in set(present)]
     out += [lv for lv in dict.fromkeys(present) if lv not in out]
     return out
@@ -135,7 +148,7 @@ def fit_effects(trials: pd.DataFrame, axes: Sequence[str] | None = None, *,
                          "throughput (output tokens/s) instead of J/output-token.")
     if axes is None:
         axes = [c[len("param."):] for c in ok.columns if c.startswith("param.")
-                and ok[c].astype(str).nunique() > 1]
+                and len({level_str(v) for v in ok[c]}) > 1]
     axes = [a for a in axes if f"param.{a}" in ok.columns]
     axis_levels = axis_levels or {}
     levels = {a: level_order(ok, a, axis_levels.get(a)) for a in axes} if len(ok) else {}
@@ -148,7 +161,7 @@ def fit_effects(trials: pd.DataFrame, axes: Sequence[str] | None = None, *,
     names = {a: f"x{i}" for i, a in enumerate(varying)}
     d = pd.DataFrame({"y": np.log(pd.to_numeric(ok[prim.column]).to_numpy(dtype=float))})
     for a in varying:
-        d[names[a]] = pd.Categorical(ok[f"param.{a}"].astype(str).to_numpy(), categories=levels[a])
+        d[names[a]] = pd.Categorical([level_str(v) for v in ok[f"param.{a}"]], categories=levels[a])
     main_terms = [f"C({names[a]})" for a in varying]
     main_formula = "y ~ " + " + ".join(main_terms)
     with warnings.catch_warnings():

@@ -153,8 +153,12 @@ ul.notes li{margin:.25rem 0}
 # ---------------------------------------------------------------------------
 
 def build_report(study_dir: Path | str, *, cv_target: float | None = None, ci_target: float | None = None,
-                 max_timelines: int = 12) -> Path:
-    """Analyse a study directory and write its tables, plots and ``report.html``; returns the HTML path."""
+                 max_timelines: int = 12, max_trial_timeline_files: int = 200) -> Path:
+    """Analyse a study directory and write its tables, plots and ``report.html``; returns the HTML path.
+
+    ``max_timelines``: trial panels in the report's timeline figure; ``max_trial_timeline_files``: trials
+    that also get their own ``plots/timelines/<trial_id>.png|pdf``.
+    """
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise FileNotFoundError(f"{study_dir}: no such study directory")
@@ -205,6 +209,8 @@ def build_report(study_dir: Path | str, *, cv_target: float | None = None, ci_ta
                 timelines.append((str(r["trial_id"]), plots.read_timeline(p)))
     n_timelines = sum(1 for _, t in timelines if t is not None)
     figs["timelines"] = plots.plot_timelines(timelines, pdir / "timelines", max_panels=max_timelines)
+    for tid, tl in [t for t in timelines if t[1] is not None][:max_trial_timeline_files]:
+        plots.plot_timelines([(tid, tl)], pdir / "timelines" / tid, max_panels=1)
 
     doc = _render(study_dir, plan, manifest, study, trials, summary, effects, fronts, figs, axes,
                   cv_target, ci_target, n_timelines, max_timelines)
@@ -378,6 +384,8 @@ def _render(study_dir, plan, manifest, study, trials, summary, effects: EffectsR
     if figs.get("timelines"):
         more = f" (first {max_timelines} shown of {n_timelines})" if n_timelines > max_timelines else ""
         out.append(_img(figs["timelines"], f"Device power and temperature over each measured window{more}"))
+        out.append("<p>One figure per trial: <code>plots/timelines/&lt;trial_id&gt;.png</code> and <code>.pdf</code>."
+                   "</p>")
     else:
         out.append("<p>No device timeline was recorded (no GPU sampler on this machine, or empty timelines).</p>")
 
