@@ -45,6 +45,11 @@ def test_measure_meters_exactly_the_named_gpu(two_gpus):
     d = r.to_dict()
     json.dumps(d)
     assert d["energy_above_loaded_idle_j"] == pytest.approx(r.energy_j - r.loaded_idle.power_w * r.duration_s)
+    # the visible GPU that was not named is reported apart, not summed
+    assert [x.info.uuid for x in r.unused.devices] == [U0]
+    assert r.unused.devices[0].energy_j == pytest.approx(100.0 * r.duration_s, rel=0.15)
+    assert r.energy_j == pytest.approx(r.window.devices[0].energy_j)
+    assert d["unused_devices"][0]["uuid"] == U0
 
 
 def test_measure_all_visible_and_device_idle(two_gpus):
@@ -53,7 +58,7 @@ def test_measure_all_visible_and_device_idle(two_gpus):
         time.sleep(0.5)
     r = m.result
     assert {d.info.uuid for d in r.window.devices} == {U0, U1}
-    assert r.timeline is None
+    assert r.timeline is None and r.unused is None
     assert r.energy_above_device_idle_j == pytest.approx(0.0, abs=45.0)   # the fake draws exactly "idle"
 
 

@@ -35,6 +35,7 @@ class Measurement:
     timeline: "pd.DataFrame | None" = field(default=None, compare=False, repr=False)
     loaded_idle: IdleBaseline | None = None
     device_idle: IdleBaseline | None = None
+    unused: WindowMeasurement | None = None     # visible GPUs not named: reported apart, never summed
 
     @property
     def energy_j(self) -> float | None:
@@ -69,6 +70,8 @@ class Measurement:
         d["energy_above_device_idle_j"] = self.energy_above_device_idle_j
         d["loaded_idle"] = self.loaded_idle.to_dict() if self.loaded_idle else None
         d["device_idle"] = self.device_idle.to_dict() if self.device_idle else None
+        d["unused_devices"] = ([x.to_dict(self.unused.duration_s) for x in self.unused.devices]
+                               if self.unused else [])
         return d
 
 
@@ -97,6 +100,8 @@ class Meter:
                  sampler: bool = True, cpu: bool = True, hz: float = 10.0,
                  device_idle: IdleBaseline | None = None, rapl_root: str | None = None):
         self.gpus = resolve_gpus(devices)
+        used = {g.info.uuid for g in self.gpus}
+        self.unused_gpus = [g for g in resolve_gpus(None) if g.info.uuid not in used] if devices is not None else []
         self.cpus = (cpu_devices(rapl_root) if rapl_root else cpu_devices()) if cpu else []
         self.loaded_idle_s = loaded_idle_s
         self._sync_arg = sync
@@ -108,6 +113,7 @@ class Meter:
         self._window: EnergyWindow | None = None
         self._sampler: Sampler | None = None
         self._loaded_idle: IdleBaseline | None = None
+        self._unused_window: EnergyWindow | None = None
 
     @property
     def devices(self):
@@ -125,7 +131,10 @@ class Meter:
                                     rapl_root=self.rapl_root)
             self._sampler.start()
         self._window = EnergyWindow(self.devices, sync=sync)
+        self._unused_window = EnergyWindow(self.unused_gpus) if self.unused_gpus else None
         try:
+            if self._unused_window is not None:
+                self._unused_window.__enter__()
             self._window.__enter__()
         except BaseException:
             if self._sampler is not None:
@@ -137,12 +146,15 @@ class Meter:
         assert self._window is not None
         try:
             self._window.__exit__(exc_type, exc, tb)
+            if self._unused_window is not None:
+                self._unused_window.__exit__(exc_type, exc, tb)
         finally:
             timeline = self._sampler.stop() if self._sampler is not None else None
         w = self._window.result
         if w is not None:
             flags = list(w.flags) + window_flags(w, timeline, device_idle=self.device_idle, sampler_hz=self.hz)
-            self.result = Measurement(w, tuple(flags), timeline, self._loaded_idle, self.device_idle)
+            unused = self._unused_window.result if self._unused_window is not None else None
+            self.result = Measurement(w, tuple(flags), timeline, self._loaded_idle, self.device_idle, unused)
         return False
 
 
