@@ -196,3 +196,16 @@ def test_fake_raises_nvml_error_shape(clock):
     with pytest.raises(NVMLError) as e:
         fake.nvmlDeviceGetPowerUsage(fake.nvmlDeviceGetHandleByIndex(0))
     assert e.value.value == NVML_ERROR_GPU_IS_LOST
+
+
+def test_fake_processes_can_come_and_go(clock):
+    fake = FakeNVML([{"processes": [{"pid": 99, "used_memory_bytes": 1 << 30, "from_s": 5, "until_s": 10}]}],
+                    clock=clock)
+    (d,) = resolve_gpus(nvml=fake, cuda_visible_devices=None)
+    base = d.memory_used_bytes()
+    assert d.foreign_processes(set()) == []
+    clock.advance(6)
+    assert d.foreign_processes(set()) == [{"pid": 99, "used_memory_bytes": 1 << 30}]
+    assert d.memory_used_bytes() == base + (1 << 30)
+    clock.advance(5)
+    assert d.foreign_processes(set()) == []

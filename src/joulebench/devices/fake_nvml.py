@@ -43,7 +43,8 @@ JSON spec (the file named by ``JOULEBENCH_FAKE_NVML``; every key optional)::
           "sm_clock_mhz": 1980, "mem_clock_mhz": 2619, "max_sm_clock_mhz": 1980, "max_mem_clock_mhz": 2619,
           "gpu_util_pct": 0, "mem_util_pct": 0, "throttle_reasons": 0, "pstate": 0,
           "persistence_mode": 1, "mig_mode": 0, "ecc_mode": 1,
-          "processes": [{"pid": 4242, "used_memory_bytes": 1073741824}],
+          "processes": [{"pid": 4242, "used_memory_bytes": 1073741824,
+                         "from_s": 0, "until_s": 30}],   # optional: present only in [from_s, until_s)
           "energy_counter": true,       # false: the counter raises NOT_SUPPORTED (pre-Volta)
           "instant_power": true         # false: the instant-power field is not supported
         }
@@ -223,6 +224,12 @@ class FakeGpu:
         t = self.clock() if at is None else at
         with self._lock:
             self._temp = [(ts, c) for ts, c in self._temp if ts < t] + [(t, float(celsius))]
+
+    def live_processes(self) -> list[dict]:
+        """Processes present now (each may have ``from_s``/``until_s`` relative to the epoch)."""
+        t = self.clock() - self.epoch
+        return [p for p in self.processes
+                if float(p.get("from_s", -math.inf)) <= t < float(p.get("until_s", math.inf))]
 
     # ---- physics ----
     def _rel(self, t: float) -> float:
@@ -457,7 +464,8 @@ class FakeNVML:
     def nvmlDeviceGetMemoryInfo(self, h) -> _Mem:
         g = self._gpu(h)
         used = g.reading("memory_used_bytes", g.memory_used_bytes)
-        used = int(used if used is not None else 0) + sum(int(p.get("used_memory_bytes", 0)) for p in g.processes)
+        used = int(used if used is not None else 0) + sum(int(p.get("used_memory_bytes") or 0)
+                                                          for p in g.live_processes())
         return _Mem(g.memory_total_bytes, min(used, g.memory_total_bytes))
 
     # ---- energy and power ----
@@ -535,7 +543,7 @@ class FakeNVML:
 
     def nvmlDeviceGetComputeRunningProcesses(self, h) -> list[_Proc]:
         g = self._gpu(h)
-        return [_Proc(int(p["pid"]), p.get("used_memory_bytes")) for p in g.processes]
+        return [_Proc(int(p["pid"]), p.get("used_memory_bytes")) for p in g.live_processes()]
 
     def nvmlDeviceGetGraphicsRunningProcesses(self, h) -> list[_Proc]:
         self._gpu(h)
