@@ -65,6 +65,8 @@ def test_report_html_content(energy_report):
     assert "Type II ANOVA" in html and "batch_size x dtype" in html
     # per-trial flags with advice, the config-level CV mark, failed trial error, the outlier listed
     assert "Raise measurement.min_window_s to at least 10 s." in html
+    block = html.split('id="flag-short_window"')[1].split("</details>")[0]
+    assert "6 trial(s)" in block and block.count("window 2.0 s &lt; 10 s") == 6
     assert "<code>high_cv</code>" in html and "CV&gt;" in html
     assert "out of memory (fixture)" in html
     outliers = html.split('id="outliers"')[1].split('id="flags"')[0]

@@ -145,6 +145,7 @@ figcaption{font-size:.8rem;color:#666}
 nav{font-size:.88rem;margin:.6rem 0}nav a{margin-right:.8rem}
 code{background:#f0f0f0;padding:0 .2rem;border-radius:3px}
 ul.notes li{margin:.25rem 0}
+details.flag{margin:.3rem 0}details.flag summary{cursor:pointer}
 """
 
 
@@ -454,20 +455,35 @@ def _config_flags_table(summary: pd.DataFrame, axes) -> str:
 
 
 def _flags_table(study_dir: Path, axes, trials: pd.DataFrame) -> str:
+    """One block per flag code: its advice once, how many trials raised it, then every trial with its
+    detail (in a native <details> element, so long studies stay readable without a script)."""
     from ..results.table import load_records
 
-    rows = []
     by_id = {r["trial_id"]: r for r in load_records(study_dir)}
+    groups: dict[str, dict[str, Any]] = {}
     for _, t in trials.iterrows():
         rec = by_id.get(t["trial_id"], {})
         for f in rec.get("flags") or []:
             if not isinstance(f, dict):
                 continue
-            rows.append([_e(t["trial_id"]), _e(plots.config_label(t, axes)), f"<code>{_e(f.get('code'))}</code>",
-                         _e(f.get("advice")), _e(f.get("detail") or "")])
-    if not rows:
+            g = groups.setdefault(str(f.get("code")), {"advice": f.get("advice"), "rows": []})
+            g.setdefault("trials", set()).add(t["trial_id"])
+            g["rows"].append([_e(t["trial_id"]), _e(plots.config_label(t, axes)), fmt(t.get("repeat")),
+                              _e(f.get("detail") or "")])
+    if not groups:
         return "<p>No quality flags were raised.</p>"
-    return _table(["trial", "configuration", "flag", "advice", "detail"], rows)
+    def count(g: dict[str, Any]) -> str:
+        n, m = len(g["trials"]), len(g["rows"])
+        return f"{n} trial(s)" + (f", raised {m} times" if m != n else "")
+
+    out = [_table(["flag", "trials", "advice"],
+                  [[f"<code>{_e(code)}</code>", count(g), _e(g["advice"])]
+                   for code, g in sorted(groups.items(), key=lambda kv: -len(kv[1]["rows"]))])]
+    for code, g in sorted(groups.items()):
+        out.append(f'<details class="flag" id="flag-{_e(code)}"><summary><code>{_e(code)}</code>: '
+                   f'{count(g)}</summary>'
+                   + _table(["trial", "configuration", "repeat", "detail"], g["rows"]) + "</details>")
+    return "\n".join(out)
 
 
 def _environment(trials: pd.DataFrame, study_dir: Path, manifest: dict[str, Any]) -> str:
