@@ -51,6 +51,13 @@ JSON spec (the file named by ``JOULEBENCH_FAKE_NVML``; every key optional)::
       ]
     }
 
+A trace file (gzip JSON, schema ``joulebench-nvml-trace/1``) holds ``device`` (identity
+and state at recording time), ``phases`` (``name``, ``start_s``, ``end_s``),
+``columns`` (``t_s``, ``energy_mj``, ``power_mw``, ``power_instant_mw``,
+``temperature_c``, ``sm_clock_mhz``, ``mem_clock_mhz``, ``gpu_util_pct``,
+``mem_util_pct``, ``memory_used_bytes``, ``throttle_reasons``, ``pstate``) and
+``rows`` (one list per poll, raw NVML units).
+
 A spec with ``"broken": "driver"`` makes ``nvmlInit`` fail as with a missing
 driver; ``"broken": "library"`` as with a missing library.
 """
