@@ -1,0 +1,272 @@
+"""The container runner against a real Docker-API engine (Podman's socket in CI).
+
+Needs an engine at ``JOULEBENCH_TEST_DOCKER_HOST`` or ``DOCKER_HOST`` and the local base image
+(``JOULEBENCH_BASE_IMAGE``, default ``localhost/joulebench-base:bookworm``; scripts/podman-setup.sh
+makes both). Skips cleanly otherwise. Container mechanics (clean-up after SIGINT, a non-zero exit,
+a timeout, a SIGKILLed dispatcher) run small commands in the base image; the end-to-end study
+builds the real transformers image and runs the real worker in it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from joulebench.runners.base import EVENT_PREFIX, Experiment
+from joulebench.runners.docker import LABEL_STUDY, DockerRunner, connect, engine_available
+
+pytestmark = pytest.mark.containers
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_IMAGE = os.environ.get("JOULEBENCH_BASE_IMAGE", "localhost/joulebench-base:bookworm")
+
+
+@pytest.fixture(scope="module")
+def engine():
+    host = os.environ.get("JOULEBENCH_TEST_DOCKER_HOST") or os.environ.get("DOCKER_HOST")
+    mp = pytest.MonkeyPatch()
+    if host:
+        mp.setenv("DOCKER_HOST", host)
+    if not engine_available(timeout_s=2):
+        mp.undo()
+        pytest.skip("no container engine answers (run scripts/podman-setup.sh and export DOCKER_HOST)")
+    client = connect()
+    try:
+        client.images.get(BASE_IMAGE)
+    except Exception:
+        mp.undo()
+        pytest.skip(f"base image {BASE_IMAGE} missing (scripts/podman-setup.sh builds it)")
+    yield client
+    client.close()
+    mp.undo()
+
+
+def _study_containers(client, study: str) -> list:
+    return client.containers.list(all=True, filters={"label": f"{LABEL_STUDY}={study}"})
+
+
+def _event(ev: dict) -> str:
+    return EVENT_PREFIX + json.dumps(ev)
+
+
+def _experiment(tmp_path: Path, study: str, trial_ids=("t1",)) -> Experiment:
+    spec = {"experiment_id": "e1", "study": study,
+            "trials": [{"trial_id": t, "params": {"backend": "transformers"}} for t in trial_ids]}
+    return Experiment(experiment_id="e1", study_name=study, study_dir=tmp_path / "study", spec=spec,
+                      trial_ids=list(trial_ids))
+
+
+def _cmd(body: str) -> list[str]:
+    return ["python3", "-c", textwrap.dedent(body)]
+
+
+def _name(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_worker_output_is_merged_and_events_stream(engine, tmp_path):
+    study = _name("jb-merge")
+    start, end = _event({"event": "trial_start", "trial_id": "t1"}), _event({"event": "trial_end", "trial_id": "t1",
+                                                                            "status": "ok"})
+    body = f"""
+        import json, os, sys
+        spec = json.load(open("/jb/experiment.json"))
+        print({start!r}, flush=True)
+        print("engine chatter on stderr", file=sys.stderr, flush=True)
+        for d in ("trials", "timeseries", "logs"):
+            os.makedirs("/jb/out/" + d, exist_ok=True)
+        rec = {{"trial_id": "t1", "status": "ok", "study": spec["study"], "uid": os.getuid(),
+                "net": sorted(os.listdir("/sys/class/net"))}}
+        json.dump(rec, open("/jb/out/trials/t1.json", "w"))
+        open("/jb/out/timeseries/t1.parquet", "wb").write(b"PAR1")
+        json.dump({{"trial_id": "stray"}}, open("/jb/out/trials/stray.json", "w"))
+        try:
+            open("/jb/experiment.json", "a")
+            print("EXPERIMENT WRITABLE")
+        except OSError:
+            print("experiment read-only")
+        print({end!r}, flush=True)
+    """
+    runner = DockerRunner(client=engine, images={"transformers": BASE_IMAGE}, command=_cmd(body))
+    runner.prepare(tmp_path / "study", study)
+    events = []
+    t0 = time.monotonic()
+    out = runner.run_experiment(_experiment(tmp_path, study), on_event=events.append, timeout_s=120)
+    assert out.error is None, out.log_tail
+    assert out.exit_code == 0 and out.finished == ["t1"] and out.in_flight is None
+    assert [e["event"] for e in events] == ["trial_start", "trial_end"]
+    rec = json.loads((tmp_path / "study" / "trials" / "t1.json").read_text())
+    assert rec["study"] == study and rec["uid"] != 0          # unprivileged inside
+    assert rec["net"] == ["lo"]                                # network none: loopback only
+    assert (tmp_path / "study" / "timeseries" / "t1.parquet").read_bytes() == b"PAR1"
+    assert not (tmp_path / "study" / "trials" / "stray.json").exists()   # not a trial of this experiment
+    assert "experiment read-only" in out.log_tail and "engine chatter" in out.log_tail
+    assert not (tmp_path / "study" / ".staging" / "e1").exists()
+    assert _study_containers(engine, study) == []
+    print(f"container experiment round trip: {time.monotonic() - t0:.2f} s")
+
+
+def test_nonzero_exit_fails_the_experiment_keeps_the_log_and_removes_the_container(engine, tmp_path):
+    study = _name("jb-crash")
+    start = _event({"event": "trial_start", "trial_id": "t1"})
+    runner = DockerRunner(client=engine, images={"transformers": BASE_IMAGE},
+                          command=_cmd(f"import sys; print({start!r}, flush=True); print('boom: CUDA OOM');"
+                                       f" sys.exit(3)"))
+    out = runner.run_experiment(_experiment(tmp_path, study), on_event=lambda e: None, timeout_s=120)
+    assert out.exit_code == 3 and out.error_kind == "crash" and "code 3" in out.error
+    assert out.in_flight == "t1" and out.finished == []
+    log = (tmp_path / "study" / "logs" / "e1.container.log").read_text()
+    assert "boom: CUDA OOM" in log and "exit code 3" in log
+    assert _study_containers(engine, study) == []
+
+
+def test_timeout_stops_and_removes_the_container(engine, tmp_path):
+    study = _name("jb-timeout")
+    runner = DockerRunner(client=engine, images={"transformers": BASE_IMAGE},
+                          command=_cmd("import time; print('sleeping', flush=True); time.sleep(120)"))
+    t0 = time.monotonic()
+    out = runner.run_experiment(_experiment(tmp_path, study), on_event=lambda e: None, timeout_s=2)
+    elapsed = time.monotonic() - t0
+    assert out.error_kind == "timeout" and "timed out after 2 s" in out.error
+    assert elapsed < 20, f"stop took {elapsed:.1f} s: SIGTERM did not reach the worker (init?)"
+    assert _study_containers(engine, study) == []
+    assert (tmp_path / "study" / "logs" / "e1.container.log").exists()
+
+
+def test_permanent_engine_error_fails_clearly(engine, tmp_path):
+    study = _name("jb-noimage")
+    runner = DockerRunner(client=engine, images={"transformers": "localhost/joulebench-no-such-image:0"})
+    out = runner.run_experiment(_experiment(tmp_path, study), on_event=lambda e: None, timeout_s=30)
+    assert out.error_kind == "infrastructure"
+    assert "no-such-image" in out.error or "not known" in out.error.lower() or "no such" in out.error.lower()
+    assert _study_containers(engine, study) == []
+
+
+DISPATCHER = """
+import json, sys
+from pathlib import Path
+from joulebench.runners.base import Experiment
+from joulebench.runners.docker import DockerRunner
+study_dir, study, image = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+body = "import time; print(%r, flush=True); time.sleep(300)" % sys.argv[4]
+runner = DockerRunner(images={"transformers": image}, command=["python3", "-c", body])
+runner.prepare(study_dir, study)
+spec = {"experiment_id": "e1", "study": study, "trials": [{"trial_id": "t1", "params": {}}]}
+exp = Experiment(experiment_id="e1", study_name=study, study_dir=study_dir, spec=spec, trial_ids=["t1"])
+try:
+    runner.run_experiment(exp, on_event=lambda ev: print("EVENT", json.dumps(ev), flush=True), timeout_s=300)
+except KeyboardInterrupt:
+    print("INTERRUPTED", flush=True)
+    sys.exit(130)
+finally:
+    runner.close()
+"""
+
+
+def _start_dispatcher(tmp_path: Path, study: str) -> subprocess.Popen:
+    script = tmp_path / "dispatcher.py"
+    script.write_text(DISPATCHER)
+    env = dict(os.environ, PYTHONPATH=str(REPO / "src"))
+    proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "study"), study, BASE_IMAGE,
+                             _event({"event": "trial_start", "trial_id": "t1"})],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 90
+    for line in proc.stdout:   # wait until the worker inside the container is running
+        if line.startswith("EVENT") and "trial_start" in line:
+            return proc
+        if time.monotonic() > deadline:
+            break
+    proc.kill()
+    raise AssertionError(f"dispatcher did not start its container: {proc.stdout.read()}")
+
+
+def test_sigint_to_the_dispatcher_removes_the_container(engine, tmp_path):
+    study = _name("jb-sigint")
+    proc = _start_dispatcher(tmp_path, study)
+    assert len(_study_containers(engine, study)) == 1
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, rest
+    assert "INTERRUPTED" in rest
+    assert _study_containers(engine, study) == []
+    assert not (tmp_path / "study" / ".staging" / "e1").exists()
+
+
+def test_sigkilled_dispatcher_leftovers_are_swept_at_restart(engine, tmp_path):
+    study = _name("jb-sigkill")
+    (tmp_path / "other").mkdir()
+    # Another dispatcher of the same study, alive (e.g. on other GPUs): its container must survive.
+    other = _start_dispatcher(tmp_path / "other", study)
+    try:
+        proc = _start_dispatcher(tmp_path, study)
+        mine = {c.name for c in _study_containers(engine, study)}
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        left = [c for c in _study_containers(engine, study) if c.labels["joulebench.dispatcher-pid"] == str(proc.pid)]
+        assert len(left) == 1 and left[0].status == "running"   # nothing could clean up after SIGKILL
+        assert len(mine) == 2
+        assert (tmp_path / "study" / ".staging").exists()
+        runner = DockerRunner(client=engine)
+        runner.prepare(tmp_path / "study", study)                # the restart: sweep leftovers, staging
+        remaining = _study_containers(engine, study)
+        assert [c.name for c in remaining] == [n for n in mine if n != left[0].name]
+        assert remaining[0].labels["joulebench.dispatcher-pid"] == str(other.pid)
+        assert not (tmp_path / "study" / ".staging").exists()
+    finally:
+        other.send_signal(signal.SIGINT)
+        other.communicate(timeout=60)
+    assert _study_containers(engine, study) == []
+
+
+@pytest.fixture(scope="module")
+def transformers_image(engine):
+    """The real transformers image, built (or found current) on the local base with CPU torch."""
+    from joulebench import images
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("JOULEBENCH_BASE_IMAGE", BASE_IMAGE)
+    t0 = time.monotonic()
+    lines: list[str] = []
+    try:
+        info = images.build_images(["transformers"], client=engine, progress=lambda e, l: lines.append(l))[0]
+    except images.ImageError as exc:
+        mp.undo()
+        pytest.fail(f"the transformers image did not build: {exc}")
+    print(f"transformers image {info.ref}: {'built' if info.built else 'current'} in {time.monotonic() - t0:.1f} s")
+    assert info.current
+    # unchanged inputs: never rebuilt
+    again = images.build_images(["transformers"], client=engine)[0]
+    assert again.ref == info.ref and again.built is False
+    yield info
+    mp.undo()
+
+
+@pytest.mark.slow
+def test_real_cpu_study_through_runner_docker(engine, transformers_image, tmp_path, monkeypatch):
+    """A real study: the worker in the container generates with transformers on a tiny synthetic model."""
+    import joulebench
+    from conftest import tiny_study
+
+    study = tiny_study(_name("jb-e2e"), runner="docker", sweep={"batch_size": [1, 2]})
+    res = joulebench.run_study(study, out=tmp_path / "study", quiet=True, report=False)
+    assert res.exit_code == 0 and res.ok == 2 and res.failed == 0
+    recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "study" / "trials").glob("*.json"))]
+    assert len(recs) == 2
+    for r in recs:
+        assert r["status"] == "ok"
+        assert r["output_tokens"] == 4 * 4       # 4 prompts x 4 forced tokens per pass
+        assert r["duration_s"] > 0 and r["throughput_tok_s"] > 0
+        assert r["environment"]                  # recorded inside the container
+        assert (tmp_path / "study" / "timeseries" / f"{r['trial_id']}.parquet").exists() or \
+            r.get("timeseries") is None
+    assert sorted(r["params"]["batch_size"] for r in recs) == [1, 2]
+    assert _study_containers(engine, study["name"]) == []
+    assert not any((tmp_path / "study" / ".staging").glob("*"))
