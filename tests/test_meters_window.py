@@ -165,3 +165,25 @@ def test_counter_reset_gives_null_energy_not_zero(fake, clock):
     r = w.result
     assert r.energy_j is None and r.devices[0].energy_j is None
     assert any(f.flag is Flag.ENERGY_UNAVAILABLE and "backwards" in f.detail for f in r.flags)
+
+
+def test_power_integral_fallback_holds_samples_over_exact_window(clock):
+    """Zero-order hold over [start, end]: ticks after the end are ignored, the first is held back."""
+    from joulebench.meters.window import _PowerIntegrator
+
+    fake = FakeNVML([{"uuid": U0, "power_w": 100.0, "energy_counter": False}], clock=clock)
+    (d,) = resolve_gpus(cuda_visible_devices=None, nvml=fake)
+    integ = _PowerIntegrator([d], hz=10.0, clock=clock)
+    t0 = clock.now
+    clock.advance(0.02)
+    integ._tick()                  # 100 W, held back to t0
+    clock.advance(1.0)
+    fake.gpus[0].set_power(300.0)
+    integ._tick()                  # 300 W from t0 + 1.02
+    clock.advance(1.0)
+    t1 = clock.now
+    clock.advance(0.5)
+    fake.gpus[0].set_power(900.0)
+    integ._tick()                  # after the window: ignored
+    got = integ.stop(t0, t1)[U0]
+    assert got == pytest.approx(100.0 * 1.02 + 300.0 * 1.0)

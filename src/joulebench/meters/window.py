@@ -97,15 +97,18 @@ def _sum(items: list[DeviceEnergy]) -> tuple[float | None, str | None]:
 
 
 class _PowerIntegrator:
-    """Background thread integrating instant power of counter-less devices (fallback only)."""
+    """Background thread sampling instant power of counter-less devices (fallback only).
+
+    The integral over exactly [window start, window end] is taken at the end with a
+    zero-order hold (each sample holds until the next; the first is held back to the
+    start), so a late wake-up of the thread never stretches the window.
+    """
 
     def __init__(self, devices: list[Device], hz: float = 20.0, clock=time.perf_counter):
         self.devices = devices
         self.period = 1.0 / hz
         self.clock = clock
-        self.energy_j = {d.info.uuid: 0.0 for d in devices}
-        self.samples = {d.info.uuid: 0 for d in devices}
-        self._last: dict[str, tuple[float, float]] = {}
+        self.samples: dict[str, list[tuple[float, float]]] = {d.info.uuid: [] for d in devices}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="joulebench-power-integral", daemon=True)
 
@@ -117,17 +120,10 @@ class _PowerIntegrator:
             return None
 
     def _tick(self) -> None:
-        now = self.clock()
         for d in self.devices:
             p = self._read(d)
-            if p is None:
-                continue
-            u = d.info.uuid
-            if u in self._last:
-                t0, p0 = self._last[u]
-                self.energy_j[u] += p0 * (now - t0)     # zero-order hold
-            self._last[u] = (now, p)
-            self.samples[u] += 1
+            if p is not None:
+                self.samples[d.info.uuid].append((self.clock(), p))
 
     def _run(self) -> None:
         while not self._stop.wait(self.period):
@@ -137,11 +133,26 @@ class _PowerIntegrator:
         self._tick()
         self._thread.start()
 
-    def stop(self) -> dict[str, float | None]:
+    def stop(self, start_t: float, end_t: float) -> dict[str, float | None]:
         self._stop.set()
         self._thread.join(timeout=5)
-        self._tick()
-        return {u: (e if self.samples[u] >= 2 else None) for u, e in self.energy_j.items()}
+        out: dict[str, float | None] = {}
+        for u, samples in self.samples.items():
+            inside = [(t, p) for t, p in samples if t <= end_t]
+            if len(inside) < 2 and end_t - start_t > 2 * self.period:
+                out[u] = None          # too few samples to stand for the window
+                continue
+            if not inside:
+                out[u] = None
+                continue
+            energy = 0.0
+            for i, (t, p) in enumerate(inside):
+                lo = start_t if i == 0 else max(start_t, t)
+                hi = inside[i + 1][0] if i + 1 < len(inside) else end_t
+                if hi > lo:
+                    energy += p * (min(hi, end_t) - lo)
+            out[u] = energy
+        return out
 
 
 class _WrapKeeper:
@@ -227,6 +238,7 @@ class EnergyWindow:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        t1: float | None = None
         try:
             if exc_type is None and self.sync is not None:
                 self.sync()
@@ -240,7 +252,8 @@ class EnergyWindow:
             if self._keeper is not None:
                 self._keeper.stop()
                 self._keeper = None
-            integrated = self._integrator.stop() if self._integrator is not None else {}
+            end_t = t1 if t1 is not None else self.clock()
+            integrated = self._integrator.stop(self._t0, end_t) if self._integrator is not None else {}
             self._integrator = None
         duration = t1 - self._t0
         flags: list[QualityFlag] = []
