@@ -135,7 +135,8 @@ class _PowerIntegrator:
 
     def stop(self, start_t: float, end_t: float) -> dict[str, float | None]:
         self._stop.set()
-        self._thread.join(timeout=5)
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
         out: dict[str, float | None] = {}
         for u, samples in self.samples.items():
             inside = [(t, p) for t, p in samples if t <= end_t]
