@@ -55,8 +55,8 @@ def test_sampler_runs_in_another_process_and_returns_the_timeline(fake_env):
     assert s.stop() is df                               # idempotent
     assert list(df.columns[:4]) == ["t_s", "device_uuid", "device_index", "kind"]
     assert set(df["device_uuid"]) == {U1}               # only the GPU asked for
-    assert 15 <= len(df) <= 30                          # ~20 Hz for ~1 s
-    assert df["t_s"].is_monotonic_increasing and df["t_s"].iloc[-1] <= t1 and df["t_s"].iloc[0] <= t0 + 0.1
+    assert 10 <= len(df) <= 30                          # ~20 Hz for ~1 s (slack for a loaded host)
+    assert df["t_s"].is_monotonic_increasing and df["t_s"].iloc[-1] <= t1 and df["t_s"].iloc[0] <= t0 + 0.5
     assert (df["power_instant_w"] == 300.0).all()
     e = df["energy_j"].to_numpy()
     assert e[-1] - e[0] == pytest.approx(300.0 * (df["t_s"].iloc[-1] - df["t_s"].iloc[0]), abs=35.0)
