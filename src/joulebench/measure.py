@@ -14,7 +14,6 @@ a 10 Hz timeline from a separate sampler process.
 from __future__ import annotations
 
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 

@@ -72,7 +72,7 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 # --- constants (same values as pynvml) ---------------------------------------------------------
 NVML_SUCCESS = 0
