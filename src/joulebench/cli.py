@@ -25,10 +25,10 @@ def _fail(e: JoulebenchError) -> None:
     if isinstance(e, StudyErrors):
         err_console.print(f"[bold red]error:[/] {len(e.errors)} problem(s) in the study:", highlight=False)
         for sub in e.errors:
-            err_console.print(f"  - {sub.render()}", highlight=False, markup=False)
+            err_console.print(f"  - {sub.render()}", highlight=False, markup=False, soft_wrap=True)
     else:
         err_console.print("[bold red]error:[/] ", end="", highlight=False)
-        err_console.print(str(e), highlight=False, markup=False)
+        err_console.print(str(e), highlight=False, markup=False, soft_wrap=True)
     sys.exit(e.exit_code)
 
 

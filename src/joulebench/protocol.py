@@ -171,8 +171,10 @@ class ExperimentSession:
         self._phase("preflight", tid)
         pre = preflight(self.devices, allow_foreign=bool(self.m.get("allow_foreign_processes")),
                         own_pids=self._own_pids()) if self.devices else {}
-        if pre.get("foreign_processes"):
-            flags.append(QualityFlag(Flag.FOREIGN_PROCESS, f"{pre['foreign_processes']}"))
+        if pre:
+            from .meters.preflight import preflight_flags
+
+            flags.extend(preflight_flags(pre))
 
         # Warm-up until the throughput of the last k passes is stable.
         self._phase("warmup", tid)
@@ -207,12 +209,16 @@ class ExperimentSession:
             tr = thermal_gate(self.devices, reference_c=self.spec.get("thermal_reference_c"),
                               band_c=gate["band_c"] if gate else math.inf,
                               timeout_s=gate["timeout_s"] if gate else 0.0)
+            if tr.timed_out:
+                flags.append(QualityFlag(Flag.THERMAL_GATE_TIMEOUT,
+                                         f"{tr.start_temperature_c} C vs reference {tr.reference_c} C"))
             thermal = {"start_temperature_c": tr.start_temperature_c, "reference_c": tr.reference_c,
                        "waited_s": tr.waited_s, "within_band": tr.within_band, "timed_out": tr.timed_out,
                        "gated": gate is not None}
 
         # The measured window: whole passes until the minimum window is reached.
         self._phase("window", tid)
+        _inject_fault(tid)
         backend.reset_peak_memory()
         sampler = None
         if self.m.get("sampler", True) and (self.devices or self.cpu_devs):
@@ -249,10 +255,7 @@ class ExperimentSession:
         flags.extend(window_flags(win, timeline, counter_period_s=self.m.get("counter_period_s", 0.1),
                                   device_idle=self._device_idle_obj(), power_limits_w=limits)
                      if self.devices else [])
-        flags.extend(win.flags)
-        if win.energy_j is None and not self.devices:
-            flags.append(QualityFlag(Flag.ENERGY_UNAVAILABLE,
-                                     "no GPU energy counter on this machine (CPU run)"))
+        flags.extend(win.flags)  # the window's own (counter unavailable, no meter at all, ...)
         if self.load_info and self.load_info.synthetic_weights:
             flags.append(QualityFlag(Flag.SYNTHETIC_WEIGHTS, params["model"]))
         stale = self.spec.get("device_idle_flags") or []
@@ -377,6 +380,23 @@ class ExperimentSession:
         rec = TrialRecord.model_validate(rec).model_dump(mode="json")
         self.out.write_record(rec)
         return rec
+
+
+def _inject_fault(trial_id: str) -> None:
+    """Fault injection for crash-safety tests: JOULEBENCH_FAULT=crash|hang|error:<trial_id>."""
+    spec = os.environ.get("JOULEBENCH_FAULT", "")
+    kind, _, target = spec.partition(":")
+    if not spec or target != trial_id:
+        return
+    if kind == "crash":
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif kind == "hang":
+        while True:
+            time.sleep(1)
+    elif kind == "error":
+        raise RuntimeError(f"injected error in trial {trial_id}")
 
 
 def _intended_ordinals(device: str) -> list[int] | None:

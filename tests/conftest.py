@@ -1,0 +1,49 @@
+"""Shared test helpers: paths, tiny study files, running the real CLI."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("JOULEBENCH_TEST_DATA", REPO.parent / "shared" / "data"))
+AIENERGYSCORE = SHARED_DATA / "aienergyscore_text_generation.jsonl"
+JOULEBENCH = [sys.executable, "-m", "joulebench.cli"]
+
+# Fast measurement settings for CPU tests: short windows, few warm-up passes, no idle references.
+FAST_MEASUREMENT = {
+    "min_window_s": 0.3, "device_idle_s": 0, "loaded_idle_s": 0,
+    "warmup": {"cv_target": 0.5, "k": 2, "min_passes": 1, "max_passes": 2},
+}
+
+
+def tiny_study(name: str = "t", **overrides) -> dict:
+    study = {
+        "name": name, "model": "synthetic:tiny-llama", "backend": "transformers", "device": "cpu",
+        "engine": {"dtype": "float32"},
+        "workload": {"dataset": "synthetic", "prompts": 4, "input_tokens": 8, "max_output_tokens": 4},
+        "repeats": 1, "measurement": FAST_MEASUREMENT, "runner": "process",
+    }
+    study.update(overrides)
+    return study
+
+
+@pytest.fixture
+def write_study(tmp_path):
+    def _write(study: dict, name: str = "study.yaml") -> Path:
+        p = tmp_path / name
+        p.write_text(yaml.safe_dump(study, sort_keys=False))
+        return p
+
+    return _write
+
+
+def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProcess:
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([*JOULEBENCH, *map(str, args)], capture_output=True, text=True, env=e,
+                          timeout=timeout, cwd=cwd)

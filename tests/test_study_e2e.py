@@ -1,0 +1,212 @@
+"""End to end on CPU: real transformers in real worker processes, real signals.
+
+Covers the foundation (records on disk with exact token counts and timings) and the
+study engine (rounds, adaptive repeats, load-group reuse, Ctrl-C, kill -9, crashes,
+hangs, resume that never runs a trial twice)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from joulebench.orchestrator import resume_study, run_study
+from joulebench.errors import ResumeError
+from joulebench.results.store import StudyStore
+
+from .conftest import JOULEBENCH, tiny_study
+
+pytestmark = pytest.mark.slow
+
+
+def _records(d: Path) -> dict[str, dict]:
+    return StudyStore(d).records_by_id()
+
+
+def _plan_ids(d: Path, *, include_conditional=False) -> set[str]:
+    doc = json.loads((d / "plan.json").read_text())
+    return {t["trial_id"] for t in doc["trials"] if include_conditional or not t["conditional"]}
+
+
+def test_sweep_with_repeats_end_to_end(write_study, tmp_path):
+    study = tiny_study("e2e", sweep={"batch_size": [1, 2], "max_output_tokens": [2, 4]}, repeats=2)
+    out = tmp_path / "res"
+    result = run_study(write_study(study), out=out, quiet=True, report=False)
+    assert result.exit_code == 0 and result.ok == 8 and result.failed == 0
+    recs = _records(out)
+    assert set(recs) == _plan_ids(out)
+    for r in recs.values():
+        p = r["params"]
+        assert r["status"] == "ok"
+        assert r["requests"] == 4 * r["passes"]
+        assert r["output_tokens"] == r["requests"] * p["max_output_tokens"]
+        assert r["input_tokens"] == r["requests"] * 8
+        assert r["duration_s"] >= 0.3
+        assert r["throughput_tok_s"] == pytest.approx(r["output_tokens"] / r["duration_s"])
+        assert 0 < r["ttft_s"]["median"] <= r["ttft_s"]["p90"] <= r["ttft_s"]["p99"]
+        assert r["itl_s"]["n"] == r["requests"] * (p["max_output_tokens"] - 1)
+        assert r["energy_j"] is None and r["energy_per_output_token_j"] is None
+        codes = {f["code"] for f in r["flags"]}
+        assert "energy_unavailable" in codes and "synthetic_weights" in codes
+        assert all(f["advice"] for f in r["flags"])
+        assert r["model"]["synthetic_weights"] is True
+        assert r["environment"]["libraries"]["transformers"]
+        assert r["flops"] > 0 and r["peak_memory_bytes"] > 0
+        assert r["warmup"]["passes"] >= 1
+    # load-group reuse: one worker per round, not one per trial
+    assert len(list((out / "experiments").glob("*.json"))) == 2
+    assert (out / "study.yaml").read_text().startswith("name: e2e")
+    assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
+    # resume of a finished study runs nothing
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "trials").iterdir()}
+    again = resume_study(out, quiet=True, report=False)
+    assert again.exit_code == 0
+    assert {p.name: p.stat().st_mtime_ns for p in (out / "trials").iterdir()} == before
+
+
+def test_adaptive_repeats_stop_at_the_ci_target(write_study, tmp_path):
+    tight = tiny_study("adapt", sweep={"batch_size": [1, 2]},
+                       repeats={"min": 2, "max": 4, "ci_target": 1e-9})
+    out = tmp_path / "tight"
+    run_study(write_study(tight, "a.yaml"), out=out, quiet=True, report=False)
+    assert len(_records(out)) == 8  # never reaches a 1e-9 CI: runs to max
+    loose = dict(tight, repeats={"min": 2, "max": 4, "ci_target": 0.99})
+    out2 = tmp_path / "loose"
+    run_study(write_study(loose, "b.yaml"), out=out2, quiet=True, report=False)
+    assert len(_records(out2)) == 4  # CI under 99 % after the minimum: stops at min
+
+
+def test_one_worker_per_trial_option(write_study, tmp_path):
+    study = tiny_study("solo", sweep={"batch_size": [1, 2]}, runner_options={"one_worker_per_trial": True})
+    out = tmp_path / "r"
+    run_study(write_study(study), out=out, quiet=True, report=False)
+    assert len(list((out / "experiments").glob("*.json"))) == 2
+    assert all(r["status"] == "ok" for r in _records(out).values())
+
+
+def test_crashing_worker_fails_one_trial_and_the_study_continues(write_study, tmp_path, monkeypatch):
+    study = tiny_study("crash", sweep={"batch_size": [1, 2, 3]})
+    path = write_study(study)
+    from joulebench.config import load_study
+    from joulebench.plan import build_plan
+
+    plan = build_plan(load_study(path))
+    victim = f"{plan.round_order(0)[1].config_id}-r0"  # the second trial of the worker
+    monkeypatch.setenv("JOULEBENCH_FAULT", f"crash:{victim}")
+    out = tmp_path / "r"
+    result = run_study(path, out=out, quiet=True, report=False)
+    assert result.exit_code == 1 and result.ok == 2 and result.failed == 1
+    rec = _records(out)[victim]
+    assert rec["status"] == "failed" and rec["error_kind"] == "crash"
+    assert "SIGKILL" in rec["error"]
+    assert len(list((out / "experiments").glob("*.json"))) == 2  # a fresh worker took over
+
+
+def test_hanging_worker_is_timed_out(write_study, tmp_path, monkeypatch):
+    study = tiny_study("hang", runner_options={"timeout_s": 60})
+    path = write_study(study)
+    from joulebench.config import load_study
+    from joulebench.plan import build_plan
+
+    victim = f"{build_plan(load_study(path)).configs[0].config_id}-r0"
+    monkeypatch.setenv("JOULEBENCH_FAULT", f"hang:{victim}")
+    out = tmp_path / "r"
+    t0 = time.monotonic()
+    result = run_study(path, out=out, quiet=True, report=False)
+    assert time.monotonic() - t0 < 120
+    rec = _records(out)[victim]
+    assert result.exit_code == 1 and rec["error_kind"] == "timeout" and "timed out" in rec["error"]
+    assert not _live_workers(out)
+
+
+def _live_workers(study_dir: Path) -> list[int]:
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "joulebench.runners.worker" in cmd and str(study_dir) in cmd:
+            pids.append(int(p.name))
+    return pids
+
+
+def _start(path: Path, out: Path) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([*JOULEBENCH, "run", str(path), "--out", str(out), "--quiet", "--no-report"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+
+
+def _wait_for_records(out: Path, n: int, proc: subprocess.Popen, timeout=300) -> None:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if len([r for r in _records(out).values() if r.get("status") == "ok"]) >= n:
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.1)
+    raise AssertionError("no records appeared")
+
+
+def _interruptible_study(name: str) -> dict:
+    s = tiny_study(name, sweep={"batch_size": [1, 2, 3]}, repeats=2)
+    s["measurement"] = dict(s["measurement"], min_window_s=1.5)
+    return s
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+def test_interrupt_then_resume_runs_every_trial_exactly_once(write_study, tmp_path, sig):
+    path = write_study(_interruptible_study(f"int-{sig.name.lower()}"))
+    out = tmp_path / "r"
+    proc = _start(path, out)
+    _wait_for_records(out, 2, proc)
+    proc.send_signal(sig)
+    rc = proc.wait(timeout=60)
+    if sig == signal.SIGINT:
+        assert rc == 130, proc.stdout.read()
+        assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    else:
+        assert rc == -signal.SIGKILL
+    deadline = time.monotonic() + 20
+    while _live_workers(out) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _live_workers(out), "the worker outlived its orchestrator"
+    kept = {tid: r for tid, r in _records(out).items() if r["status"] == "ok"}
+    assert 2 <= len(kept) < 6
+    interrupted = [r for r in _records(out).values() if r["status"] == "failed"]
+    assert all(r["error_kind"] == "interrupted" for r in interrupted)
+
+    result = resume_study(out, quiet=True, report=False)
+    assert result.exit_code == 0
+    final = _records(out)
+    assert set(final) == _plan_ids(out)                     # every trial, exactly once (one file per id)
+    assert all(r["status"] == "ok" for r in final.values())
+    for tid, r in kept.items():                            # nothing that had finished ran again
+        assert final[tid]["started_at"] == r["started_at"]
+        assert final[tid]["experiment_id"] == r["experiment_id"]
+
+
+def test_resume_refuses_a_changed_study_file(write_study, tmp_path):
+    path = write_study(tiny_study("chg"))
+    out = tmp_path / "r"
+    run_study(path, out=out, quiet=True, report=False)
+    path.write_text(path.read_text().replace("prompts: 4", "prompts: 5"))
+    with pytest.raises(ResumeError) as ei:
+        resume_study(out, quiet=True, report=False)
+    assert "changed" in str(ei.value)
+
+
+def test_cli_run_prints_results_table(write_study, tmp_path):
+    from .conftest import run_cli
+
+    r = run_cli("run", write_study(tiny_study("cli", sweep={"batch_size": [1, 2]})), "--out", tmp_path / "o",
+                "--quiet", "--no-report")
+    assert r.returncode == 0, r.stderr
+    assert "tokens/s" in r.stdout and "batch_size" in r.stdout
+    r2 = run_cli("run", write_study(tiny_study("cli")), "--out", tmp_path / "o")
+    assert r2.returncode == 1 and "already holds a study" in r2.stderr
