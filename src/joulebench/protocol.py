@@ -229,6 +229,10 @@ class ExperimentSession:
             sampler.start()
         results: list[RequestResult] = []
         passes = 0
+        steady = None
+        if params.get("mode") == "served" and hasattr(backend, "steady_state_hooks"):
+            steady = SteadyMarks(self.devices)   # counters read live at the steady state's edges
+            backend.steady_state_hooks = (steady.on_start, steady.on_end)
         try:
             with EnergyWindow(self.devices, sync=backend.synchronize) as w, \
                     EnergyWindow(self.cpu_devs) as wcpu:
@@ -236,6 +240,8 @@ class ExperimentSession:
                 while True:
                     results.extend(backend.generate(requests, params))
                     passes += 1
+                    if steady is not None:
+                        steady.close_pass(getattr(backend, "steady_state", None))
                     if time.perf_counter() >= t_end:
                         break
         finally:
@@ -263,7 +269,7 @@ class ExperimentSession:
             flags.append(QualityFlag(Flag(code), None))
 
         rec = self._record(trial, win, wcpu.result, results, passes, warmup, thermal, pre, flags,
-                           started_at, ts_rel)
+                           started_at, ts_rel, steady.summary() if steady is not None else None)
         self.out.write_record(rec)
         return rec
 
@@ -306,11 +312,20 @@ class ExperimentSession:
                 "round": trial.get("round", trial["repeat"]), "experiment_id": self.spec["experiment_id"],
                 "environment": self.env or {}, "node": self.spec.get("node") or {}}
 
-    def _record(self, trial, win, wcpu, results, passes, warmup, thermal, pre, flags, started_at, ts_rel):
+    def _record(self, trial, win, wcpu, results, passes, warmup, thermal, pre, flags, started_at, ts_rel,
+                steady=None):
         out_tok = sum(r.output_tokens for r in results)
         in_tok = sum(r.input_tokens for r in results)
         dur = win.duration_s
         energy = win.energy_j
+        whole = {"duration_s": dur, "energy_j": energy, "output_tokens": out_tok, "input_tokens": in_tok}
+        if steady and steady["duration_s"] > 0:
+            # Served mode: the primary figures are the steady state's (after the first responses,
+            # before the tail); the whole window is kept beside them.
+            dur, out_tok = steady["duration_s"], steady["output_tokens"]
+            energy = steady["energy_j"] if self.devices else None
+            in_tok = round(whole["input_tokens"] * steady["output_tokens"] / whole["output_tokens"]) \
+                if whole["output_tokens"] else in_tok
         dev_idle_w = self._idle_w(self.spec.get("device_idle"))
         loaded_idle_w = self._idle_w(self.loaded_idle)
         per_tok = (lambda e: e / out_tok if (e is not None and out_tok) else None)
@@ -369,6 +384,8 @@ class ExperimentSession:
                       "parameters": self.load_info.parameters if self.load_info else None,
                       "config": self.load_info.model_config if self.load_info else {}},
             "timeseries": ts_rel,
+            "steady_state": steady,
+            "whole_window": whole if steady else None,
         })
         return TrialRecord.model_validate(rec).model_dump(mode="json")
 
@@ -380,6 +397,49 @@ class ExperimentSession:
         rec = TrialRecord.model_validate(rec).model_dump(mode="json")
         self.out.write_record(rec)
         return rec
+
+
+class SteadyMarks:
+    """Energy counters read live when a served pass enters and leaves its steady state."""
+
+    def __init__(self, devices):
+        self.devices = devices
+        self._start = self._end = None
+        self.segments: list[dict[str, Any]] = []
+
+    def _read(self, t: float):
+        try:
+            counters = [d.energy_counter_j() for d in self.devices]
+        except Exception:  # noqa: BLE001 - a failed read leaves the segment without energy
+            counters = [None]
+        return t, counters
+
+    def on_start(self, t: float) -> None:
+        self._start = self._read(t)
+
+    def on_end(self, t: float) -> None:
+        self._end = self._read(t)
+
+    def close_pass(self, state) -> None:
+        s, e = self._start, self._end
+        self._start = self._end = None
+        if state is None or s is None or e is None or e[0] <= s[0]:
+            return
+        energy = None
+        if self.devices and all(x is not None for x in s[1] + e[1]):
+            energy = sum(b - a for a, b in zip(s[1], e[1]))
+        self.segments.append({"duration_s": e[0] - s[0], "energy_j": energy,
+                              "output_tokens": int(state.output_tokens)})
+
+    def summary(self) -> dict[str, Any] | None:
+        if not self.segments:
+            return None
+        energies = [g["energy_j"] for g in self.segments]
+        return {"segments": len(self.segments),
+                "duration_s": sum(g["duration_s"] for g in self.segments),
+                "energy_j": sum(energies) if all(x is not None for x in energies) else None,
+                "output_tokens": sum(g["output_tokens"] for g in self.segments),
+                "definition": "first completed response -> last request submitted, per pass"}
 
 
 def _inject_fault(trial_id: str) -> None:

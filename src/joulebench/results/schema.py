@@ -123,3 +123,6 @@ class TrialRecord(_Model):
     environment: dict[str, Any] = Field(default_factory=dict)
     node: dict[str, Any] = Field(default_factory=dict)    # hostname, ray node id
     timeseries: str | None = None     # relative path of the timeline parquet
+    # Served mode: the steady-state part of the window (primary figures come from it) and the whole window.
+    steady_state: dict[str, Any] | None = None
+    whole_window: dict[str, Any] | None = None
