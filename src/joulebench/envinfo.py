@@ -133,7 +133,16 @@ def print_environment(rep: dict[str, Any], console: Console) -> None:
             console.print(f"  image {i}")
     envs = rep.get("engine_environments") or []
     if envs and isinstance(envs, list):
-        console.print("engine environments:")
+        t = Table(title="engine environments (interpreters a worker can run in)")
+        for col in ("backend", "python", "usable", "engine", "problem / fix"):
+            t.add_column(col, overflow="fold")
         for e in envs:
-            console.print(f"  {e}")
+            if not isinstance(e, dict):
+                continue
+            problem = "; ".join(e.get("errors") or [])
+            if e.get("hint"):
+                problem += f" -> {e['hint']}"
+            t.add_row(str(e.get("backend")), str(e.get("python")), "yes" if e.get("ok") else "no",
+                      f"{e.get('engine')} {e.get('engine_version') or ''}".strip(), problem or "-")
+        console.print(t)
     console.print(f"ray: {'installed' if rep.get('ray', {}).get('installed') else 'not installed (pip install joulebench[ray])'}")
