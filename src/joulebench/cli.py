@@ -56,15 +56,47 @@ def main() -> None:
 @click.option("--runner", type=click.Choice(["auto", "process", "docker", "ray"]), help="override the study's runner")
 @click.option("--quiet", "-q", is_flag=True, help="plain log lines instead of a progress display")
 @click.option("--no-report", is_flag=True, help="skip building report.html at the end")
-def run(study, out, dry_run, runner, quiet, no_report):
+@click.option("--on-busy-lock", type=click.Choice(["wait", "skip", "fail"]),
+              help="another joulebench holds these GPUs: wait (bounded), skip (exit 0) or fail (exit 75)")
+@click.option("--lock-wait-s", type=click.FloatRange(min=0), help="longest wait for the GPU lock (default 3600)")
+@click.option("--nightly", is_flag=True, help="cron mode: resume last night's unfinished study or start a dated "
+              "one under --results-root, `latest` link, log file, retention, summary (docs/nightly.md)")
+@click.option("--results-root", type=click.Path(file_okay=False), help="--nightly: folder of the study folders")
+@click.option("--keep", type=click.IntRange(min=1), help="--nightly: keep the N newest finished study folders")
+@click.option("--keep-days", type=click.FloatRange(min=0), help="--nightly: keep finished study folders younger "
+              "than D days (with --keep: kept if either rule keeps it)")
+@click.option("--notify-command", help="--nightly: command run at the end (no shell) with the summary JSON on stdin")
+@click.option("--notify-webhook", help="--nightly: URL that gets the summary JSON by POST")
+def run(study, out, dry_run, runner, quiet, no_report, on_busy_lock, lock_wait_s, nightly, results_root, keep,
+        keep_days, notify_command, notify_webhook):
     """Run a study (with no file: the built-in quickstart study)."""
+    from .locks import LockSkipped
     from .orchestrator import run_study
 
     path = Path(study) if study else quickstart_path()
     if dry_run:
         _print_plan(path)
         return
-    result = run_study(path, out=out, runner=runner, quiet=quiet, report=not no_report)
+    nightly_only = {"--results-root": results_root, "--keep": keep, "--keep-days": keep_days,
+                    "--notify-command": notify_command, "--notify-webhook": notify_webhook}
+    if nightly:
+        if not study or out:
+            raise click.UsageError("--nightly needs a STUDY file and takes --results-root instead of --out")
+        from .nightly import run_nightly
+
+        summary = run_nightly(path, results_root=results_root, keep=keep, keep_days=keep_days,
+                              on_busy_lock=on_busy_lock, lock_wait_s=lock_wait_s, notify_command=notify_command,
+                              notify_webhook=notify_webhook, runner=runner, report=not no_report)
+        sys.exit(summary.exit_code)
+    given = [k for k, v in nightly_only.items() if v is not None]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} only apply with --nightly")
+    try:
+        result = run_study(path, out=out, runner=runner, quiet=quiet, report=not no_report,
+                           on_busy_lock=on_busy_lock, lock_wait_s=lock_wait_s)
+    except LockSkipped as e:
+        err_console.print(str(e), highlight=False, markup=False, soft_wrap=True)
+        sys.exit(e.exit_code)
     print_results(result.study_dir)
     console.print(f"study directory: {result.study_dir}")
     sys.exit(result.exit_code)

@@ -19,6 +19,7 @@ import datetime as _dt
 import fcntl
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from .analysis.stats import ci_halfwidth_rel
 from .config.loader import LoadedStudy, load_study, parse_study_text
 from .display import Display
 from .errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIALS_FAILED, JoulebenchError, ResumeError)
+from .locks import EXIT_BUSY, BusyGpuGate, GpuBusy, experiment_gpus, study_lock
 from .plan import Configuration, Plan, build_plan, trial_id_for
 from .results.schema import SCHEMA_VERSION, TrialRecord
 from .results.store import RETRYABLE_ERROR_KINDS, StudyStore, atomic_write_bytes, atomic_write_json, sha256_bytes
@@ -108,7 +110,8 @@ def make_runner(kind: str, loaded: LoadedStudy, display: Display) -> Runner:
     if kind == "ray":
         from .runners.ray import RayRunner
 
-        return RayRunner(address=opts.address, resources=opts.resources)
+        return RayRunner(address=opts.address, resources=opts.resources, node_runner=opts.ray_node_runner,
+                         image=opts.image, python=opts.python)
     raise JoulebenchError(f"unknown runner '{kind}'")
 
 
@@ -125,10 +128,18 @@ class Orchestrator:
         self.device_idle_flags: list[str] = []
         self._in_flight: str | None = None
         self._attempt = 0
+        self._attempt_lock = threading.Lock()
+        self._stopping = False   # set on Ctrl-C while experiments run in parallel (ray runner)
+        # shared GPU box (locks.py): what to do when other users are on an experiment's GPUs
+        self.busy_gate = BusyGpuGate.from_config(self.cfg, log=display.log)
+        self.busy_gate_enabled = True          # off for Ray: the GPUs are on another node
+        self._busy_note: dict[str, Any] | None = None
+        self._deferred: dict[str, dict[str, Any]] = {}   # trial id -> note of its deferral
 
     # ------------------------------------------------------------------ top level
     def run(self) -> StudyResult:
         interrupted = False
+        stopped: str | None = None
         prev_term = signal.getsignal(signal.SIGTERM)
 
         def _term(signum, frame):  # noqa: ARG001 - docker stop / cron timeout: same as Ctrl-C
@@ -150,8 +161,17 @@ class Orchestrator:
                     continue
                 self.display.set_total(self._planned_total())
                 self._run_round(r, needed)
+            if self._deferred:   # busy_gpu: skip - one more try for what was deferred
+                for r in range(self.plan.max_repeats):
+                    needed = self._configs_needing(r)
+                    if needed:
+                        self._run_round(r, needed)
+                if any(self._configs_needing(r) for r in range(self.plan.min_repeats)):
+                    stopped = "GPUs still busy: some experiments were deferred and did not run"
         except KeyboardInterrupt:
             interrupted = True
+        except GpuBusy as e:
+            stopped = str(e)
         finally:
             self.display.stop()
             try:
@@ -167,6 +187,12 @@ class Orchestrator:
             self.store.update_manifest(status="interrupted", finished_at=time.time(), ok=ok, failed=failed)
             self.display.log(f"interrupted: {ok} trials kept; continue with `joulebench resume {self.store.root}`")
             return StudyResult(self.store.root, EXIT_INTERRUPTED, ok, failed, interrupted=True)
+        if stopped:
+            self.store.update_manifest(status="interrupted", stop_reason=stopped, finished_at=time.time(),
+                                       ok=ok, failed=failed)
+            self.display.log(f"stopped: {stopped}; {ok} trials kept; the next run resumes the rest "
+                             f"(`joulebench resume {self.store.root}`)")
+            return StudyResult(self.store.root, EXIT_BUSY, ok, failed, interrupted=True)
         self.store.update_manifest(status="finished", finished_at=time.time(), ok=ok, failed=failed)
         code = EXIT_OK if failed == 0 else EXIT_TRIALS_FAILED
         return StudyResult(self.store.root, code, ok, failed)
@@ -265,10 +291,45 @@ class Orchestrator:
                 groups[-1].append(c)
             else:
                 groups.append([c])
+        # A runner that spreads experiments over a cluster (ray) runs the round's load groups at once.
+        parallel = min(int(getattr(self.runner, "max_concurrent", 1) or 1), len(groups))
+        if parallel > 1:
+            self._run_groups_parallel(r, groups, parallel)
+        else:
+            self._run_groups(r, groups)
+
+    def _run_groups_parallel(self, r: int, groups: list[list[Configuration]], parallel: int) -> None:
+        from concurrent.futures import ThreadPoolExecutor, wait
+
+        pool = ThreadPoolExecutor(max_workers=parallel, thread_name_prefix="joulebench-experiment")
+        futures = [pool.submit(self._run_groups, r, [members]) for members in groups]
+        try:
+            while not all(f.done() for f in futures):
+                wait(futures, timeout=0.2)
+            for f in futures:
+                f.result()
+        except BaseException:
+            # Ctrl-C (or an error in one group): stop starting experiments, cancel the running ones;
+            # each returns an 'interrupted' outcome and its trial in flight is marked for resume.
+            self._stopping = True
+            for f in futures:
+                f.cancel()
+            cancel = getattr(self.runner, "cancel_all", None)
+            while not all(f.done() for f in futures):
+                if cancel:
+                    cancel()
+                wait(futures, timeout=0.5)
+            raise
+        finally:
+            pool.shutdown(wait=False)
+
+    def _run_groups(self, r: int, groups: list[list[Configuration]]) -> None:
         for members in groups:
             pending = [trial_id_for(c.config_id, r) for c in members]
             by_tid = {trial_id_for(c.config_id, r): c for c in members}
-            while pending:
+            while pending and not self._stopping:
+                if not self._busy_check(r, [by_tid[t] for t in pending], pending):
+                    break   # deferred to a later round
                 outcome = self._run_experiment(r, [by_tid[t] for t in pending])
                 done = self.store.done_ids()
                 if outcome.in_flight and outcome.in_flight not in done:
@@ -282,12 +343,49 @@ class Orchestrator:
                 done = self.store.done_ids()
                 pending = [t for t in pending if t not in done]
 
+    def _busy_check(self, r: int, configs: list[Configuration], tids: list[str]) -> bool:
+        """Before an experiment: other users on its GPUs? True: run it; False: deferred; GpuBusy: stop."""
+        self._busy_note = None
+        if not self.busy_gate_enabled:
+            return True
+        try:
+            gpus = experiment_gpus(configs[0].params)
+        except Exception as e:  # noqa: BLE001 - the worker reports device problems in the record
+            self.display.log(f"busy-GPU check skipped: {e}")
+            return True
+        d = self.busy_gate.check(gpus, label=f"round {r + 1} · {configs[0].load_group}")
+        if d.action == "defer":
+            for t in tids:
+                self._deferred[t] = {**d.note, "round": r}
+            return False
+        if d.action == "stop":
+            raise GpuBusy(f"GPUs in use by other processes ({d.note.get('detail')}), busy_gpu: "
+                          f"{self.busy_gate.policy}")
+        self._busy_note = d.note or None
+        return True
+
+    def _note_busy(self, eid: str, tids: list[str]) -> None:
+        """Say in the records what the busy-GPU check saw and did (``preflight.busy_gpu``)."""
+        records = self.store.records_by_id()
+        for t in tids:
+            rec = records.get(t)
+            note = dict(self._busy_note or {})
+            if t in self._deferred:
+                note["deferred"] = self._deferred[t]
+            if not note or not rec or rec.get("experiment_id") != eid:
+                continue
+            rec["preflight"] = {**(rec.get("preflight") or {}), "busy_gpu": note}
+            self.store.write_record(rec)
+
     def _experiment_spec(self, experiment_id: str, r: int, configs: list[Configuration]) -> dict[str, Any]:
+        measurement = self.cfg.measurement.model_dump(mode="json")
+        if self.busy_gate.policy == "allow":   # measure beside other users; the worker flags foreign_process
+            measurement["allow_foreign_processes"] = True
         return {
             "experiment_id": experiment_id, "study": self.cfg.name, "round": r,
             "base_dir": str(self.loaded.base_dir), "seed": self.cfg.seed,
             "trust_remote_code": self.cfg.trust_remote_code,
-            "measurement": self.cfg.measurement.model_dump(mode="json"),
+            "measurement": measurement,
             "device_idle": self.device_idle, "device_idle_flags": self.device_idle_flags,
             "thermal_reference_c": self.store.read_manifest().get("thermal_reference_c"),
             "trials": [{"trial_id": trial_id_for(c.config_id, r), "config_id": c.config_id, "repeat": r,
@@ -295,9 +393,11 @@ class Orchestrator:
         }
 
     def _run_experiment(self, r: int, configs: list[Configuration]) -> ExperimentOutcome:
-        self._attempt += 1
+        with self._attempt_lock:
+            self._attempt += 1
+            attempt = self._attempt
         group = configs[0].load_group
-        eid = f"r{r}-{group}-{self._attempt:03d}"
+        eid = f"r{r}-{group}-{attempt:03d}"
         spec = self._experiment_spec(eid, r, configs)
         python = (self.cfg.runner_options.environments.get(configs[0].params["backend"])
                   or self.cfg.runner_options.python)
@@ -327,6 +427,7 @@ class Orchestrator:
                 c = {trial_id_for(c.config_id, r): c for c in configs}[self._in_flight]
                 self._mark_failed(c, r, "interrupted by the user; resume runs it again", "interrupted", None)
             raise
+        self._note_busy(eid, exp.trial_ids)
         if outcome.error:
             self.display.log(f"experiment {eid}: {outcome.error}")
         self._remember_thermal_reference()
@@ -386,13 +487,14 @@ def _prepare_new_study(loaded: LoadedStudy, plan: Plan, study_dir: Path, source_
 
 
 def run_study(source, *, out: str | Path | None = None, runner: str | None = None, quiet: bool = False,
-              display: Display | None = None, report: bool = True) -> StudyResult:
+              display: Display | None = None, report: bool = True, on_busy_lock: str | None = None,
+              lock_wait_s: float | None = None) -> StudyResult:
     loaded = source if isinstance(source, LoadedStudy) else load_study(source)
     plan = build_plan(loaded)
     study_dir = Path(out) if out else default_study_dir(loaded.config.name)
     display = display or Display(quiet=quiet)
     source_path = str(Path(source).resolve()) if isinstance(source, (str, Path)) else None
-    with StudyLock(study_dir):
+    with _device_lock(loaded, plan, study_dir, runner, on_busy_lock, lock_wait_s, display), StudyLock(study_dir):
         _prepare_new_study(loaded, plan, study_dir, source_path)
         result = _execute(loaded, plan, study_dir, runner or loaded.config.runner, display)
     if report:
@@ -401,7 +503,8 @@ def run_study(source, *, out: str | Path | None = None, runner: str | None = Non
 
 
 def resume_study(study_dir: str | Path, *, runner: str | None = None, quiet: bool = False,
-                 display: Display | None = None, retry_failed: bool = False, report: bool = True) -> StudyResult:
+                 display: Display | None = None, retry_failed: bool = False, report: bool = True,
+                 on_busy_lock: str | None = None, lock_wait_s: float | None = None) -> StudyResult:
     study_dir = Path(study_dir)
     store = StudyStore(study_dir)
     manifest = store.read_manifest()
@@ -427,7 +530,7 @@ def resume_study(study_dir: str | Path, *, runner: str | None = None, quiet: boo
                     else rec["error_kind"]
                 store.write_record(rec)
     display = display or Display(quiet=quiet)
-    with StudyLock(study_dir):
+    with _device_lock(loaded, plan, study_dir, runner, on_busy_lock, lock_wait_s, display), StudyLock(study_dir):
         result = _execute(loaded, plan, study_dir, runner or loaded.config.runner, display)
     if report:
         _report(study_dir, display)
@@ -436,7 +539,19 @@ def resume_study(study_dir: str | Path, *, runner: str | None = None, quiet: boo
 
 def _execute(loaded: LoadedStudy, plan: Plan, study_dir: Path, runner_kind: str, display: Display) -> StudyResult:
     runner = make_runner(runner_kind, loaded, display)
-    return Orchestrator(loaded, plan, study_dir, runner, display).run()
+    orch = Orchestrator(loaded, plan, study_dir, runner, display)
+    orch.busy_gate_enabled = runner_kind != "ray"
+    return orch.run()
+
+
+def _device_lock(loaded: LoadedStudy, plan: Plan, study_dir: Path, runner: str | None, policy: str | None,
+                 wait_s: float | None, display: Display):
+    """One joulebench per set of GPUs on this host (locks.py); none for Ray (the cluster schedules GPUs)."""
+    import contextlib
+
+    if (runner or loaded.config.runner) == "ray":
+        return contextlib.nullcontext()
+    return study_lock(plan, loaded.config, study_dir=study_dir, policy=policy, wait_s=wait_s, log=display.log)
 
 
 def _report(study_dir: Path, display: Display) -> None:

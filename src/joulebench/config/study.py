@@ -90,6 +90,18 @@ class RunnerOptions(Strict):
     on_invalid: Literal["error", "skip"] = "error"
     environments: dict[str, str] = Field(default_factory=dict, description="backend -> python interpreter")
     resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per experiment")
+    ray_node_runner: Literal["process", "docker"] = Field(
+        "process", description="how a Ray task runs its experiment on the node: local process or container")
+    # sharing a GPU box (docs/nightly.md)
+    on_busy_lock: Literal["wait", "skip", "fail"] = Field(
+        "wait", description="another joulebench holds these GPUs: wait (bounded), skip (exit 0) or fail (exit 75)")
+    lock_wait_s: float = Field(3600.0, ge=0, description="longest wait for the GPU lock")
+    busy_gpu: Literal["wait", "skip", "stop", "allow"] = Field(
+        "wait", description="other users on an experiment's GPUs: wait (bounded, then stop), skip (defer to a "
+                            "later round), stop (resumable), allow (measure, flagged foreign_process)")
+    busy_wait_s: float = Field(600.0, ge=0, description="longest wait for busy GPUs before stopping")
+    busy_poll_s: float = Field(5.0, gt=0, description="how often busy GPUs are checked while waiting")
+    busy_memory_bytes: int = Field(1 << 30, ge=0, description="memory in use (no process of ours) that means busy")
 
 
 class StudyConfig(Strict):
