@@ -161,7 +161,8 @@ class Orchestrator:
                     continue
                 self.display.set_total(self._planned_total())
                 self._run_round(r, needed)
-            if self._deferred:   # busy_gpu: skip - one more try for what was deferred
+            if self._deferred:   # busy_gpu: skip - the rest ran; now wait (busy_wait_s) for what was deferred
+                self.busy_gate.policy = "wait"
                 for r in range(self.plan.max_repeats):
                     needed = self._configs_needing(r)
                     if needed:
