@@ -90,14 +90,21 @@ def test_report_without_energy_says_so_and_ranks_throughput(null_report):
     assert len(IMG_RE.findall(html)) == 3          # per config, main effects, Pareto (tokens/s vs latency)
 
 
-def test_report_escapes_user_text(tmp_path):
-    study = make_study(tmp_path, repeats=2, failed=False, timeline=False)
-    rec_path = sorted((study / "trials").glob("*.json"))[0]
-    rec = json.loads(rec_path.read_text())
+def test_report_escapes_user_text_and_stays_inside_the_study(tmp_path):
+    study = make_study(tmp_path, repeats=2, failed=False, timeline=True)
+    recs = sorted((study / "trials").glob("*.json"))
+    rec = json.loads(recs[0].read_text())
     rec["status"], rec["error"] = "failed", "<script>alert('x')</script> & boom"
-    atomic_write_json(rec_path, rec)
-    html = build_report(study).read_text()
+    atomic_write_json(recs[0], rec)
+    # a record whose id and timeline path point outside the study directory
+    rec = json.loads(recs[1].read_text())
+    shutil.copy(study / rec["timeseries"], tmp_path / "outside.parquet")
+    rec["trial_id"], rec["timeseries"] = "../../evil", "../outside.parquet"
+    atomic_write_json(recs[1], rec)
+    html = build_report(study, max_trial_timeline_files=50).read_text()
     assert "<script>alert" not in html and "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt; &amp; boom" in html
+    assert not list(tmp_path.glob("evil*")) and not list(study.glob("evil*"))
+    assert len(list((study / "plots" / "timelines").glob("*.png"))) == 10   # 12 trials, 1 failed, 1 refused
 
 
 def test_report_on_empty_all_failed_and_planless_studies(tmp_path):

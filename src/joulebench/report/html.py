@@ -15,6 +15,7 @@ import datetime as _dt
 import html
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -30,6 +31,7 @@ from ..results.table import load_results, write_tables
 from . import plots
 
 DEFAULT_CI_TARGET = 0.02
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -205,13 +207,15 @@ def build_report(study_dir: Path | str, *, cv_target: float | None = None, ci_ta
     if not ok.empty:
         for _, r in ok.iterrows():
             rel = r.get("timeseries") if isinstance(r.get("timeseries"), str) else f"timeseries/{r['trial_id']}.parquet"
-            p = study_dir / rel
-            if p.exists():
-                timelines.append((str(r["trial_id"]), plots.read_timeline(p)))
-    n_timelines = sum(1 for _, t in timelines if t is not None)
-    figs["timelines"] = plots.plot_timelines(timelines, pdir / "timelines", max_panels=max_timelines)
-    for tid, tl in [t for t in timelines if t[1] is not None][:max_trial_timeline_files]:
-        plots.plot_timelines([(tid, tl)], pdir / "timelines" / tid, max_panels=1)
+            p = (study_dir / rel).resolve()
+            if p.is_relative_to(study_dir.resolve()) and p.exists():   # a record cannot point outside the study
+                timelines.append((str(r["trial_id"]), plots.config_label(r, axes), plots.read_timeline(p)))
+    n_timelines = sum(1 for *_, t in timelines if t is not None)
+    figs["timelines"] = plots.plot_timelines([(f"{tid}: {label}", t) for tid, label, t in timelines],
+                                             pdir / "timelines", max_panels=max_timelines)
+    for tid, label, tl in [t for t in timelines if t[2] is not None][:max_trial_timeline_files]:
+        if _SAFE_NAME.fullmatch(tid):                                  # the id becomes a file name
+            plots.plot_timelines([(f"{tid}: {label}", tl)], pdir / "timelines" / tid, max_panels=1)
 
     doc = _render(study_dir, plan, manifest, study, trials, summary, effects, fronts, figs, axes,
                   cv_target, ci_target, n_timelines, max_timelines)

@@ -183,6 +183,14 @@ def plot_timelines(timelines: list[tuple[str, pd.DataFrame]], stem: Path, max_pa
                 ax.plot(t, g["power_instant_w"], color="#6baed6", lw=0.6, alpha=0.7, label=f"instant power{tag}")
             if ax2 is not None:
                 ax2.plot(t, g["temperature_c"], color="#e6550d", lw=1, label=f"temperature{tag}")
+        if ax2 is not None:   # 1 degree C steps must not look like swings: show at least a 5 degree C span
+            lo, hi = ax2.get_ylim()
+            if hi - lo < 5:
+                mid = (hi + lo) / 2
+                ax2.set_ylim(mid - 2.5, mid + 2.5)
+        if ax is axs.flat[0]:
+            handles = ax.get_legend_handles_labels()[0] + (ax2.get_legend_handles_labels()[0] if ax2 else [])
+            ax.legend(handles=handles, fontsize=6, loc="upper left")
         ax.set_title(tid, fontsize=8)
         ax.set_xlabel("time in window (s)", fontsize=8)
         ax.set_ylabel("power (W)", fontsize=8, color=_FRONT)
