@@ -341,6 +341,10 @@ def run_nightly(study_path: str | Path, *, results_root: str | Path | None = Non
                 study_dir = None
         if study_dir is None:
             study_dir = default_study_dir(name, root)
+            n = 2
+            while study_dir.exists():      # two runs in the same second
+                study_dir = default_study_dir(name, root).with_name(f"{default_study_dir(name, root).name}-{n}")
+                n += 1
             disp.attach(study_dir / "logs" / f"run-{stamp}.log")
             disp.log(f"nightly {name}: new study folder {study_dir}")
             result = run_study(path, out=study_dir, runner=runner, display=disp, on_busy_lock=on_busy_lock,

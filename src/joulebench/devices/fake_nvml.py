@@ -45,6 +45,7 @@ JSON spec (the file named by ``JOULEBENCH_FAKE_NVML``; every key optional)::
           "persistence_mode": 1, "mig_mode": 0, "ecc_mode": 1,
           "processes": [{"pid": 4242, "used_memory_bytes": 1073741824,
                          "from_s": 0, "until_s": 30}],   # optional: present only in [from_s, until_s)
+                                                        # "while_alive": true: only while that pid runs here
           "energy_counter": true,       # false: the counter raises NOT_SUPPORTED (pre-Volta)
           "instant_power": true         # false: the instant-power field is not supported
         }
@@ -182,6 +183,21 @@ class _Trace:
         return loops * self.e_span + (self.rows[i][self.col["energy_mj"]] - self.e_first)
 
 
+def _pid_running(pid: int) -> bool:
+    """A real process with this pid exists (tests hold a fake GPU with a real foreign process)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def _stable_uuid(index: int) -> str:
     h = hashlib.sha1(f"joulebench-fake-gpu-{index}".encode()).hexdigest()
     return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
@@ -236,7 +252,8 @@ class FakeGpu:
         """Processes present now (each may have ``from_s``/``until_s`` relative to the epoch)."""
         t = self.clock() - self.epoch
         return [p for p in self.processes
-                if float(p.get("from_s", -math.inf)) <= t < float(p.get("until_s", math.inf))]
+                if float(p.get("from_s", -math.inf)) <= t < float(p.get("until_s", math.inf))
+                and (not p.get("while_alive") or _pid_running(int(p["pid"])))]
 
     # ---- physics ----
     def _rel(self, t: float) -> float:
