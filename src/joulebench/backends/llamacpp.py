@@ -97,7 +97,11 @@ class LlamaCppBackend(Backend):
         super().__init__(params)
         self.llm = None
         self.session = None
+        # Served mode: after generate, the steady-state window of that pass (loadgen.SteadyState).
         self.steady_state = None
+        # Served mode: optional live callbacks (on_start(t), on_end(t), perf_counter seconds) fired when
+        # the steady-state window opens (first response done) and closes (last request submitted).
+        self.steady_state_hooks = None
         self.log_dir: Path | None = None
         self._eog: list[int] = []
 
@@ -158,6 +162,7 @@ class LlamaCppBackend(Backend):
             for k in ("min_p", "repeat_penalty"):
                 if rt.get(k) is not None:
                     extra[k] = rt[k]
+            self.session.on_window_start, self.session.on_window_end = self.steady_state_hooks or (None, None)
             results = self.session.generate(requests, rt, extra_body=(lambda req: dict(extra)) if extra else None)
             self.steady_state = self.session.last_steady_state
             for res, req in zip(sorted(results, key=lambda r: r.index), sorted(requests, key=lambda r: r.index)):

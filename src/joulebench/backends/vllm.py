@@ -74,6 +74,8 @@ def is_cpu_build() -> bool:
 
 def cpu_environment(params: VLLMParams, private_dir: Path) -> dict[str, str]:
     """Environment variables vLLM needs on CPU (user-set values win)."""
+    for sub in ("cache", "rpc"):
+        (private_dir / sub).mkdir(parents=True, exist_ok=True)
     env = {
         # whole GiB (vLLM parses an int)
         "VLLM_CPU_KVCACHE_SPACE": str(max(1, int(round(params.cpu_kvcache_space_gb or 1)))),
@@ -99,7 +101,11 @@ class VLLMBackend(Backend):
         super().__init__(params)
         self.llm = None
         self.session = None
+        # Served mode: after generate, the steady-state window of that pass (loadgen.SteadyState).
         self.steady_state = None
+        # Served mode: optional live callbacks (on_start(t), on_end(t), perf_counter seconds) fired when
+        # the steady-state window opens (first response done) and closes (last request submitted).
+        self.steady_state_hooks = None
         self.log_dir: Path | None = None
         self._tokenizer = None
         self._private = Path(tempfile.mkdtemp(prefix="joulebench-vllm-"))
@@ -176,6 +182,7 @@ class VLLMBackend(Backend):
     # ------------------------------------------------------------------ generate
     def generate(self, requests: list[Request], runtime: dict[str, Any]) -> list[RequestResult]:
         if self.params.mode == "served":
+            self.session.on_window_start, self.session.on_window_end = self.steady_state_hooks or (None, None)
             results = self.session.generate(requests, _runtime(self.params, runtime))
             self.steady_state = self.session.last_steady_state
             self._fill_input_tokens(requests, results)

@@ -12,7 +12,8 @@ Every request is streamed (server-sent events). Each output token gets the
 when the server reports them: a running ``usage.completion_tokens`` per chunk
 (vLLM, SGLang, TensorRT-LLM with ``continuous_usage_stats``), else per-chunk
 ``logprobs.tokens``, else one token per content chunk, reconciled with the final
-``usage`` (then ``token_times_exact`` is False if they disagree).
+``usage`` or, without one, with ``max_tokens`` when the request finished for "length"
+(then ``token_times_exact`` is False if they disagree).
 
 Definitions (vLLM's): TTFT = submit -> first token; ITL = gaps between
 consecutive tokens; TPOT = (latency - TTFT) / (output tokens - 1).
@@ -233,7 +234,7 @@ class LoadGenerator:
                         first_done = True
                         if self.on_window_start is not None:
                             self.on_window_start(time.perf_counter())
-                return _to_result(req, submit, state)
+                return _to_result(req, submit, state, max_tokens=body.get("max_tokens"))
 
             tasks = [asyncio.create_task(one(r, off)) for r, off in zip(requests, offsets)]
             try:
@@ -245,11 +246,15 @@ class LoadGenerator:
                 raise
 
 
-def _to_result(req: Request, submit: float, state: _StreamState) -> RequestResult:
+def _to_result(req: Request, submit: float, state: _StreamState, max_tokens: int | None = None) -> RequestResult:
     times = state.times
     exact = True
     n_out = len(times)
     final = state.final_completion_tokens
+    if final is None and state.counted_by_chunks and state.finish_reason == "length" and max_tokens:
+        # No usage from the server (llama-cpp-python): "length" means exactly max_tokens were generated;
+        # a chunk can hold several tokens (text held back until it decodes as UTF-8).
+        final = int(max_tokens)
     if final is not None and final != n_out:
         # Chunks did not map one-to-one to tokens: keep the count, not the per-token times.
         n_out = final

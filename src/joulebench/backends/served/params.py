@@ -11,15 +11,17 @@ SERVED_ONLY = ("concurrency", "request_rate")
 
 
 class ModeParams(EngineParams):
-    """Parameters common to engines that run offline (in-process) or served (OpenAI-compatible server)."""
+    """Parameters common to engines that run offline (in-process) or served (OpenAI-compatible server).
+
+    ``max_output_tokens`` and ``force_output_tokens`` are workload parameters: they reach
+    ``generate`` in its ``runtime`` dict, not through this model.
+    """
 
     mode: Literal["offline", "served"] = "offline"
     # runtime
     batch_size: int | None = None
     concurrency: int | None = None
     request_rate: float | None = None
-    max_output_tokens: int | None = None
-    force_output_tokens: bool | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -32,13 +34,13 @@ class ModeParams(EngineParams):
         if self.mode == "offline":
             given = [k for k in SERVED_ONLY if getattr(self, k) is not None]
             if given:
-                raise ValueError(f"{', '.join(given)} only apply to mode: served "
+                raise ValueError(f"{', '.join(given)} applies only to mode: served "
                                  "(offline mode submits the whole workload; use batch_size to cap requests in flight)")
         else:
             if self.batch_size is not None:
                 raise ValueError("batch_size does not apply to mode: served; use concurrency (closed loop) "
                                  "or request_rate (Poisson arrivals) instead")
-        for key in ("batch_size", "concurrency", "max_output_tokens"):
+        for key in ("batch_size", "concurrency"):
             v = getattr(self, key)
             if v is not None and v < 1:
                 raise ValueError(f"{key} must be at least 1")

@@ -87,8 +87,10 @@ LLAMACPP_SERVER_KEYS = ("n_gpu_layers", "n_ctx", "n_batch", "n_ubatch", "n_threa
 
 
 def _llamacpp_command(python: str, model: str, host: str, port: int, options: Options) -> list[str]:
+    # interrupt_requests=False: by default a new request cancels the one being streamed,
+    # which would break every closed loop with concurrency > 1 (requests queue instead).
     cmd = [python, "-m", "llama_cpp.server", "--model", model, "--host", host, "--port", str(port),
-           "--model_alias", "joulebench-model"]
+           "--model_alias", "joulebench-model", "--interrupt_requests", "False"]
     for key in LLAMACPP_SERVER_KEYS:
         value = options.get(key)
         if value is None:

