@@ -400,8 +400,10 @@ class Orchestrator:
         group = configs[0].load_group
         eid = f"r{r}-{group}-{attempt:03d}"
         spec = self._experiment_spec(eid, r, configs)
-        python = (self.cfg.runner_options.environments.get(configs[0].params["backend"])
-                  or self.cfg.runner_options.python)
+        from .engines import resolve_python   # study map, python, JOULEBENCH_<B>_PYTHON, user file, ./.venvs
+
+        python = resolve_python(configs[0].params["backend"], self.cfg.runner_options.model_dump(),
+                                base_dir=self.loaded.base_dir)
         exp = Experiment(experiment_id=eid, study_name=self.cfg.name, study_dir=self.store.root, spec=spec,
                          trial_ids=[t["trial_id"] for t in spec["trials"]],
                          label=f"{configs[0].params['backend']} {configs[0].params['model']}", python=python)
