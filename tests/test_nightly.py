@@ -253,3 +253,126 @@ def test_busy_gpu_skip_defers_then_the_next_night_resumes(tmp_path, foreign):
         note = x["preflight"]["busy_gpu"]
         assert note["deferred"]["action"] == "deferred" and note["action"] == "waited"
     assert len(list((night1 / "logs").glob("run-*.log"))) == 2       # one log file per run
+
+
+# ---------------------------------------------------------------------- cron runs
+@pytest.mark.slow
+def test_nightly_interrupted_then_resumed_by_the_next_night(tmp_path):
+    env = _env(tmp_path, _nvml(tmp_path))
+    root = tmp_path / "results"
+    s = tiny_study("nightly", device="auto", sweep={"batch_size": [1, 2, 3]})
+    s["measurement"] = dict(s["measurement"], min_window_s=1.0)
+    study = tmp_path / "nightly.yaml"
+    study.write_text(yaml.safe_dump(s, sort_keys=False))
+    n1 = _Output(_popen(["run", "--nightly", study, "--results-root", root, "--no-report"], env))
+    _wait_for(lambda: any(r.get("status") == "ok" for d in root.glob("nightly-*")
+                          for r in _records(d).values()), n1.proc, what="a first trial")
+    n1.proc.send_signal(signal.SIGINT)
+    assert n1.finish(timeout=120) == 130, n1.text()
+    night1 = (root / "latest").resolve()
+    assert _manifest(night1)["status"] == "interrupted"
+    kept = {t: r for t, r in _records(night1).items() if r["status"] == "ok"}
+    assert 1 <= len(kept) < 3
+    assert "summary: interrupted (exit 130)" in n1.text()
+
+    r = run_cli("run", "--nightly", study, "--results-root", root, "--no-report", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "resuming the unfinished study" in r.stderr and "(resumed)" in r.stderr
+    assert [p.name for p in root.iterdir() if not p.is_symlink()] == [night1.name]   # same folder
+    assert (root / "latest").resolve() == night1
+    final = _records(night1)
+    assert len(final) == 3 and all(x["status"] == "ok" for x in final.values())
+    for tid, rec in kept.items():                                    # nothing ran twice
+        assert final[tid]["started_at"] == rec["started_at"]
+    summary = json.loads((night1 / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["resumed"] is True
+    assert summary["trials"] == {"planned": 3, "ok": 3, "failed": 0, "remaining": 0}
+    assert summary["headline"]["best_energy_per_output_token_j"]["value"] > 0
+    assert len(list((night1 / "logs").glob("run-*.log"))) == 2
+
+
+class _Hook(http.server.BaseHTTPRequestHandler):
+    received: list = []
+
+    def do_POST(self):  # noqa: N802
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).received.append((self.path, json.loads(body)))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *a):
+        pass
+
+
+def _old_study_folder(root: Path, name: str, study: str, status: str, age_days: float) -> Path:
+    """A study folder as an earlier night left it (manifest + one record)."""
+    d = root / name
+    (d / "trials").mkdir(parents=True)
+    (d / "manifest.json").write_text(json.dumps({"study": study, "status": status, "plan_fingerprint": "old",
+                                                 "created_at": time.time() - age_days * 86400}))
+    (d / "trials" / "x-r0.json").write_text(json.dumps({"trial_id": "x-r0", "status": "ok"}))
+    return d
+
+
+@pytest.mark.slow
+def test_retention_never_touches_unfinished_studies_and_hooks_get_the_summary(tmp_path):
+    env = _env(tmp_path, _nvml(tmp_path))
+    root = tmp_path / "results"
+    old_done = _old_study_folder(root, "ret-20260101T020000Z", "ret", "finished", 30)
+    old_done2 = _old_study_folder(root, "ret-20260102T020000Z", "ret", "finished", 29)
+    unfinished = _old_study_folder(root, "ret-20260103T020000Z", "ret", "interrupted", 28)
+    other_study = _old_study_folder(root, "other-20260101T020000Z", "other", "finished", 30)
+    # the newest earlier study is unfinished but from another plan: a new folder is started, it is kept
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    hook_out = tmp_path / "hook.json"
+    hook = f"{sys.executable} -c \"import sys; open(sys.argv[1], 'w').write(sys.stdin.read())\" {hook_out}"
+    url = f"http://127.0.0.1:{server.server_port}/hooks/SECRET-TOKEN"
+    try:
+        r = run_cli("run", "--nightly", _study(tmp_path, "ret"), "--results-root", root, "--keep", "1",
+                    "--keep-days", "7", "--notify-command", hook, "--notify-webhook", url, env=env)
+    finally:
+        server.shutdown()
+    assert r.returncode == 0, r.stderr
+    assert "plan or study file differs" in r.stderr
+    new = (root / "latest").resolve()
+    assert new.name.startswith("ret-") and new not in (old_done, old_done2, unfinished)
+    assert not old_done.exists() and not old_done2.exists()           # finished, old, beyond --keep 1
+    assert (unfinished / "trials" / "x-r0.json").exists()              # unfinished: never deleted
+    assert (other_study / "manifest.json").exists()                    # another study: not ours to prune
+    summary = json.loads(hook_out.read_text())
+    assert summary["status"] == "finished" and summary["exit_code"] == 0
+    assert sorted(summary["removed"]) == [old_done.name, old_done2.name]
+    assert summary["report"] == str(new / "report.html") and Path(summary["report"]).exists()
+    assert summary["log"] and Path(summary["log"]).parent == new / "logs"
+    ((path, posted),) = _Hook.received
+    assert path == "/hooks/SECRET-TOKEN" and posted["study_dir"] == str(new)
+    assert "SECRET-TOKEN" not in r.stderr and "SECRET-TOKEN" not in Path(summary["log"]).read_text()
+
+
+def test_retention_rule_is_a_pure_function_of_age_count_and_status(tmp_path):
+    now = 1_800_000_000.0
+    folders = [(tmp_path / f"s{i}", {"status": st, "created_at": now - age * 86400})
+               for i, (st, age) in enumerate([("finished", 0.5), ("running", 2), ("finished", 3),
+                                              ("interrupted", 9), ("finished", 10), ("finished", 40)])]
+    names = lambda ps: [p.name for p in ps]  # noqa: E731
+    assert retention(folders, keep=None, keep_days=None, protect=set(), now=now) == []
+    assert names(retention(folders, keep=2, keep_days=None, protect=set(), now=now)) == ["s2", "s4", "s5"]
+    assert names(retention(folders, keep=None, keep_days=5, protect=set(), now=now)) == ["s4", "s5"]
+    assert names(retention(folders, keep=1, keep_days=5, protect={tmp_path / "s4"}, now=now)) == ["s5"]
+    assert study_folders(tmp_path / "nowhere", "x") == []
+
+
+def test_nightly_invalid_study_exits_2_and_a_broken_engine_fails_before_any_trial(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(dict(tiny_study("bad"), repeatz=3)))
+    r = run_cli("run", "--nightly", bad, "--results-root", tmp_path / "r", env=_env(tmp_path, _nvml(tmp_path)))
+    assert r.returncode == 2 and "repeatz" in r.stderr
+    assert not any((tmp_path / "r").glob("bad-*"))
+    # docker runner with an engine that does not answer: the image step fails the run up front
+    env = dict(_env(tmp_path, _nvml(tmp_path)), DOCKER_HOST=f"unix://{tmp_path}/no-engine.sock")
+    r = run_cli("run", "--nightly", _study(tmp_path, "img"), "--results-root", tmp_path / "r", "--runner", "docker",
+                env=env)
+    assert r.returncode == 1, r.stderr
+    assert "building the image(s) for transformers failed, so nothing ran" in r.stderr
+    assert not any((tmp_path / "r").glob("img-*"))
