@@ -236,3 +236,13 @@ def test_end_to_end_real_cpu_sweep_then_report(tmp_path):
         shot = ARTIFACTS / "report-e2e-cpu.png"
         r = _chromium([f"--screenshot={shot}", "--window-size=1280,2000", (out / "report.html").as_uri()], tmp_path)
         assert r.returncode == 0 and shot.exists()
+
+
+def test_study_targets_follow_the_repeats_grammar():
+    from joulebench.report.html import study_targets
+
+    assert study_targets({"repeats": 3}) == (0.05, None)
+    assert study_targets({"repeats": {"min": 3, "max": 10}}) == (0.05, 0.02)
+    assert study_targets({"repeats": {"min": 3, "max": 10, "ci_target": 0.05}}) == (0.05, 0.05)
+    assert study_targets({"repeats": {"min": 3, "max": 3, "ci_target": None}}) == (0.05, None)
+    assert study_targets({}) == (0.05, 0.02)

@@ -49,16 +49,30 @@ def _read_study_yaml(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def study_targets(study: dict[str, Any]) -> tuple[float, float]:
-    """(cv_target, ci_target) from the study's ``repeats`` section, else the defaults."""
-    rep = study.get("repeats") if isinstance(study.get("repeats"), dict) else {}
-    def num(key: str, default: float) -> float:
+def study_targets(study: dict[str, Any]) -> tuple[float, float | None]:
+    """(cv_target, ci_target) from the study's ``repeats`` section.
+
+    A fixed repeat count (``repeats: 3``, or ``ci_target: null``) has no CI target: nothing is
+    marked for it. A ``repeats`` mapping without ``ci_target`` gets the config default (2 %).
+    """
+    raw = study.get("repeats")
+    rep = raw if isinstance(raw, dict) else {}
+
+    def num(v: Any, default: float | None) -> float | None:
         try:
-            v = float(rep.get(key, default))
-            return v if v > 0 else default
+            f = float(v)
+            return f if f > 0 else default
         except (TypeError, ValueError):
             return default
-    return num("cv_target", DEFAULT_CV_TARGET), num("ci_target", DEFAULT_CI_TARGET)
+
+    cv_t = num(rep.get("cv_target"), DEFAULT_CV_TARGET) or DEFAULT_CV_TARGET
+    if raw is not None and not isinstance(raw, dict):
+        ci_t = None                                    # repeats: N
+    elif "ci_target" in rep:
+        ci_t = num(rep["ci_target"], None)             # null: no target
+    else:
+        ci_t = DEFAULT_CI_TARGET
+    return cv_t, ci_t
 
 
 def sweep_axes(plan: dict[str, Any], trials: pd.DataFrame) -> tuple[list[str], dict[str, list[Any]]]:
@@ -156,7 +170,7 @@ details.flag{margin:.3rem 0}details.flag summary{cursor:pointer}
 # ---------------------------------------------------------------------------
 
 def build_report(study_dir: Path | str, *, cv_target: float | None = None, ci_target: float | None = None,
-                 max_timelines: int = 12, max_trial_timeline_files: int = 200) -> Path:
+                 max_timelines: int = 12, max_trial_timeline_files: int = 60) -> Path:
     """Analyse a study directory and write its tables, plots and ``report.html``; returns the HTML path.
 
     ``max_timelines``: trial panels in the report's timeline figure; ``max_trial_timeline_files``: trials
@@ -303,8 +317,10 @@ def _render(study_dir, plan, manifest, study, trials, summary, effects: EffectsR
         out.append(f"<p>Mean over finished repeats with 95 % confidence intervals by Student's t and by bootstrap "
                    f"(BCa, {BOOTSTRAP_RESAMPLES} seeded resamples). <span class='bad'>CV&gt;</span> marks a "
                    f"configuration whose coefficient of variation of the primary metric exceeds the target "
-                   f"({cv_target * 100:.1f} %); <span class='bad'>CI&gt;</span> one whose CI half-width exceeds "
-                   f"{ci_target * 100:.1f} % of the mean.</p>")
+                   f"({cv_target * 100:.1f} %)"
+                   + (f"; <span class='bad'>CI&gt;</span> one whose CI half-width exceeds {ci_target * 100:.1f} % of "
+                      "the mean (the study's adaptive-repeats target)." if ci_target is not None else
+                      ". The study has a fixed repeat count, so no CI target is checked.") + "</p>")
         for metric, label, unit, _ in METRICS:
             if f"{metric}_mean" not in summary or pd.to_numeric(summary[f"{metric}_mean"], errors="coerce").isna().all():
                 continue
