@@ -93,8 +93,8 @@ class LlamaCppBackend(Backend):
                                                         "max_output_tokens", "force_output_tokens", "temperature",
                                                         "top_p", "top_k", "seed", "min_p", "repeat_penalty"})
 
-    def __init__(self, params: LlamaCppParams):
-        super().__init__(params)
+    def __init__(self, params: LlamaCppParams, options: dict[str, Any] | None = None):
+        super().__init__(params, options)
         self.llm = None
         self.session = None
         # Served mode: after generate, the steady-state window of that pass (loadgen.SteadyState).

@@ -97,8 +97,8 @@ class VLLMBackend(Backend):
                                                         "max_output_tokens", "force_output_tokens", "temperature",
                                                         "top_p", "top_k", "seed"})
 
-    def __init__(self, params: VLLMParams):
-        super().__init__(params)
+    def __init__(self, params: VLLMParams, options: dict[str, Any] | None = None):
+        super().__init__(params, options)
         self.llm = None
         self.session = None
         # Served mode: after generate, the steady-state window of that pass (loadgen.SteadyState).
