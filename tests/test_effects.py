@@ -174,3 +174,14 @@ def test_null_level_and_float_coded_ints_are_levels():
     assert me.loc[("quantization", "awq"), "reference"] == "None"
     assert me.loc[("quantization", "awq"), "ratio"] == pytest.approx(0.6, rel=1e-6)
     assert me.loc[("batch_size", "4"), "reference"] == "1"
+
+
+def test_units_do_not_change_the_answer():
+    """log(k * y) = log k + log y: J or mJ per token gives the same shares and ratios."""
+    df = fixed_frame()
+    a = fit_effects(df, ["batch_size", "dtype"])
+    df2 = df.assign(energy_per_output_token_j=df["energy_per_output_token_j"] * 1000.0)
+    b = fit_effects(df2, ["batch_size", "dtype"])
+    assert np.allclose(a.axes["eta_sq"], b.axes["eta_sq"])
+    assert np.allclose(a.main_effects["ratio"], b.main_effects["ratio"])
+    assert a.headline == b.headline

@@ -139,3 +139,30 @@ def test_primary_metric_falls_back_to_throughput(tmp_path):
     assert (s["primary_metric"] == "throughput_tok_s").all()
     assert not s["throughput_dominated"].any()   # undefined without power
     assert isinstance(pd.DataFrame(s).iloc[0]["throughput_tok_s_mean"], float)
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+_samples = hs.lists(hs.floats(0.1, 100.0, allow_nan=False), min_size=3, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_samples, hs.floats(0.01, 1000.0))
+def test_outliers_and_cv_are_scale_invariant(x, k):
+    """J/token in J or in mJ must flag the same trials and give the same CV."""
+    scaled = [v * k for v in x]
+    assert mad_outliers(scaled).tolist() == mad_outliers(x).tolist()
+    assert cv(scaled) == pytest.approx(cv(x), rel=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(_samples)
+def test_t_ci_brackets_mean_and_matches_scipy(x):
+    m, lo, hi = mean_ci_t(x)
+    if np.ptp(x) == 0:
+        assert lo == pytest.approx(m) and hi == pytest.approx(m)
+        return
+    assert lo <= m <= hi
+    ref = st.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=st.sem(x))
+    assert (lo, hi) == pytest.approx(ref, rel=1e-9, abs=1e-12)
