@@ -157,7 +157,7 @@ def test_describe_contrast_wording():
     assert describe_contrast(c, "J/output-token") == "going from 1 to 32 cuts J/output-token by 14x [12x, 16x]"
     up = Contrast("dtype", "bf16", "fp32", 1.3, 0.9, 1.8, 0.2)
     assert describe_contrast(up, "J/output-token").endswith("by 1.30x [0.90x, 1.80x] (the 95 % CI includes no change)")
-    assert format_ratio(3.14159) == "3.1x" and format_ratio(float("nan")) == "?"
+    assert format_ratio(3.14159) == "3.14x" and format_ratio(9.999) == "10x" and format_ratio(float("nan")) == "?"
 
 
 def test_null_level_and_float_coded_ints_are_levels():

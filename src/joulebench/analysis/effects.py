@@ -102,13 +102,10 @@ def level_order(trials: pd.DataFrame, axis: str, plan_levels: Sequence[Any] | No
 
 
 def format_ratio(r: float) -> str:
+    """14x, 3.20x, 1.37x: whole numbers from 10x up, two decimals below."""
     if not math.isfinite(r):
         return "?"
-    if r >= 10:
-        return f"{r:.0f}x"
-    if r >= 2:
-        return f"{r:.1f}x"
-    return f"{r:.2f}x"
+    return f"{r:.0f}x" if r >= 9.995 else f"{r:.2f}x"
 
 
 def describe_contrast(c: Contrast, label: str) -> str:
@@ -299,13 +296,14 @@ def _contrast(axis, lv_from, lv_to, coef, params, cov, tcrit, df_resid) -> Contr
 
 
 def _headline_nothing(res: EffectsResult, varying: list[str]) -> str:
-    metric = "J/output-token" if res.energy_available else "throughput (no energy meter here)"
+    metric = "J/output-token" if res.energy_available else "throughput"
+    why = "" if res.energy_available else " (no energy meter here, so throughput stands in)"
     if res.n == 0:
-        return f"No finished trial has a {metric} figure: nothing to compare."
+        return f"No finished trial has a positive {metric} value{why}: nothing to compare."
     if not varying:
         return (f"Only one configuration finished ({res.n} trial(s)); the sweep axes need at least two "
-                f"levels in finished trials to compare {metric}.")
-    return f"Too few finished trials ({res.n}) to compare {metric}."
+                f"levels in finished trials to compare {metric}{why}.")
+    return f"Too few finished trials ({res.n}) to compare {metric}{why}."
 
 
 def _headline(res: EffectsResult) -> str:
