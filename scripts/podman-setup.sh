@@ -6,7 +6,8 @@
 # API on a private unix socket (background, pid file) and imports a small local base image built
 # with debootstrap (cached as a tarball), for hosts where no registry can be pulled from.
 #
-# Usage:  eval "$(scripts/podman-setup.sh)"     # exports DOCKER_HOST and CONTAINERS_CONF
+# Usage:  eval "$(scripts/podman-setup.sh)"     # exports DOCKER_HOST, CONTAINERS_CONF, JOULEBENCH_BASE_IMAGE,
+#                                               # JOULEBENCH_CA_BUNDLE
 #         scripts/podman-setup.sh --stop       # stop the API service
 # Env:    JB_PODMAN_DIR (state folder, default <repo>/.ci-cache/podman)
 #         JB_BASE_IMAGE (name of the local base image, default localhost/joulebench-base:bookworm)
@@ -107,3 +108,7 @@ fi
 echo "export DOCKER_HOST=unix://$SOCK"
 echo "export CONTAINERS_CONF=$CONF"
 echo "export JOULEBENCH_BASE_IMAGE=$BASE_IMAGE"
+# Image builds trust the host's CA bundle too (TLS-intercepting proxies; harmless elsewhere).
+for ca in /etc/ssl/certs/ca-certificates.crt /etc/pki/tls/certs/ca-bundle.crt; do
+  if [[ -s "$ca" ]]; then echo "export JOULEBENCH_CA_BUNDLE=$ca"; break; fi
+done

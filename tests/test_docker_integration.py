@@ -253,7 +253,7 @@ def transformers_image(engine):
 def test_real_cpu_study_through_runner_docker(engine, transformers_image, tmp_path, monkeypatch):
     """A real study: the worker in the container generates with transformers on a tiny synthetic model."""
     import joulebench
-    from conftest import tiny_study
+    from .conftest import tiny_study
 
     study = tiny_study(_name("jb-e2e"), runner="docker", sweep={"batch_size": [1, 2]})
     res = joulebench.run_study(study, out=tmp_path / "study", quiet=True, report=False)
@@ -262,7 +262,7 @@ def test_real_cpu_study_through_runner_docker(engine, transformers_image, tmp_pa
     assert len(recs) == 2
     for r in recs:
         assert r["status"] == "ok"
-        assert r["output_tokens"] == 4 * 4       # 4 prompts x 4 forced tokens per pass
+        assert r["output_tokens"] > 0 and r["output_tokens"] % (4 * 4) == 0   # whole passes of 4 x 4 tokens
         assert r["duration_s"] > 0 and r["throughput_tok_s"] > 0
         assert r["environment"]                  # recorded inside the container
         assert (tmp_path / "study" / "timeseries" / f"{r['trial_id']}.parquet").exists() or \

@@ -64,10 +64,11 @@ def _cuda_str(v: int | None) -> str:
 
 def host_gpus() -> dict[str, Any]:
     """NVML on the host: driver, CUDA driver version, GPUs with their processes; or the reason there are none."""
-    try:
-        import pynvml as n
-    except ImportError as exc:
-        return {"error": f"nvidia-ml-py is not installed ({exc})"}
+    from .devices.nvml import load_nvml   # pynvml, or the trace-backed fake named by $JOULEBENCH_FAKE_NVML
+
+    n = load_nvml()
+    if n is None:
+        return {"error": "nvidia-ml-py is not installed"}
     try:
         n.nvmlInit()
     except Exception as exc:   # pynvml.NVMLError_LibraryNotFound, DriverNotLoaded, ...
@@ -76,8 +77,8 @@ def host_gpus() -> dict[str, Any]:
         def s(x):
             return x.decode() if isinstance(x, bytes) else x
 
-        info: dict[str, Any] = {"driver": s(n.nvmlSystemGetDriverVersion()),
-                                "cuda_driver": n.nvmlSystemGetCudaDriverVersion_v2(), "gpus": []}
+        cuda = getattr(n, "nvmlSystemGetCudaDriverVersion_v2", None) or n.nvmlSystemGetCudaDriverVersion
+        info: dict[str, Any] = {"driver": s(n.nvmlSystemGetDriverVersion()), "cuda_driver": int(cuda()), "gpus": []}
         for i in range(n.nvmlDeviceGetCount()):
             h = n.nvmlDeviceGetHandleByIndex(i)
             try:
@@ -193,7 +194,12 @@ def run_checks(*, client=None, probe_image: str | None = None) -> list[Check]:
         checks.append(Check("GPU inside a container", False, "no engine image to probe with",
                             "joulebench images build transformers"))
     else:
-        code, output = probe_in_container(client, image, [g["uuid"] for g in gpus])
+        try:
+            code, output = probe_in_container(client, image, [g["uuid"] for g in gpus])
+        except Exception as exc:   # the engine refused the GPU request (no NVIDIA runtime, no CDI spec)
+            from .runners.docker import _api_message
+
+            code, output = None, f"the engine refused the container: {_api_message(exc)}"
         try:
             probe = json.loads(output.strip().splitlines()[-1])
         except (ValueError, IndexError):

@@ -133,7 +133,9 @@ def _is_transient(exc: BaseException) -> bool:
         return False
     if isinstance(exc, docker.errors.APIError):
         code = exc.status_code or 0
-        return code in (500, 502, 503, 504) and "no such" not in str(exc).lower()
+        text = str(exc).lower()
+        permanent = ("no such", "not found", "oci ", "permission denied", "invalid", "conflict", "unknown")
+        return code in (500, 502, 503, 504) and not any(p in text for p in permanent)
     return False
 
 
@@ -266,7 +268,7 @@ class ContainerSettings:
 
 
 def isolation_kwargs(*, gpus: list[str] | None = None, settings: ContainerSettings | None = None,
-                     engine: str | None = None) -> dict[str, Any]:
+                     engine: str | None = None, gpu_ulimits: bool = True) -> dict[str, Any]:
     """The isolation every joulebench container gets (experiments and probes alike)."""
     s = settings or ContainerSettings()
     kw: dict[str, Any] = dict(
@@ -285,9 +287,10 @@ def isolation_kwargs(*, gpus: list[str] | None = None, settings: ContainerSettin
     if s.ipc_mode:
         kw["ipc_mode"] = s.ipc_mode
     if gpus:
+        kw["device_requests"] = [gpu_device_request(gpus)]
+    if gpus and gpu_ulimits:
         import docker
 
-        kw["device_requests"] = [gpu_device_request(gpus)]
         # NVIDIA's recommended limits for PyTorch in containers (pinned memory, deep stacks).
         kw["ulimits"] = [docker.types.Ulimit(name="memlock", soft=-1, hard=-1),
                          docker.types.Ulimit(name="stack", soft=67108864, hard=67108864)]
@@ -302,7 +305,7 @@ def run_probe(client, image: str, command: list[str], *, gpus: list[str] | None 
 
     c = _call(client.containers.create, image=image, command=command, detach=True,
               labels={LABEL_RUNNER: "probe", **(labels or {})}, environment={"HOME": "/tmp"},
-              **isolation_kwargs(gpus=gpus))
+              **isolation_kwargs(gpus=gpus, gpu_ulimits=False))
     try:
         _call(c.start)
         try:
@@ -521,6 +524,18 @@ class DockerRunner(Runner):
         return f, d
 
     # -- merge
+    def merge_trial(self, experiment: Experiment, staging: Path, trial_id: str) -> bool:
+        """Copy one trial's record (and its timeline, first) into the study directory; False if absent."""
+        out, study = staging / "out", Path(experiment.study_dir)
+        rec = out / "trials" / f"{trial_id}.json"
+        if not rec.is_file() or trial_id not in set(experiment.trial_ids):
+            return False
+        ts = out / "timeseries" / f"{trial_id}.parquet"
+        if ts.is_file():   # the timeline first: a record never points at a missing timeline
+            atomic_copy(ts, study / "timeseries" / ts.name)
+        atomic_copy(rec, study / "trials" / rec.name)
+        return True
+
     def merge(self, experiment: Experiment, staging: Path) -> list[str]:
         """Copy the worker's records and timelines into the study directory (atomic); return trial ids."""
         out = staging / "out"
@@ -529,15 +544,13 @@ class DockerRunner(Runner):
         study = Path(experiment.study_dir)
         for rec in sorted((out / "trials").glob("*.json")) if (out / "trials").is_dir() else []:
             tid = rec.stem
-            if rec.name.startswith(".") or (wanted and tid not in wanted):
-                if not rec.name.startswith("."):
-                    log.warning("ignoring record %s: not a trial of experiment %s", rec.name, experiment.experiment_id)
+            if rec.name.startswith("."):
                 continue
-            ts = out / "timeseries" / f"{tid}.parquet"
-            if ts.is_file():   # the timeline first: a record never points at a missing timeline
-                atomic_copy(ts, study / "timeseries" / ts.name)
-            atomic_copy(rec, study / "trials" / rec.name)
-            finished.append(tid)
+            if tid not in wanted:
+                log.warning("ignoring record %s: not a trial of experiment %s", rec.name, experiment.experiment_id)
+                continue
+            if self.merge_trial(experiment, staging, tid):
+                finished.append(tid)
         logs = out / "logs"
         for f in sorted(logs.iterdir()) if logs.is_dir() else []:   # e.g. <trial>.traceback.txt
             if f.is_file() and not f.name.startswith("."):
@@ -556,7 +569,7 @@ class DockerRunner(Runner):
         container = None
         tail: collections.deque[str] = collections.deque(maxlen=400)
         events: queue.Queue = queue.Queue()
-        state = {"in_flight": None, "ended": set()}
+        state = {"in_flight": None, "ended": set(), "experiment": experiment, "staging": staging}
         interrupted = False
         try:
             try:
@@ -694,8 +707,7 @@ class DockerRunner(Runner):
             if ev is not None:
                 events.put(ev)
 
-    @staticmethod
-    def _drain(events: queue.Queue, state: dict[str, Any], on_event: EventCallback) -> None:
+    def _drain(self, events: queue.Queue, state: dict[str, Any], on_event: EventCallback) -> None:
         while True:
             try:
                 ev = events.get_nowait()
@@ -705,6 +717,12 @@ class DockerRunner(Runner):
             if kind == "trial_start":
                 state["in_flight"] = ev.get("trial_id")
             elif kind == "trial_end":
+                # The record is on the mounted volume already: merge it now, so the orchestrator (and a
+                # crash of this dispatcher) sees it before the experiment ends.
+                try:
+                    self.merge_trial(state["experiment"], state["staging"], str(ev.get("trial_id")))
+                except OSError as exc:
+                    log.warning("could not merge the record of %s yet: %s", ev.get("trial_id"), exc)
                 state["ended"].add(ev.get("trial_id"))
                 if state["in_flight"] == ev.get("trial_id"):
                     state["in_flight"] = None
