@@ -28,3 +28,8 @@ test: $(VENV)/.installed
 report: $(VENV)/.installed
 	@test -n "$(DIR)" || (echo "usage: make report DIR=joulebench-results/<study>-<time>" && exit 2)
 	$(VENV)/bin/joulebench report $(DIR)
+
+# Engine images (docker/<engine>/Dockerfile) through the Docker SDK, tagged by a hash of their inputs:
+# unchanged images are not rebuilt. ENGINE=transformers|vllm (default: all); BASE_IMAGE=... overrides the base.
+images: $(VENV)/.installed
+	$(VENV)/bin/joulebench images build $(ENGINE) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE),)
