@@ -32,6 +32,19 @@ def tiny_study(name: str = "t", **overrides) -> dict:
     return study
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_lock_dir(tmp_path_factory):
+    """The GPU/CPU locks (locks.py) of this test session live apart from other sessions and real runs,
+    so concurrent test sessions on one machine do not queue behind each other's studies."""
+    old = os.environ.get("JOULEBENCH_LOCK_DIR")
+    os.environ["JOULEBENCH_LOCK_DIR"] = str(tmp_path_factory.mktemp("locks"))
+    yield
+    if old is None:
+        os.environ.pop("JOULEBENCH_LOCK_DIR", None)
+    else:
+        os.environ["JOULEBENCH_LOCK_DIR"] = old
+
+
 @pytest.fixture
 def write_study(tmp_path):
     def _write(study: dict, name: str = "study.yaml") -> Path:
