@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .display import Display
-from .errors import EXIT_INTERRUPTED, EXIT_INVALID, JoulebenchError, ResumeError
+from .errors import EXIT_INTERRUPTED, JoulebenchError, ResumeError
 from .locks import LockSkipped
 from .results.store import StudyStore, sha256_bytes
 
@@ -423,4 +423,4 @@ def _iso(t: float) -> str:
 
 
 __all__ = ["run_nightly", "Summary", "TeeDisplay", "study_folders", "resumable", "retention", "notify",
-           "summarize_study", "point_latest", "latest_target", "EXIT_INVALID"]
+           "summarize_study", "point_latest", "latest_target"]
