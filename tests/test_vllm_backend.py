@@ -69,7 +69,7 @@ DRIVER = textwrap.dedent("""
                  "submit_s": r.submit_s, "times": r.token_times_s, "exact": r.token_times_exact,
                  "ttft_s": r.ttft_s, "latency_s": r.latency_s, "tpot_s": r.tpot_s, "itl_s": r.itl_s(),
                  "finish_reason": r.finish_reason} for r in res]})
-        notes = {k: v for k, v in info.notes.items() if isinstance(v, (int, float, str, list, bool, type(None)))}
+        notes = json.loads(json.dumps(info.notes, default=str))
         backend.close()
         print("@@result " + json.dumps({"load_s": info.load_s, "notes": notes, "runs": runs}), flush=True)
 

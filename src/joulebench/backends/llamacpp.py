@@ -85,6 +85,16 @@ def eog_token_ids(llm) -> list[int]:
     return sorted(ids)
 
 
+def _text_tokenizer(llm, name: str):
+    """joulebench's tokenizer view of the GGUF vocabulary (builds synthetic prompts, counts tokens)."""
+    from ..models.tokenizer import TextTokenizer
+
+    eos = llm.token_eos()
+    return TextTokenizer(lambda t: llm.tokenize(t.encode("utf-8"), add_bos=False, special=False),
+                         lambda ids: llm.detokenize(list(ids)).decode("utf-8", "replace"),
+                         bos_id=llm.token_bos(), eos_id=eos, pad_id=eos, vocab_size=llm.n_vocab(), name=name)
+
+
 class LlamaCppBackend(Backend):
     name: ClassVar[str] = "llamacpp"
     Params: ClassVar[type[LlamaCppParams]] = LlamaCppParams
@@ -138,6 +148,7 @@ class LlamaCppBackend(Backend):
         else:
             self.llm = Llama(model_path=path, verbose=False, **kwargs)
             self._eog = eog_token_ids(self.llm)
+        self.tokenizer = _text_tokenizer(self.llm, path)
         meta = dict(getattr(self.llm, "metadata", {}) or {})
         notes["eog_token_ids"] = self._eog
         return LoadInfo(load_s=time.perf_counter() - t0, weights_bytes=os.path.getsize(path),

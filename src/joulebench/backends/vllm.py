@@ -159,6 +159,13 @@ class VLLMBackend(Backend):
             self.session = ServedSession(get_recipe("vllm"), python=sys.executable, model=path,
                                          options=kwargs | {"engine_args": self.params.engine_args},
                                          env=env, log_dir=log_dir, ready_timeout_s=self.params.server_ready_timeout_s)
+            from transformers import AutoTokenizer
+
+            from ..models.tokenizer import hf_tokenizer
+
+            self._tokenizer = AutoTokenizer.from_pretrained(self.params.tokenizer or path,
+                                                            trust_remote_code=self.params.trust_remote_code)
+            self.tokenizer = hf_tokenizer(self._tokenizer, path)
             ready_s = self.session.start()
             notes = {"mode": "served", "server_pid": self.session.server.pid, "port": self.session.port,
                      "server_ready_s": ready_s, "command": self.session.command(), "cpu": self._cpu}
@@ -169,6 +176,9 @@ class VLLMBackend(Backend):
                 raise BackendError(f"vllm is not importable in {sys.executable}: {exc}. "
                                    "Run scripts/setup-vllm-env.sh and point the study's runner_options at it.") from exc
             self.llm = LLM(model=path, **kwargs)
+            from ..models.tokenizer import hf_tokenizer
+
+            self.tokenizer = hf_tokenizer(self.llm.get_tokenizer(), path)
             notes = {"mode": "offline", "engine_kwargs": {k: v for k, v in kwargs.items()}, "cpu": self._cpu}
         try:
             import vllm  # noqa: F401 - version for the record

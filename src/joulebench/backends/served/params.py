@@ -25,7 +25,7 @@ class ModeParams(EngineParams):
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
-    seed: int | None = None
+    seed: int = 0                 # sampling seed (request i uses seed + i) and Poisson arrivals
     # served mode: seconds to wait for the server to become ready
     server_ready_timeout_s: float | None = None
 

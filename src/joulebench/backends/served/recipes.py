@@ -39,6 +39,8 @@ class ServerRecipe:
     env: Callable[[Options], dict[str, str]] = lambda o: {}
     # The model name to send in requests; None: take the first entry of /v1/models.
     served_model_name: str | None = None
+    # Whether /v1/completions takes a prompt as a list of token ids (else the prompt text is sent).
+    accepts_token_ids: bool = True
 
 
 def _append_options(cmd: list[str], options: Options, mapping: dict[str, str], bool_flags: set[str]) -> list[str]:
@@ -106,7 +108,7 @@ def _llamacpp_force(n: int, options: Options) -> dict[str, Any]:
 
 
 LLAMACPP = ServerRecipe(name="llamacpp", build_command=_llamacpp_command, health_path="/v1/models",
-                        force_length_fields=_llamacpp_force, stream_options={},
+                        force_length_fields=_llamacpp_force, stream_options={}, accepts_token_ids=False,
                         served_model_name="joulebench-model", ready_timeout_s=300.0)
 
 

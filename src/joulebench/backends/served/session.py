@@ -92,7 +92,8 @@ class ServedSession:
         def body_for(req: Request) -> dict[str, Any]:
             body: dict[str, Any] = {
                 "model": self.model_name,
-                "prompt": list(req.prompt_token_ids) if req.prompt_token_ids is not None else req.prompt,
+                "prompt": (list(req.prompt_token_ids) if req.prompt_token_ids is not None
+                           and self.recipe.accepts_token_ids else req.prompt),
                 "max_tokens": max_tokens,
                 "temperature": float(runtime.get("temperature", 0.0) or 0.0),
             }
