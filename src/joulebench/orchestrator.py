@@ -154,6 +154,7 @@ class Orchestrator:
         self.display.start(total, f"study {self.cfg.name}")
         try:
             self.runner.prepare(self.store.root, self.cfg.name)
+            self._idle_busy_check()
             self._device_idle_reference()
             for r in range(self.plan.max_repeats):
                 needed = self._configs_needing(r)
@@ -343,6 +344,24 @@ class Orchestrator:
                             self._mark_failed(by_tid[t], r, outcome.error, outcome.error_kind or "crash", outcome)
                 done = self.store.done_ids()
                 pending = [t for t in pending if t not in done]
+
+    def _idle_busy_check(self) -> None:
+        """No device idle reference while other users are on the GPUs: wait (bounded) or stop."""
+        policy = self.busy_gate.policy
+        if not self.busy_gate_enabled or policy == "allow" or self.cfg.measurement.device_idle_s <= 0:
+            return
+        try:
+            gpus = self._study_gpus()
+        except Exception:  # noqa: BLE001 - _device_idle_reference reports it
+            return
+        self.busy_gate.policy = "stop" if policy == "stop" else "wait"
+        try:
+            d = self.busy_gate.check(gpus, label="device idle reference")
+        finally:
+            self.busy_gate.policy = policy
+        if d.action == "stop":
+            raise GpuBusy(f"GPUs in use by other processes ({d.note.get('detail')}) before the device idle "
+                          f"reference, busy_gpu: {policy}")
 
     def _busy_check(self, r: int, configs: list[Configuration], tids: list[str]) -> bool:
         """Before an experiment: other users on its GPUs? True: run it; False: deferred; GpuBusy: stop."""
