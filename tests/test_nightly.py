@@ -207,6 +207,13 @@ def test_busy_gpu_stop_and_a_bounded_wait_stop_resumably(tmp_path):
         m = _manifest(out)
         assert m["status"] == "interrupted" and "4242" in m["stop_reason"]
         assert _records(out) == {}                            # nothing measured on the busy GPU
+    # with a device idle reference: no idle baseline is measured beside another user either
+    s = tiny_study("s-idle", device="auto", runner_options={"busy_gpu": "stop"})
+    s["measurement"] = dict(s["measurement"], device_idle_s=1.0)
+    (tmp_path / "idle.yaml").write_text(yaml.safe_dump(s, sort_keys=False))
+    r = run_cli("run", tmp_path / "idle.yaml", "--out", tmp_path / "idle", "--quiet", "--no-report", env=env)
+    assert r.returncode == EXIT_BUSY and "before the device idle reference" in r.stderr, r.stderr
+    assert "device_idle" not in _manifest(tmp_path / "idle")
 
 
 def test_busy_gpu_allow_measures_and_flags(tmp_path):
