@@ -130,6 +130,7 @@ class Orchestrator:
         self._attempt = 0
         self._attempt_lock = threading.Lock()
         self._stopping = False   # set on Ctrl-C while experiments run in parallel (ray runner)
+        self._failed_now: set[str] = set()   # trials failed in this run: not run again until resume
         # shared GPU box (locks.py): what to do when other users are on an experiment's GPUs
         self.busy_gate = BusyGpuGate.from_config(self.cfg, log=display.log)
         self.busy_gate_enabled = True          # off for Ray: the GPUs are on another node
@@ -343,7 +344,8 @@ class Orchestrator:
                         if t not in self.store.done_ids():
                             self._mark_failed(by_tid[t], r, outcome.error, outcome.error_kind or "crash", outcome)
                 done = self.store.done_ids()
-                pending = [t for t in pending if t not in done]
+                # a retryable failure (infrastructure, worker-lost) is not 'done', but this run must not loop on it
+                pending = [t for t in pending if t not in done and t not in self._failed_now]
 
     def _idle_busy_check(self) -> None:
         """No device idle reference while other users are on the GPUs: wait (bounded) or stop."""
@@ -468,6 +470,7 @@ class Orchestrator:
     def _mark_failed(self, c: Configuration, r: int, error: str, kind: str,
                      outcome: ExperimentOutcome | None) -> None:
         tid = trial_id_for(c.config_id, r)
+        self._failed_now.add(tid)
         rec = TrialRecord(trial_id=tid, config_id=c.config_id, study=self.cfg.name, params=c.params, repeat=r,
                           round=r, status="failed", error=error, error_kind=kind, finished_at=time.time(),
                           experiment_id=outcome.experiment_id if outcome else None,

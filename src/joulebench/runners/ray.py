@@ -1,0 +1,400 @@
+"""Ray runner: each experiment is one Ray task on the node Ray picks.
+
+On that node the task runs the experiment exactly as the local dispatcher would
+(a :class:`ProcessRunner` worker, or a :class:`DockerRunner` container with
+``runner_options.ray_node_runner: docker``) into a node-local temporary study
+folder. As each trial finishes, its record and timeline are streamed back to the
+driver (a Ray streaming generator), which writes them into the study directory
+with the same atomic writes as every other runner. So a node lost mid-experiment
+loses only the trial in flight; that trial becomes a failed record with
+``error_kind: worker-lost`` and ``joulebench resume`` runs it again.
+
+Resources: an experiment asks for ``num_gpus`` = the GPUs its ``device`` needs
+(``cuda:0,1`` -> 2; inside the task CUDA ordinals index the GPUs Ray assigned),
+``num_cpus`` = 1 on CPU, plus ``runner_options.resources`` (custom resources such
+as ``{"H100": 1}`` to pin a card type; ``CPU``/``GPU`` keys there override the
+counts). Ray never gives one GPU to two tasks, so measurements never share a device.
+
+Ray is optional (``pip install 'joulebench[ray]'``) and imported lazily.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from ..errors import JoulebenchError
+from ..results.store import StudyStore, atomic_write_bytes, atomic_write_json
+from .base import EventCallback, Experiment, ExperimentOutcome, Runner
+
+# Ray exceptions that mean "the node or the task's worker process went away", not "the
+# experiment failed": the trial in flight is retried on resume.
+LOST_ERROR_NAMES = ("RayActorError", "ActorDiedError", "WorkerCrashedError", "NodeDiedError", "ObjectLostError",
+                    "OwnerDiedError", "ObjectFetchTimedOutError", "ObjectReconstructionFailedError",
+                    "ObjectReconstructionFailedMaxAttemptsExceededError",
+                    "ObjectReconstructionFailedLineageEvictedError", "ReferenceCountingAssertionError",
+                    "LocalRayletDiedError", "RaySystemError", "OutOfMemoryError", "NodeDiedError")
+TMP_PREFIX = "joulebench-ray-"
+POLL_S = 0.2
+FEASIBLE_RECHECK_S = 2.0
+# The node's worker enforces the experiment timeout; the driver allows this much more
+# (start-up, shipping results) before it gives up on a task that stopped talking.
+DRIVER_TIMEOUT_GRACE_S = 120.0
+
+
+def import_ray():
+    try:
+        import ray  # noqa: PLC0415 - optional extra
+    except ImportError as e:
+        raise JoulebenchError("runner: ray needs Ray, which is not installed here. Install it with "
+                              "`pip install 'joulebench[ray]'` (or `pip install ray`), or use runner: process") from e
+    return ray
+
+
+def lost_error_types(ray) -> tuple[type, ...]:
+    out = []
+    for name in LOST_ERROR_NAMES:
+        t = getattr(ray.exceptions, name, None)
+        if isinstance(t, type):
+            out.append(t)
+    return tuple(out)
+
+
+# ---------------------------------------------------------------------- pure helpers
+def gpus_needed(device: str | None, *, cluster_has_gpus: bool) -> int:
+    """How many GPUs an experiment with this ``device`` parameter asks Ray for."""
+    device = (device or "auto").strip()
+    if device == "cpu":
+        return 0
+    if device == "auto":
+        return 1 if cluster_has_gpus else 0
+    if device == "cuda":
+        return 1
+    if device.startswith("cuda:"):
+        ordinals = [x for x in device.split(":", 1)[1].split(",") if x.strip()]
+        return max(1, len(ordinals))
+    return 0
+
+
+def task_options(params: dict[str, Any], resources: dict[str, float] | None, *,
+                 cluster_has_gpus: bool) -> dict[str, Any]:
+    """Ray ``.options(...)`` of one experiment: num_gpus from its device, num_cpus, custom resources."""
+    res = dict(resources or {})
+    num_gpus = gpus_needed(params.get("device"), cluster_has_gpus=cluster_has_gpus)
+    num_cpus: float = 1
+    if "GPU" in res:
+        num_gpus = res.pop("GPU")
+    if "CPU" in res:
+        num_cpus = res.pop("CPU")
+    opts: dict[str, Any] = {"num_cpus": num_cpus, "num_gpus": num_gpus, "max_retries": 0}
+    if res:
+        opts["resources"] = res
+    return opts
+
+
+def feasible_nodes(nodes: list[dict[str, Any]], opts: dict[str, Any]) -> list[str]:
+    """Alive nodes (``ray.nodes()`` entries) whose total resources can ever hold this task."""
+    need = dict(opts.get("resources") or {})
+    need["CPU"] = opts.get("num_cpus") or 0
+    need["GPU"] = opts.get("num_gpus") or 0
+    out = []
+    for n in nodes:
+        if not n.get("Alive"):
+            continue
+        have = n.get("Resources") or {}
+        if all(have.get(k, 0.0) >= v for k, v in need.items() if v):
+            out.append(n.get("NodeID"))
+    return out
+
+
+def _sweep_stale_tmp(root: Path) -> None:
+    """Remove node-local folders of tasks whose process is gone (a force-cancelled or lost task)."""
+    for d in root.glob(TMP_PREFIX + "*"):
+        try:
+            pid = int(d.name[len(TMP_PREFIX):].split("-", 1)[0])
+        except ValueError:
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+# ---------------------------------------------------------------------- node side
+def node_identity() -> dict[str, Any]:
+    ray = import_ray()
+    ctx = ray.get_runtime_context()
+    node = {"hostname": socket.gethostname(), "ray_node_id": ctx.get_node_id(),
+            "ip": ray.util.get_node_ip_address(), "runner": "ray"}
+    try:
+        node["gpu_ids"] = [str(g) for g in ray.get_gpu_ids()]
+    except Exception:  # noqa: BLE001
+        node["gpu_ids"] = []
+    return node
+
+
+def run_on_node(experiment_id: str, study_name: str, spec: dict[str, Any], trial_ids: list[str], label: str,
+                node_runner: str, image: str | None, python: str | None,
+                timeout_s: float | None) -> Iterator[dict[str, Any]]:
+    """Body of the Ray task (a streaming generator): run one experiment here, yield results as they come.
+
+    Yields ``{"kind": "node"}`` first, then ``event`` items, a ``trial`` item (record +
+    timeline bytes) for each finished trial, and one final ``outcome``.
+    """
+    from .process import ProcessRunner
+
+    node = node_identity()
+    yield {"kind": "node", "node": node}
+    root = Path(os.environ.get("JOULEBENCH_RAY_TMP") or tempfile.gettempdir())
+    root.mkdir(parents=True, exist_ok=True)
+    _sweep_stale_tmp(root)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=root))
+    spec = dict(spec)
+    spec["node"] = node
+    exp = Experiment(experiment_id=experiment_id, study_name=study_name, study_dir=tmp, spec=spec,
+                     trial_ids=list(trial_ids), label=label, gpus=list(node.get("gpu_ids") or []),
+                     python=python, image=image)
+    store = StudyStore(tmp)
+    store.create()
+    if node_runner == "docker":
+        from .docker import DockerRunner
+
+        runner: Any = DockerRunner(image=image)
+        runner.prepare(tmp, study_name)
+    else:
+        runner = ProcessRunner(python=python)
+    items: queue.Queue = queue.Queue()
+
+    def on_event(ev: dict[str, Any]) -> None:
+        if ev.get("event") == "trial_end":
+            tid = ev.get("trial_id")
+            rec = store.records_by_id().get(tid)
+            ts_path = store.timeseries_dir / f"{tid}.parquet"
+            logs = {p.name: p.read_bytes() for p in store.logs_dir.glob(f"{tid}.*")}
+            items.put({"kind": "trial", "event": ev, "record": rec,
+                       "timeseries": ts_path.read_bytes() if ts_path.exists() else None, "logs": logs})
+        else:
+            items.put({"kind": "event", "event": ev})
+
+    def target() -> None:
+        try:
+            out = runner.run_experiment(exp, on_event=on_event, timeout_s=timeout_s)
+            log = tmp / "logs" / f"{experiment_id}.log"
+            items.put({"kind": "outcome", "exit_code": out.exit_code, "in_flight": out.in_flight,
+                       "error": out.error, "error_kind": out.error_kind, "log_tail": out.log_tail,
+                       "log": log.read_bytes() if log.exists() else b""})
+        except BaseException as e:  # noqa: BLE001 - reported to the driver, never lost
+            items.put({"kind": "outcome", "exit_code": None, "in_flight": None,
+                       "error": f"ray node {node['hostname']}: {type(e).__name__}: {e}",
+                       "error_kind": "infrastructure", "log_tail": "", "log": b""})
+
+    th = threading.Thread(target=target, name=f"joulebench-{experiment_id}", daemon=True)
+    th.start()
+    try:
+        while True:
+            item = items.get()
+            yield item
+            if item["kind"] == "outcome":
+                break
+    finally:
+        # A cancelled task: stop the worker (SIGTERM to its group via the runner's own clean-up)
+        try:
+            runner.close()
+        except Exception:  # noqa: BLE001
+            pass
+        th.join(timeout=1.0)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- driver side
+class RayRunner(Runner):
+    """Run experiments as Ray tasks on an existing cluster (``address``) or a local one."""
+
+    name = "ray"
+    # The orchestrator may run this many experiments (load groups of a round) at once;
+    # Ray queues what does not fit and never co-locates two on one GPU set.
+    max_concurrent = 64
+
+    def __init__(self, address: str | None = None, resources: dict[str, float] | None = None, *,
+                 node_runner: str = "process", image: str | None = None, python: str | None = None,
+                 init_kwargs: dict[str, Any] | None = None):
+        if node_runner not in ("process", "docker"):
+            raise JoulebenchError(f"runner_options.ray_node_runner must be 'process' or 'docker', not "
+                                  f"'{node_runner}'")
+        self.address = address
+        self.resources = dict(resources or {})
+        self.node_runner = node_runner
+        self.image = image
+        self.python = python
+        self.init_kwargs = dict(init_kwargs or {})
+        self._ray = None
+        self._started_ray = False
+        self._remote = None
+        self._lock = threading.Lock()
+        self._running: dict[str, Any] = {}   # experiment id -> ObjectRefGenerator
+
+    # -- cluster
+    def _ensure(self):
+        if self._ray is not None:
+            return self._ray
+        ray = import_ray()
+        if not ray.is_initialized():
+            kw: dict[str, Any] = {"log_to_driver": False, "include_dashboard": False,
+                                  "configure_logging": False}
+            if self.address:
+                kw["address"] = self.address
+            kw.update(self.init_kwargs)
+            try:
+                ray.init(**kw)
+            except Exception as e:  # noqa: BLE001 - ConnectionError, RuntimeError, ...
+                where = f"the Ray cluster at {self.address}" if self.address else "a local Ray instance"
+                raise JoulebenchError(f"cannot connect to {where}: {e}. Start one with `ray start --head` "
+                                      "(docs/ray.md) or fix runner_options.address") from e
+            self._started_ray = True
+        self._ray = ray
+        self._remote = ray.remote(run_on_node)
+        return ray
+
+    def prepare(self, study_dir: Path, study_name: str) -> None:
+        self._ensure()
+
+    def close(self) -> None:
+        self.cancel_all()
+        if self._started_ray and self._ray is not None:
+            try:
+                self._ray.shutdown()
+            except Exception:  # noqa: BLE001
+                pass
+        self._ray = None
+        self._started_ray = False
+
+    def cancel_all(self) -> None:
+        """Force-cancel every running task (Ctrl-C); their loops then return 'interrupted'."""
+        ray = self._ray
+        with self._lock:
+            gens = list(self._running.values())
+        for g in gens:
+            try:
+                ray.cancel(g, force=True)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def _cluster_has_gpus(self) -> bool:
+        try:
+            return self._ray.cluster_resources().get("GPU", 0) > 0
+        except Exception:  # noqa: BLE001
+            return False
+
+    # -- one experiment
+    def run_experiment(self, experiment: Experiment, *, on_event: EventCallback,
+                       timeout_s: float | None) -> ExperimentOutcome:
+        ray = self._ensure()
+        eid = experiment.experiment_id
+        study_dir = Path(experiment.study_dir)
+        store = StudyStore(study_dir)
+        atomic_write_json(study_dir / "experiments" / f"{eid}.json", experiment.spec)
+        params = (experiment.spec.get("trials") or [{}])[0].get("params") or {}
+        opts = task_options(params, self.resources, cluster_has_gpus=self._cluster_has_gpus())
+        need = {"num_cpus": opts["num_cpus"], "num_gpus": opts["num_gpus"], **(opts.get("resources") or {})}
+        infeasible = (f"no alive node of the Ray cluster has the resources this experiment needs ({need}); "
+                      "add such a node or change runner_options.resources / device, then resume")
+        if not feasible_nodes(ray.nodes(), opts):
+            return ExperimentOutcome(eid, None, error=infeasible, error_kind="infrastructure")
+        gen = self._remote.options(**opts).remote(eid, experiment.study_name, experiment.spec,
+                                                  experiment.trial_ids, experiment.label, self.node_runner,
+                                                  experiment.image or self.image, experiment.python or self.python,
+                                                  timeout_s)
+        with self._lock:
+            self._running[eid] = gen
+        finished: list[str] = []
+        in_flight: str | None = None
+        node: dict[str, Any] = {}
+        started = last_check = time.monotonic()
+        lost = lost_error_types(ray)
+        try:
+            while True:
+                if not node and time.monotonic() - last_check > FEASIBLE_RECHECK_S:
+                    # Still queued: if the only nodes that could run it died meanwhile, it would wait forever.
+                    last_check = time.monotonic()
+                    if not feasible_nodes(ray.nodes(), opts):
+                        ray.cancel(gen, force=True)
+                        return ExperimentOutcome(eid, None, finished, in_flight, error=infeasible,
+                                                 error_kind="infrastructure")
+                if timeout_s and node and time.monotonic() - started > timeout_s + DRIVER_TIMEOUT_GRACE_S:
+                    ray.cancel(gen, force=True)
+                    return ExperimentOutcome(eid, None, finished, in_flight, error=f"ray task on "
+                                             f"{node.get('hostname')} stopped answering after {timeout_s:.0f} s",
+                                             error_kind="timeout")
+                ready, _ = ray.wait([gen], timeout=POLL_S)
+                if not ready:
+                    continue
+                try:
+                    item = ray.get(next(gen))
+                except StopIteration:
+                    return ExperimentOutcome(eid, None, finished, in_flight, error="ray task ended without an "
+                                             "outcome", error_kind="worker-lost")
+                kind = item.get("kind")
+                if kind == "node":
+                    node = item["node"]
+                    started = time.monotonic()
+                elif kind == "event":
+                    ev = item["event"]
+                    if ev.get("event") == "trial_start":
+                        in_flight = ev.get("trial_id")
+                    _safe(on_event, ev)
+                elif kind == "trial":
+                    ev = item["event"]
+                    tid = ev.get("trial_id")
+                    self._land_trial(store, tid, item)
+                    finished.append(tid)
+                    in_flight = None
+                    _safe(on_event, ev)
+                elif kind == "outcome":
+                    if item.get("log"):
+                        atomic_write_bytes(store.logs_dir / f"{eid}.log", item["log"])
+                    return ExperimentOutcome(eid, item.get("exit_code"), finished, item.get("in_flight") or in_flight,
+                                             error=item.get("error"), error_kind=item.get("error_kind"),
+                                             log_tail=item.get("log_tail") or "")
+        except KeyboardInterrupt:
+            ray.cancel(gen, force=True)
+            raise
+        except ray.exceptions.TaskCancelledError:
+            return ExperimentOutcome(eid, None, finished, in_flight, error="ray task cancelled (interrupted)",
+                                     error_kind="interrupted")
+        except lost as e:
+            where = node.get("hostname") or "?"
+            return ExperimentOutcome(eid, None, finished, in_flight,
+                                     error=f"Ray node {where} ({node.get('ray_node_id', '?')[:12]}) or its worker "
+                                     f"was lost: {type(e).__name__}; resume runs the trial again",
+                                     error_kind="worker-lost", log_tail=str(e)[-4000:])
+        except ray.exceptions.RayError as e:
+            return ExperimentOutcome(eid, None, finished, in_flight, error=f"ray task failed: {type(e).__name__}",
+                                     error_kind="infrastructure", log_tail=str(e)[-4000:])
+        finally:
+            with self._lock:
+                self._running.pop(eid, None)
+
+    @staticmethod
+    def _land_trial(store: StudyStore, tid: str, item: dict[str, Any]) -> None:
+        """Write a shipped trial into the study directory: timeline first, then the record."""
+        if item.get("timeseries") is not None:
+            atomic_write_bytes(store.timeseries_dir / f"{tid}.parquet", item["timeseries"])
+        for name, data in (item.get("logs") or {}).items():
+            atomic_write_bytes(store.logs_dir / Path(name).name, data)
+        if item.get("record"):
+            store.write_record(item["record"])
+
+
+def _safe(cb: EventCallback, ev: dict[str, Any]) -> None:
+    try:
+        cb(ev)
+    except Exception:  # noqa: BLE001 - a display problem never stops a study
+        pass
