@@ -270,3 +270,15 @@ def test_real_cpu_study_through_runner_docker(engine, transformers_image, tmp_pa
     assert sorted(r["params"]["batch_size"] for r in recs) == [1, 2]
     assert _study_containers(engine, study["name"]) == []
     assert not any((tmp_path / "study" / ".staging").glob("*"))
+
+
+def test_stale_images_are_listed_and_removed(engine, transformers_image):
+    from joulebench import images
+
+    img = engine.images.get(transformers_image.ref)
+    img.tag(transformers_image.name, "000000000000")          # an image of older inputs
+    info = images.image_status(["transformers"], client=engine)[0]
+    assert info.current and "000000000000" in info.stale_tags
+    assert images.remove_stale("transformers", client=engine) == [f"{transformers_image.name}:000000000000"]
+    info = images.image_status(["transformers"], client=engine)[0]
+    assert info.current and info.stale_tags == ()

@@ -343,12 +343,13 @@ def _stream_build(client, ctx: BuildContext, tag: str, progress: ProgressCallbac
 def build_images(engines: list[str] | None = None, *, base_image: str | None = None,
                  progress: ProgressCallback | None = None, client=None, cpu: bool | None = None,
                  build_args: dict[str, str] | None = None, wheels_dir: Path | None = None,
-                 ca_bundle: Path | None = None, force: bool = False) -> list[ImageInfo]:
+                 ca_bundle: Path | None = None, force: bool = False, prune: bool = True) -> list[ImageInfo]:
     """Build the engines' images whose inputs changed (all engines with a Dockerfile by default).
 
     ``base_image`` overrides each Dockerfile's ``BASE_IMAGE`` (default ``$JOULEBENCH_BASE_IMAGE``);
     a ``localhost/`` base selects the CPU torch build unless ``cpu=False``. Returns one ImageInfo
-    per engine, ``built=True`` for those built now.
+    per engine, ``built=True`` for those built now. ``prune`` removes the engine's stale images
+    after a build (a few GB each), except those a container still uses.
     """
     client = _client(client)
     root = project_root()
@@ -371,24 +372,34 @@ def build_images(engines: list[str] | None = None, *, base_image: str | None = N
             client.images.get(image_id).tag(info.name, "latest")
         except Exception as exc:  # the latest tag is a convenience only
             log.warning("could not tag %s:latest: %s", info.name, exc)
+        stale = info.stale_tags
+        if prune and stale:
+            removed = _remove_tags(client, info.name, stale)
+            stale = tuple(t for t in stale if f"{info.name}:{t}" not in removed)
+            if progress and removed:
+                progress(engine, f"removed stale images: {', '.join(removed)}")
         out.append(ImageInfo(engine=engine, name=info.name, tag=info.tag, current=True, present=True,
-                             image_id=image_id, stale_tags=info.stale_tags, built=True))
+                             image_id=image_id, stale_tags=stale, built=True))
     return out
+
+
+def _remove_tags(client, name: str, tags: Iterable[str]) -> list[str]:
+    removed = []
+    for t in tags:
+        ref = f"{name}:{t}"
+        try:
+            client.images.remove(ref)
+            removed.append(ref)
+        except Exception as exc:   # in use by a container, or already gone
+            log.warning("could not remove %s: %s", ref, exc)
+    return removed
 
 
 def remove_stale(engine: str, *, client=None) -> list[str]:
     """Remove this engine's images whose tag is not the current inputs hash; returns the removed refs."""
     client = _client(client)
     info = image_status([engine], client=client)[0]
-    removed = []
-    for t in info.stale_tags:
-        ref = f"{info.name}:{t}"
-        try:
-            client.images.remove(ref)
-            removed.append(ref)
-        except Exception as exc:
-            log.warning("could not remove %s: %s", ref, exc)
-    return removed
+    return _remove_tags(client, info.name, info.stale_tags)
 
 
 def describe_context(ctx: BuildContext) -> str:   # for `images build --dry-run`-style listings and logs
