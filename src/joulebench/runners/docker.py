@@ -349,6 +349,7 @@ class DockerRunner(Runner):
         self.poll_s = poll_s
         self.progress = progress
         self._live: dict[str, Any] = {}     # container id -> container, removed in close()
+        self._image_errors: dict[str, Exception] = {}
         self._lock = threading.Lock()
 
     # -- engine
@@ -368,14 +369,20 @@ class DockerRunner(Runner):
         if env_ref:   # e.g. compose's joulebench-transformers:latest
             self.images[engine] = env_ref
             return env_ref
+        if engine in self._image_errors:   # a failed build is not retried for every experiment
+            raise self._image_errors[engine]
         from .. import images as images_mod
 
-        info = images_mod.image_status([engine], client=self.client)[0]
-        if not info.current:
-            if not self.build_missing:
-                return images_mod.image_for(engine, client=self.client)   # raises with the hint
-            log.warning("building the %s image %s (missing or stale)", engine, info.ref)
-            info = images_mod.build_images([engine], client=self.client, progress=self.progress)[0]
+        try:
+            info = images_mod.image_status([engine], client=self.client)[0]
+            if not info.current:
+                if not self.build_missing:
+                    return images_mod.image_for(engine, client=self.client)   # raises with the hint
+                log.warning("building the %s image %s (missing or stale)", engine, info.ref)
+                info = images_mod.build_images([engine], client=self.client, progress=self.progress)[0]
+        except images_mod.ImageError as exc:
+            self._image_errors[engine] = exc
+            raise
         self.images[engine] = info.ref
         return info.ref
 
