@@ -156,11 +156,17 @@ class TransformersBackend(Backend):
 
         model = build_model(arch, dtype=dtype, device="cpu", seed=self.options.get("weights_seed", 0),
                             attn_implementation=self.params.attn_implementation)
-        max_memory = {i: int(torch.cuda.mem_get_info(i)[0] * 0.9) for i in ordinals}
-        per = sum(t.numel() * t.element_size() for t in model.parameters()) // len(ordinals) + (1 << 20)
-        max_memory = {i: min(m, int(per * 1.05)) for i, m in max_memory.items()}
+        from accelerate.utils import get_balanced_memory
+
         no_split = getattr(model, "_no_split_modules", None)
+        # Balanced like device_map="balanced": a budget of half the weights per GPU is too tight (accelerate keeps
+        # room for the largest layer), and the last layers would be sent to CPU/disk.
+        max_memory = {i: int(torch.cuda.mem_get_info(i)[0] * 0.9) for i in ordinals}
+        max_memory = get_balanced_memory(model, max_memory=max_memory, no_split_module_classes=no_split, dtype=dtype)
         dmap = infer_auto_device_map(model, max_memory=max_memory, no_split_module_classes=no_split)
+        off = sorted({str(v) for v in dmap.values() if v in ("cpu", "disk")})
+        if off:
+            raise BackendError(f"the model does not fit on GPUs {ordinals}: accelerate would offload to {off}")
         return dispatch_model(model, device_map=dmap)
 
     # --- generate ---------------------------------------------------------------------
