@@ -121,3 +121,12 @@ def test_preflight_residual_memory(clock):
     fake = FakeNVML([{"uuid": U0, "memory_used_bytes": 6 << 30}], clock=clock)
     rep = preflight(resolve_gpus(cuda_visible_devices=None, nvml=fake), allow_foreign=False)
     assert [f["code"] for f in rep["flags"]] == ["residual_memory"]
+
+
+def test_preflight_own_model_memory_is_not_residual(clock):
+    """The trial's pre-flight runs with the model loaded: memory held by our own worker is not residual
+    (seen as a false residual_memory flag on every trial on H100/H200 before the fix)."""
+    fake = FakeNVML([{"uuid": U0, "memory_used_bytes": 6 << 30,
+                      "processes": [{"pid": os.getpid(), "used_memory_bytes": 6 << 30}]}], clock=clock)
+    rep = preflight(resolve_gpus(cuda_visible_devices=None, nvml=fake), allow_foreign=False)
+    assert rep["flags"] == [] and rep["foreign_processes"] == []

@@ -41,7 +41,10 @@ def preflight(devices: list[Device], *, allow_foreign: bool, own_pids: set[int] 
         for p in procs:
             foreign_all.append({"device_index": d.info.index, "device_uuid": d.info.uuid, **p})
         used = state.get("memory_used_bytes")
-        if d.info.kind == "gpu" and not procs and used is not None and used > residual_memory_bytes:
+        # Residual: memory in use that no process accounts for. Our own processes count as listed (the trial's
+        # pre-flight runs with the model loaded, so its memory is in use; seen as a false flag on H100/H200).
+        listed = procs or (d.foreign_processes(set()) if d.info.kind == "gpu" and used else [])
+        if d.info.kind == "gpu" and not listed and used is not None and used > residual_memory_bytes:
             flags.append(QualityFlag(Flag.RESIDUAL_MEMORY,
                                      f"GPU {d.info.index}: {used / 2**30:.1f} GiB in use, no process listed"))
     report["foreign_processes"] = foreign_all
