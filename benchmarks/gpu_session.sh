@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU proofs in stages, run from the repository root on a GPU machine; figures go to $OUT (default
-# benchmarks/results/gpu-run). Missing pure-Python packages may come as wheels in .whl/ (installed to
-# /tmp/site). Stages:
+# benchmarks/results/gpu-run), scratch to $JB_WORK (default: joulebench-gpu in the temp folder; kept between
+# stages). Missing pure-Python packages may come as wheels in .whl/ (installed under $JB_WORK/site). Stages:
 #   tier      pytest -m gpu tests/gpu; the CUDA quickstart through `joulebench run`; sweep efficiency
 #   repeat    real SmolLM2 weights prepared (GGUF pieces in .jbm1/ .jbm2/); repeatability, meters on/off, and
 #             synthetic vs real weights when the real weights could be prepared
@@ -11,52 +11,57 @@ set -u
 stage=${1:?stage: tier | repeat | svr | multigpu}
 OUT=${OUT:-benchmarks/results/gpu-run}
 mkdir -p "$OUT"
+JB_WORK=${JB_WORK:-$(dirname "$(mktemp -u)")/joulebench-gpu}
+mkdir -p "$JB_WORK"
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 if compgen -G ".whl/*.whl" >/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$JB_WORK/site" .whl/*.whl \
     || exit 1
-  export PYTHONPATH=$PWD/src:/tmp/site
+  export PYTHONPATH=$PWD/src:$JB_WORK/site
 else
   export PYTHONPATH=$PWD/src
 fi
 nvidia-smi --query-gpu=index,name,uuid,driver_version,power.limit,pstate,temperature.gpu,persistence_mode \
   --format=csv >"$OUT/nvidia-smi-$stage.csv" 2>&1
 cat "$OUT/nvidia-smi-$stage.csv"
-REAL=/tmp/smollm2-real
+REAL=$JB_WORK/smollm2-real
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 case $stage in
 tier)
   timeout 200 python3 -m pytest -m gpu tests/gpu -v -s -p no:cacheprovider -k "not multi_gpu" 2>&1 \
     | tee "$OUT/pytest-gpu.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|W, CV|idle .* W|counter period"
-  rm -rf /tmp/qs
-  timeout 150 python3 -m joulebench.cli run benchmarks/studies/quickstart-cuda.yaml --out /tmp/qs >"$OUT/quickstart.log" 2>&1
+  rm -rf "$JB_WORK/qs" "$JB_WORK/sweep"
+  timeout 150 python3 -m joulebench.cli run benchmarks/studies/quickstart-cuda.yaml --out $JB_WORK/qs >"$OUT/quickstart.log" 2>&1
   echo "quickstart rc=$?"; tail -15 "$OUT/quickstart.log"
-  python3 benchmarks/summarize_study.py /tmp/qs --out "$OUT/quickstart-summary.json"
-  timeout 400 python3 benchmarks/sweep_efficiency.py --results-dir "$OUT" --work-dir /tmp/sweep \
+  python3 benchmarks/summarize_study.py $JB_WORK/qs --out "$OUT/quickstart-summary.json"
+  timeout 400 python3 benchmarks/sweep_efficiency.py --results-dir "$OUT" --work-dir $JB_WORK/sweep \
     --repeats-one-worker 1 2>&1 | grep -vE "phase|^\s*$" | tail -20
   ;;
 repeat)
   if [ ! -d $REAL ] && [ -f .jbm1/part0 ] && [ -f .jbm2/part1 ]; then
     python3 benchmarks/prepare_real_weights.py --parts .jbm1/part0 .jbm2/part1 --sha256 $SHA --out $REAL 2>&1 | tail -2
   fi
+  rm -rf "$JB_WORK/rep"
   svr=--skip-synthetic-vs-real; [ -d $REAL ] && svr="--real-model $REAL --svr-runs 3"
-  timeout 550 python3 benchmarks/repeatability.py $svr --off-runs 2 --results-dir "$OUT" --work-dir /tmp/rep \
+  timeout 550 python3 benchmarks/repeatability.py $svr --off-runs 2 --results-dir "$OUT" --work-dir $JB_WORK/rep \
     2>&1 | grep -vE "phase" | tee "$OUT/repeatability.log" | tail -12
   ;;
 svr)
   if [ ! -d $REAL ] && [ -f .jbm1/part0 ] && [ -f .jbm2/part1 ]; then
     python3 benchmarks/prepare_real_weights.py --parts .jbm1/part0 .jbm2/part1 --sha256 $SHA --out $REAL 2>&1 | tail -2
   fi
+  rm -rf "$JB_WORK/svr"
   [ -d $REAL ] || { echo "no real weights at $REAL: synthetic_vs_real not run"; exit 3; }
   timeout 400 python3 benchmarks/repeatability.py --only-synthetic-vs-real --real-model $REAL --results-dir "$OUT" \
-    --work-dir /tmp/svr 2>&1 | grep -vE "phase" | tee "$OUT/svr.log" | tail -8
+    --work-dir $JB_WORK/svr 2>&1 | grep -vE "phase" | tee "$OUT/svr.log" | tail -8
   ;;
 multigpu)
+  rm -rf "$JB_WORK/mg"
   timeout 50 python3 -m pytest -m gpu tests/gpu -v -s -p no:cacheprovider -k "multi_gpu or cuda_ordinals" 2>&1 \
     | tee "$OUT/pytest-gpu-2gpu.log" | tail -8
-  timeout 240 python3 benchmarks/multigpu.py --out "$OUT/multigpu.json" --work-dir /tmp/mg 2>&1 | grep -vE "phase" \
+  timeout 240 python3 benchmarks/multigpu.py --out "$OUT/multigpu.json" --work-dir $JB_WORK/mg 2>&1 | grep -vE "phase" \
     | tee "$OUT/multigpu.log" | tail -12
-  tar czf "$OUT/multigpu-trials.tgz" -C /tmp/mg split_cuda0_1/trials single_cuda0/trials 2>/dev/null
+  tar czf "$OUT/multigpu-trials.tgz" -C $JB_WORK/mg split_cuda0_1/trials single_cuda0/trials 2>/dev/null
   ;;
 esac
 ls -la "$OUT"

@@ -7,8 +7,8 @@ instead of de-quantising again. The GGUF may come in pieces (``--parts a b``,
 joined in order, SHA-256 checked against ``--sha256``) where a transfer limit
 forbids one 98 MB file.
 
-    python benchmarks/prepare_real_weights.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out /tmp/smollm2-real
-    python benchmarks/prepare_real_weights.py --parts p1 p2 --sha256 HEX --out /tmp/smollm2-real
+    python benchmarks/prepare_real_weights.py --gguf SmolLM2-135M-Instruct.Q4_1.gguf --out smollm2-real
+    python benchmarks/prepare_real_weights.py --parts p1 p2 --sha256 HEX --out smollm2-real
 """
 from __future__ import annotations
 

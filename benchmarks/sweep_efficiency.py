@@ -72,7 +72,7 @@ def main() -> int:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32])
     ap.add_argument("--output-tokens", type=int, nargs="+", default=[64, 128])
-    ap.add_argument("--prompts", type=int, default=32)
+    ap.add_argument("--prompts", type=int, help="prompts per pass (default: the batch size: one batch per pass)")
     ap.add_argument("--input-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--repeats-one-worker", type=int,
@@ -87,8 +87,7 @@ def main() -> int:
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run that only checks this script works")
     args = ap.parse_args()
     if args.smoke:
-        args.model, args.device, args.dtype, args.prompts, args.input_tokens = \
-            "synthetic:tiny-llama", "cpu", "float32", 4, 8
+        args.model, args.device, args.dtype, args.input_tokens = "synthetic:tiny-llama", "cpu", "float32", 8
         args.batch_sizes, args.output_tokens, args.repeats = [2, 4], [4, 8], 2
         args.window_s, args.device_idle_s, args.loaded_idle_s = 0.5, 0.0, 0.5
 
@@ -101,9 +100,12 @@ def main() -> int:
     study = {
         "name": "sweep-efficiency", "model": args.model, "backend": "transformers", "device": args.device,
         "engine": {"dtype": args.dtype},
-        "workload": {"dataset": "synthetic", "prompts": args.prompts, "input_tokens": args.input_tokens,
-                     "max_output_tokens": max(args.output_tokens), "force_output_tokens": True},
-        "sweep": {"batch_size": args.batch_sizes, "max_output_tokens": args.output_tokens},
+        "workload": {"dataset": "synthetic", "prompts": args.prompts or max(args.batch_sizes),
+                     "input_tokens": args.input_tokens, "max_output_tokens": max(args.output_tokens),
+                     "force_output_tokens": True},
+        # Runtime configurations only (one load group); a pass is one batch unless --prompts says otherwise.
+        "experiments": [{"batch_size": bs, "prompts": args.prompts or bs, "max_output_tokens": o}
+                        for bs in args.batch_sizes for o in args.output_tokens],
         "repeats": args.repeats, "runner": "process",
         "measurement": {"min_window_s": args.window_s, "device_idle_s": args.device_idle_s,
                         "loaded_idle_s": args.loaded_idle_s},
