@@ -82,6 +82,7 @@ class ExperimentSession:
         self.backend: Backend | None = None
         self.devices: list = []
         self.cpu_devs: list = []
+        self.unused_devs: list = []
         self.loaded_idle = None
         self.load_info = None
         self.load_energy_j = None
@@ -140,6 +141,11 @@ class ExperimentSession:
         used = self.backend.cuda_device_indices()
         if used and sorted(used) != sorted(intended or []):
             self.devices = resolve_gpus(used)
+        mine = {d.info.uuid for d in self.devices}
+        try:  # visible GPUs this trial does not use: reported apart, never summed
+            self.unused_devs = [g for g in resolve_gpus(None) if g.info.uuid not in mine] if self.devices else []
+        except Exception:  # noqa: BLE001
+            self.unused_devs = []
         if self.m.get("loaded_idle_s", 0) > 0 and self.devices:
             from .meters.baselines import measure_idle_power
 
@@ -180,11 +186,12 @@ class ExperimentSession:
         self._phase("warmup", tid)
         wcfg = self.m["warmup"]
         throughputs: list[float] = []
+        warm_requests = backend.warmup_requests(requests, params)
         w_start = time.perf_counter()
         converged, wcv = False, None
         while len(throughputs) < wcfg["max_passes"]:
             t0 = time.perf_counter()
-            res = backend.generate(requests, params)
+            res = backend.generate(warm_requests, params)
             backend.synchronize()
             dt = time.perf_counter() - t0
             throughputs.append(sum(r.output_tokens for r in res) / dt if dt > 0 else 0.0)
@@ -199,7 +206,7 @@ class ExperimentSession:
                                      f"{len(throughputs)} passes, last-{wcfg['k']} CV "
                                      f"{'n/a' if wcv is None else f'{wcv:.3f}'}"))
         warmup = {"passes": len(throughputs), "converged": converged, "duration_s": time.perf_counter() - w_start,
-                  "cv": wcv, "throughputs_tok_s": throughputs}
+                  "cv": wcv, "throughputs_tok_s": throughputs, "requests_per_pass": len(warm_requests)}
 
         # Thermal state: record, and optionally wait to be near the study's reference.
         thermal: dict[str, Any] = {}
@@ -235,7 +242,7 @@ class ExperimentSession:
             backend.steady_state_hooks = (steady.on_start, steady.on_end)
         try:
             with EnergyWindow(self.devices, sync=backend.synchronize) as w, \
-                    EnergyWindow(self.cpu_devs) as wcpu:
+                    EnergyWindow(self.cpu_devs) as wcpu, EnergyWindow(self.unused_devs) as wunused:
                 t_end = time.perf_counter() + float(self.m["min_window_s"])
                 while True:
                     results.extend(backend.generate(requests, params))
@@ -270,6 +277,12 @@ class ExperimentSession:
 
         rec = self._record(trial, win, wcpu.result, results, passes, warmup, thermal, pre, flags,
                            started_at, ts_rel, steady.summary() if steady is not None else None)
+        if self.unused_devs and wunused.result is not None:
+            rec["unused_devices"] = [
+                {"index": de.info.index, "uuid": de.info.uuid, "name": de.info.name, "energy_j": de.energy_j,
+                 "mean_power_w": de.energy_j / wunused.result.duration_s
+                 if (de.energy_j is not None and wunused.result.duration_s) else None}
+                for de in wunused.result.devices]
         self.out.write_record(rec)
         return rec
 

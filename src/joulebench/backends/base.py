@@ -120,6 +120,10 @@ class Backend(abc.ABC):
         """CUDA ordinals (as this process sees them) that hold the model; [] on CPU."""
         return []
 
+    def warmup_requests(self, requests: list[Request], runtime: dict[str, Any]) -> list[Request]:
+        """The part of the workload one warm-up pass runs (engines with static batches need one batch)."""
+        return requests
+
     def reset_peak_memory(self) -> None:
         pass
 

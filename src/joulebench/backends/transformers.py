@@ -222,6 +222,11 @@ class TransformersBackend(Backend):
                                              finish_reason="length" if n == max_new else "stop"))
         return results
 
+    def warmup_requests(self, requests, runtime):
+        """One batch: every batch of a pass runs the same shapes, so one warms them all."""
+        bs = int(runtime.get("batch_size", self.params.batch_size))
+        return requests[:bs]
+
     def _input_device(self):
         try:
             return self.model.get_input_embeddings().weight.device
