@@ -68,16 +68,43 @@ def test_sweep_with_repeats_end_to_end(write_study, tmp_path):
     assert {p.name: p.stat().st_mtime_ns for p in (out / "trials").iterdir()} == before
 
 
-def test_adaptive_repeats_stop_at_the_ci_target(write_study, tmp_path):
+def test_adaptive_repeats_run_to_max_when_the_target_is_out_of_reach(write_study, tmp_path):
     tight = tiny_study("adapt", sweep={"batch_size": [1, 2]},
                        repeats={"min": 2, "max": 4, "ci_target": 1e-9})
     out = tmp_path / "tight"
     run_study(write_study(tight, "a.yaml"), out=out, quiet=True, report=False)
     assert len(_records(out)) == 8  # never reaches a 1e-9 CI: runs to max
-    loose = dict(tight, repeats={"min": 2, "max": 4, "ci_target": 0.99})
-    out2 = tmp_path / "loose"
-    run_study(write_study(loose, "b.yaml"), out=out2, quiet=True, report=False)
-    assert len(_records(out2)) == 4  # CI under 99 % after the minimum: stops at min
+
+
+def test_adaptive_rule_stops_a_configuration_once_its_ci_is_tight(write_study, tmp_path):
+    """The decision itself, on records with known values (J/output-token, else tokens/s)."""
+    from joulebench.config import load_study
+    from joulebench.display import Display
+    from joulebench.orchestrator import Orchestrator
+    from joulebench.plan import build_plan, trial_id_for
+    from joulebench.runners.process import ProcessRunner
+
+    loaded = load_study(write_study(tiny_study("rule", sweep={"batch_size": [1, 2, 3]},
+                                               repeats={"min": 3, "max": 6, "ci_target": 0.02})))
+    plan = build_plan(loaded)
+    store = StudyStore(tmp_path / "s")
+    store.create()
+    tight, wide, failed = plan.configs
+    values = {tight.config_id: [1.00, 1.001, 0.999], wide.config_id: [1.0, 1.3, 0.7],
+              failed.config_id: [1.0, 1.0, None]}
+    for c in plan.configs:
+        for r, v in enumerate(values[c.config_id]):
+            store.write_record({"trial_id": trial_id_for(c.config_id, r), "config_id": c.config_id,
+                                "status": "ok" if v is not None else "failed", "error_kind": "error",
+                                "energy_per_output_token_j": v, "throughput_tok_s": 10.0})
+    orch = Orchestrator(loaded, plan, store.root, ProcessRunner(), Display(quiet=True))
+    assert orch._configs_needing(2) == []                  # round 2 is done for everyone
+    assert orch._configs_needing(3) == [wide.config_id]    # only the wide CI continues; a failed one stops
+    # without energy, tokens/s decides
+    for r, v in enumerate([10.0, 10.01, 9.99]):
+        rec = store.records_by_id()[trial_id_for(wide.config_id, r)]
+        store.write_record({**rec, "energy_per_output_token_j": None, "throughput_tok_s": v})
+    assert orch._configs_needing(3) == []
 
 
 def test_one_worker_per_trial_option(write_study, tmp_path):
