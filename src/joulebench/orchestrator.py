@@ -129,6 +129,7 @@ class Orchestrator:
         self._in_flight: str | None = None
         self._attempt = 0
         self._attempt_lock = threading.Lock()
+        self._run_tag = f"{int(time.time()) % 100000:05d}-"   # experiment ids stay unique across resumes
         self._stopping = False   # set on Ctrl-C while experiments run in parallel (ray runner)
         self._failed_now: set[str] = set()   # trials failed in this run: not run again until resume
         # shared GPU box (locks.py): what to do when other users are on an experiment's GPUs
@@ -155,6 +156,7 @@ class Orchestrator:
         self.display.start(total, f"study {self.cfg.name}")
         try:
             self.runner.prepare(self.store.root, self.cfg.name)
+            self._check_engine_environments()
             self._idle_busy_check()
             self._device_idle_reference()
             for r in range(self.plan.max_repeats):
@@ -199,6 +201,31 @@ class Orchestrator:
         self.store.update_manifest(status="finished", finished_at=time.time(), ok=ok, failed=failed)
         code = EXIT_OK if failed == 0 else EXIT_TRIALS_FAILED
         return StudyResult(self.store.root, code, ok, failed)
+
+    def _check_engine_environments(self) -> None:
+        """Fail early (exit 2, with the fix) when a backend's engine cannot run in its interpreter."""
+        if getattr(self.runner, "name", "") != "process":
+            return  # containers carry their engine; Ray nodes check their own
+        import importlib.util
+        import sys
+
+        from .backends import ENGINE_PACKAGES
+        from .engines import require_environment, resolve_python
+        from .errors import StudyError
+
+        for backend in sorted({c.params["backend"] for c in self.plan.configs}):
+            python = resolve_python(backend, self.cfg.runner_options.model_dump(), base_dir=self.loaded.base_dir)
+            if python and Path(python).absolute() != Path(sys.executable).absolute():  # venvs share binaries
+                self.display.log(f"checking the {backend} environment at {python}")
+                require_environment(python, backend)
+                continue
+            missing = [p for p in ENGINE_PACKAGES.get(backend, ()) if importlib.util.find_spec(p) is None]
+            if missing:
+                raise StudyError(f"backend '{backend}' needs {', '.join(missing)}, which this Python "
+                                 f"({sys.executable}) cannot import", path="backend",
+                                 hint=f"install it (pip install 'joulebench[{backend}]'), or give the engine its "
+                                      f"own environment: runner_options.environments.{backend}: /path/to/venv "
+                                      "(docs/engines.md)")
 
     def _planned_total(self) -> int:
         done = self.store.records_by_id()
@@ -419,7 +446,7 @@ class Orchestrator:
             self._attempt += 1
             attempt = self._attempt
         group = configs[0].load_group
-        eid = f"r{r}-{group}-{attempt:03d}"
+        eid = f"r{r}-{group}-{self._run_tag}{attempt:03d}"
         spec = self._experiment_spec(eid, r, configs)
         from .engines import resolve_python   # study map, python, JOULEBENCH_<B>_PYTHON, user file, ./.venvs
 

@@ -93,9 +93,9 @@ class Backend(abc.ABC):
         # Study-level settings the engine needs: device, trust_remote_code, seed, cache dirs.
         self.options: dict[str, Any] = dict(options or {})
         self.tokenizer = None  # a models.tokenizer.TextTokenizer once loaded, where the engine has one
-        # (start_s, end_s) perf_counter bounds of the steady state of the last generate() call, for
-        # served engines; None means the whole pass counts.
-        self.steady_state: tuple[float, float] | None = None
+        # Served engines: the steady state of the last generate() call (a served.loadgen.SteadyState with
+        # start_s, end_s, output_tokens; perf_counter seconds); None means the whole pass counts.
+        self.steady_state = None
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> list[str]:
