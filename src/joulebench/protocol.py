@@ -237,7 +237,7 @@ class ExperimentSession:
         results: list[RequestResult] = []
         passes = 0
         steady = None
-        if params.get("mode") == "served" and hasattr(backend, "steady_state_hooks"):
+        if params.get("mode") == "served":
             steady = SteadyMarks(self.devices)   # counters read live at the steady state's edges
             backend.steady_state_hooks = (steady.on_start, steady.on_end)
         try:

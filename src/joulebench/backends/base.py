@@ -96,6 +96,10 @@ class Backend(abc.ABC):
         # Served engines: the steady state of the last generate() call (a served.loadgen.SteadyState with
         # start_s, end_s, output_tokens; perf_counter seconds); None means the whole pass counts.
         self.steady_state = None
+        # Served engines: optional live callbacks (on_start(t), on_end(t), perf_counter seconds) fired when
+        # the steady state opens (first response done) and closes (last request submitted); the protocol
+        # reads the energy counters in them.
+        self.steady_state_hooks = None
 
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> list[str]:

@@ -101,11 +101,6 @@ class VLLMBackend(Backend):
         super().__init__(params, options)
         self.llm = None
         self.session = None
-        # Served mode: after generate, the steady-state window of that pass (loadgen.SteadyState).
-        self.steady_state = None
-        # Served mode: optional live callbacks (on_start(t), on_end(t), perf_counter seconds) fired when
-        # the steady-state window opens (first response done) and closes (last request submitted).
-        self.steady_state_hooks = None
         self.log_dir: Path | None = None
         self._tokenizer = None
         self._private = Path(tempfile.mkdtemp(prefix="joulebench-vllm-"))
