@@ -39,3 +39,12 @@ def test_counter_energy_on_the_used_gpu_and_the_idle_one_apart(write_study, tmp_
     assert unused[0]["mean_power_w"] == pytest.approx(70.0, rel=0.15)
     assert rec["energy_j"] < 300.0 * rec["duration_s"] + 70.0 * rec["duration_s"] * 0.5  # not summed
     assert rec["timeseries"] and (out / rec["timeseries"]).exists()
+
+    # the report shows each device's share, and the unused GPU apart
+    from joulebench.report.html import build_report
+
+    html = build_report(out).read_text()
+    section = html.split('id="devices"', 1)[1].split("<h2", 1)[0]
+    assert "GPU-aaaaaaaa-0000-0000-0000-000000000000" in section and "100.0 %" in section
+    used_part, unused_part = section.split("did not use", 1)
+    assert "GPU-bbbbbbbb" not in used_part and "GPU-bbbbbbbb-0000-0000-0000-000000000000" in unused_part

@@ -253,7 +253,7 @@ def _render(study_dir, plan, manifest, study, trials, summary, effects: EffectsR
                + f", {len(summary)} configuration(s); generated {generated} from <code>{_e(study_dir.name)}</code>.</p>")
     out.append('<nav><a href="#headline">Headline</a><a href="#effects">Effects</a><a href="#configs">Configurations</a>'
                '<a href="#pareto">Pareto</a><a href="#outliers">Outliers</a><a href="#flags">Quality flags</a>'
-               '<a href="#failed">Failed trials</a><a href="#timelines">Timelines</a>'
+               '<a href="#failed">Failed trials</a><a href="#devices">Devices</a><a href="#timelines">Timelines</a>'
                '<a href="#environment">Environment</a><a href="#methodology">Methodology</a></nav>')
 
     # headline
@@ -400,6 +400,10 @@ def _render(study_dir, plan, manifest, study, trials, summary, effects: EffectsR
     else:
         out.append("<p>None.</p>")
 
+    # devices
+    out.append('<h2 id="devices">Energy per device</h2>')
+    out.append(_devices_table(study_dir, axes, trials))
+
     # timelines
     out.append('<h2 id="timelines">Power and temperature timelines</h2>')
     if figs.get("timelines"):
@@ -503,6 +507,47 @@ def _flags_table(study_dir: Path, axes, trials: pd.DataFrame) -> str:
         out.append(f'<details class="flag" id="flag-{_e(code)}"><summary><code>{_e(code)}</code>: '
                    f'{count(g)}</summary>'
                    + _table(["trial", "configuration", "repeat", "detail"], g["rows"]) + "</details>")
+    return "\n".join(out)
+
+
+def _devices_table(study_dir: Path, axes, trials: pd.DataFrame) -> str:
+    """Mean energy of each measured device per configuration and its share of the total; visible GPUs
+    that the trials did not use are listed apart (their energy is never part of the total)."""
+    from ..results.table import load_records
+
+    by_id = {r["trial_id"]: r for r in load_records(study_dir)}
+    per: dict[tuple[str, str], dict[str, Any]] = {}
+    unused: dict[tuple[str, str], list[float]] = {}
+    labels: dict[str, str] = {}
+    for _, t in trials.iterrows():
+        rec = by_id.get(t["trial_id"], {})
+        if rec.get("status") != "ok":
+            continue
+        cid = str(rec.get("config_id"))
+        labels[cid] = plots.config_label(t, axes)
+        for d in rec.get("devices") or []:
+            if isinstance(d, dict) and d.get("energy_j") is not None:
+                key = (cid, f"{d.get('index')}: {d.get('name')} ({d.get('uuid')})")
+                g = per.setdefault(key, {"energy": [], "total": []})
+                g["energy"].append(float(d["energy_j"]))
+                g["total"].append(float(rec.get("energy_j") or 0.0))
+        for u in rec.get("unused_devices") or []:
+            if isinstance(u, dict) and u.get("mean_power_w") is not None:
+                unused.setdefault((cid, f"{u.get('index')}: {u.get('name')} ({u.get('uuid')})"), []).append(
+                    float(u["mean_power_w"]))
+    if not per:
+        return "<p>No per-device energy was measured (no energy counter on this machine).</p>"
+    rows = []
+    for (cid, dev), g in sorted(per.items(), key=lambda kv: (labels.get(kv[0][0], ""), kv[0][1])):
+        mean_e = sum(g["energy"]) / len(g["energy"])
+        share = sum(g["energy"]) / sum(g["total"]) if sum(g["total"]) else None
+        rows.append([_e(labels.get(cid, cid)), _e(dev), str(len(g["energy"])), fmt(mean_e), _pct(share)])
+    out = [_table(["configuration", "device", "trials", "mean energy J", "share of total"], rows)]
+    if unused:
+        out.append("<p>Visible GPUs that these trials did not use (metered apart, never summed into the totals):</p>")
+        out.append(_table(["configuration", "device", "trials", "mean power W"],
+                          [[_e(labels.get(cid, cid)), _e(dev), str(len(v)), fmt(sum(v) / len(v))]
+                           for (cid, dev), v in sorted(unused.items())]))
     return "\n".join(out)
 
 
