@@ -75,6 +75,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from ..locks import pid_alive
+
 # --- constants (same values as pynvml) ---------------------------------------------------------
 NVML_SUCCESS = 0
 NVML_ERROR_UNINITIALIZED = 1
@@ -183,21 +185,6 @@ class _Trace:
         return loops * self.e_span + (self.rows[i][self.col["energy_mj"]] - self.e_first)
 
 
-def _pid_running(pid: int) -> bool:
-    """A real process with this pid exists (tests hold a fake GPU with a real foreign process)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def _stable_uuid(index: int) -> str:
     h = hashlib.sha1(f"joulebench-fake-gpu-{index}".encode()).hexdigest()
     return f"GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
@@ -253,7 +240,7 @@ class FakeGpu:
         t = self.clock() - self.epoch
         return [p for p in self.processes
                 if float(p.get("from_s", -math.inf)) <= t < float(p.get("until_s", math.inf))
-                and (not p.get("while_alive") or _pid_running(int(p["pid"])))]
+                and (not p.get("while_alive") or pid_alive(int(p["pid"])))]
 
     # ---- physics ----
     def _rel(self, t: float) -> float:

@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
+from ..locks import pid_alive
 from ..results.store import atomic_copy, atomic_write_bytes, atomic_write_json
 from .base import EventCallback, Experiment, ExperimentOutcome, Runner, parse_event
 
@@ -166,16 +167,6 @@ def _study_dir_key(study_dir: Path) -> str:
     import hashlib
 
     return hashlib.sha256(str(Path(study_dir).resolve()).encode()).hexdigest()[:16]
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def backend_of(spec: dict[str, Any]) -> str:
@@ -757,7 +748,7 @@ def _orphaned(container) -> bool:
         log.warning("container %s was started from host %s; not removed from here",
                     container.name, labels.get(LABEL_HOST))
         return False
-    if pid not in (0, os.getpid()) and _pid_alive(pid):
+    if pid not in (0, os.getpid()) and pid_alive(pid):
         log.info("container %s belongs to live dispatcher pid %d, left alone", container.name, pid)
         return False
     return True
