@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import fcntl
+import json
 import os
 import signal
 import threading
@@ -511,7 +512,7 @@ class Orchestrator:
         if not tid:
             return None
         try:
-            rec = self.store.records_by_id().get(tid) or {}
+            rec = json.loads(self.store.trial_path(tid).read_text())
         except Exception:  # noqa: BLE001
             return None
         if rec.get("status") != "ok":
