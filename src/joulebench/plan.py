@@ -190,9 +190,6 @@ def combination_problems(params: dict[str, Any]) -> list[str]:
     check = getattr(backend_cls, "check_params", None)
     if check is not None:
         problems.extend(check(params))
-    model = parse_model(params["model"])
-    if params["dataset"] == "synthetic" and model.kind == "gguf" and params["backend"] != "llamacpp":
-        pass
     if params.get("max_input_tokens") and params["dataset"] == "synthetic" \
             and params["input_tokens"] > params["max_input_tokens"]:
         problems.append("input_tokens is larger than max_input_tokens")
