@@ -2,13 +2,15 @@
 # The GPU proofs in stages, run from the repository root on a GPU machine; figures go to $OUT (default
 # benchmarks/results/gpu-run), scratch to $JB_WORK (default: joulebench-gpu in the temp folder; kept between
 # stages). Missing pure-Python packages may come as wheels in .whl/ (installed under $JB_WORK/site). Stages:
-#   tier      pytest -m gpu tests/gpu; the CUDA quickstart through `joulebench run`; sweep efficiency
-#   repeat    real SmolLM2 weights prepared (GGUF pieces in .jbm1/ .jbm2/); repeatability, meters on/off, and
-#             synthetic vs real weights when the real weights could be prepared
+#   tier      pytest -m gpu tests/gpu (one GPU); sweep efficiency (issue 3); keeps .jbm1/part0 in $JB_WORK
+#   repeat    real SmolLM2 weights prepared (GGUF pieces .jbm1/part0 or $JB_WORK/part0, and .jbm2/part1);
+#             repeatability, paired meters on/off overhead, and synthetic vs real weights (issue 10)
+#   sweep1    the one-worker-per-trial side of the sweep benchmark, merged with tier's reuse side
+#   quickstart  the CUDA quickstart through `joulebench run`
 #   svr       synthetic vs real weights alone
 #   multigpu  issue 8 on two GPUs, plus the two-GPU test of the GPU tier
 set -u
-stage=${1:?stage: tier | repeat | svr | multigpu}
+stage=${1:?stage: tier | sweep1 | repeat | quickstart | svr | multigpu}
 OUT=${OUT:-benchmarks/results/gpu-run}
 mkdir -p "$OUT"
 JB_WORK=${JB_WORK:-$(dirname "$(mktemp -u)")/joulebench-gpu}
@@ -26,30 +28,44 @@ nvidia-smi --query-gpu=index,name,uuid,driver_version,power.limit,pstate,tempera
 cat "$OUT/nvidia-smi-$stage.csv"
 REAL=$JB_WORK/smollm2-real
 SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
+part0() { for p in .jbm1/part0 "$JB_WORK/part0"; do [ -f "$p" ] && { echo "$p"; return; }; done; }
+prepare_real() {
+  local p0; p0=$(part0)
+  if [ ! -d $REAL ] && [ -n "$p0" ] && [ -f .jbm2/part1 ]; then
+    python3 benchmarks/prepare_real_weights.py --parts "$p0" .jbm2/part1 --sha256 $SHA --out $REAL 2>&1 | tail -2
+  fi
+}
 case $stage in
 tier)
-  timeout 200 python3 -m pytest -m gpu tests/gpu -v -s -p no:cacheprovider -k "not multi_gpu" 2>&1 \
+  [ -f .jbm1/part0 ] && cp .jbm1/part0 "$JB_WORK/part0"
+  timeout 240 python3 -m pytest -m gpu tests/gpu -v -s -p no:cacheprovider -k "not multi_gpu" 2>&1 \
     | tee "$OUT/pytest-gpu.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|W, CV|idle .* W|counter period"
-  rm -rf "$JB_WORK/qs" "$JB_WORK/sweep"
+  rm -rf "$JB_WORK/sweep"
+  timeout ${SWEEP_TIMEOUT:-330} python3 benchmarks/sweep_efficiency.py --results-dir "$OUT" --work-dir $JB_WORK/sweep \
+    --modes reuse 2>&1 | grep -vE "phase|^\s*$" | tee "$OUT/sweep.log" | tail -8
+  cp "$OUT"/sweep-efficiency-*.json "$JB_WORK/sweep-reuse.json" 2>/dev/null
+  ;;
+sweep1)   # the one-worker-per-trial side of the sweep benchmark (merged with the reuse side of `tier`)
+  rm -rf "$JB_WORK/sweep1"
+  timeout ${SWEEP_TIMEOUT:-200} python3 benchmarks/sweep_efficiency.py --results-dir "$OUT" --work-dir $JB_WORK/sweep1 \
+    --modes one_worker_per_trial --repeats-one-worker 1 --merge "$JB_WORK/sweep-reuse.json" 2>&1 \
+    | grep -vE "phase|^\s*$" | tee "$OUT/sweep1.log" | tail -8
+  ;;
+quickstart)
+  rm -rf "$JB_WORK/qs"
   timeout 150 python3 -m joulebench.cli run benchmarks/studies/quickstart-cuda.yaml --out $JB_WORK/qs >"$OUT/quickstart.log" 2>&1
   echo "quickstart rc=$?"; tail -15 "$OUT/quickstart.log"
   python3 benchmarks/summarize_study.py $JB_WORK/qs --out "$OUT/quickstart-summary.json"
-  timeout 400 python3 benchmarks/sweep_efficiency.py --results-dir "$OUT" --work-dir $JB_WORK/sweep \
-    --repeats-one-worker 1 2>&1 | grep -vE "phase|^\s*$" | tail -20
   ;;
 repeat)
-  if [ ! -d $REAL ] && [ -f .jbm1/part0 ] && [ -f .jbm2/part1 ]; then
-    python3 benchmarks/prepare_real_weights.py --parts .jbm1/part0 .jbm2/part1 --sha256 $SHA --out $REAL 2>&1 | tail -2
-  fi
+  prepare_real
   rm -rf "$JB_WORK/rep"
   svr=--skip-synthetic-vs-real; [ -d $REAL ] && svr="--real-model $REAL --svr-runs 3"
-  timeout 550 python3 benchmarks/repeatability.py $svr --off-runs 2 --results-dir "$OUT" --work-dir $JB_WORK/rep \
-    2>&1 | grep -vE "phase" | tee "$OUT/repeatability.log" | tail -12
+  timeout ${REPEAT_TIMEOUT:-540} python3 benchmarks/repeatability.py $svr --off-runs 0 --results-dir "$OUT" \
+    --work-dir $JB_WORK/rep 2>&1 | grep -vE "phase" | tee "$OUT/repeatability.log" | tail -12
   ;;
 svr)
-  if [ ! -d $REAL ] && [ -f .jbm1/part0 ] && [ -f .jbm2/part1 ]; then
-    python3 benchmarks/prepare_real_weights.py --parts .jbm1/part0 .jbm2/part1 --sha256 $SHA --out $REAL 2>&1 | tail -2
-  fi
+  prepare_real
   rm -rf "$JB_WORK/svr"
   [ -d $REAL ] || { echo "no real weights at $REAL: synthetic_vs_real not run"; exit 3; }
   timeout 400 python3 benchmarks/repeatability.py --only-synthetic-vs-real --real-model $REAL --results-dir "$OUT" \

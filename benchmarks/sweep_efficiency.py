@@ -4,7 +4,8 @@
 Runs the same sweep (>= 4 runtime configurations x 3 repeats on one model)
 through ``joulebench.run_study`` twice, with the process runner:
 
-* ``reuse``            load-group reuse (one worker and one model load serve a round's trials)
+* ``reuse``            load-group reuse (one worker and one model load serve the load group's
+                         trials in every round; repeats re-warm on the worker's earlier passes)
 * ``one_worker_per_trial``  ``runner_options.one_worker_per_trial: true`` (a worker and a load per trial)
 
 and reports, side by side, ``window_fraction`` = sum of the records' ``duration_s``
@@ -41,10 +42,12 @@ def records(study_dir: Path) -> list[dict]:
 def breakdown(recs: list[dict], wall_s: float, study_dir: Path) -> dict:
     ok = [r for r in recs if r.get("status") == "ok"]
     window = sum(r.get("duration_s") or 0.0 for r in ok)
-    # load_s is repeated on every record of a worker: count it once per experiment.
-    loads = {r.get("experiment_id"): r.get("load_s") or 0.0 for r in ok}
-    loaded_idle = {r.get("experiment_id"): (r.get("baselines") or {}).get("loaded_idle_duration_s") or 0.0
-                   for r in ok}
+    # load_s is repeated on every record of a worker: count it once per worker (one model load);
+    # a long-lived worker's loaded idle reference once per measurement of it.
+    worker = (lambda r: r.get("worker_id") or r.get("experiment_id"))
+    loads = {worker(r): r.get("load_s") or 0.0 for r in ok}
+    loaded_idle = {(worker(r), (r.get("baselines") or {}).get("loaded_idle_measured_at")):
+                   (r.get("baselines") or {}).get("loaded_idle_duration_s") or 0.0 for r in ok}
     dev_idle = {(r.get("baselines") or {}).get("device_idle_measured_at"):
                 (r.get("baselines") or {}).get("device_idle_duration_s") or 0.0 for r in ok}
     warm = sum((r.get("warmup") or {}).get("duration_s") or 0.0 for r in ok)
@@ -54,11 +57,15 @@ def breakdown(recs: list[dict], wall_s: float, study_dir: Path) -> dict:
              "thermal_wait_s": thermal}
     parts["other_s"] = wall_s - sum(parts.values())
     n_exp = len(list((study_dir / "experiments").glob("*.json")))
+    n_workers = len({worker(r) for r in recs})
     return {
-        "wall_s": wall_s, "trials_ok": len(ok), "trials_failed": len(recs) - len(ok), "workers": n_exp,
+        "wall_s": wall_s, "trials_ok": len(ok), "trials_failed": len(recs) - len(ok), "workers": n_workers,
+        "experiments": n_exp,
+        "rewarm_trials": sum(1 for r in ok if (r.get("warmup") or {}).get("rewarm")),
         "window_fraction": window / wall_s if wall_s > 0 else None,
         "seconds": parts, "fractions": {k: v / wall_s for k, v in parts.items()},
-        "other_per_worker_s": parts["other_s"] / n_exp if n_exp else None,
+        "other_per_worker_s": parts["other_s"] / n_workers if n_workers else None,
+        "other_per_trial_s": parts["other_s"] / len(recs) if recs else None,
         "warmup_passes_mean": (sum((r.get("warmup") or {}).get("passes") or 0 for r in ok) / len(ok)) if ok else None,
         "window_passes_mean": (sum(r.get("passes") or 0 for r in ok) / len(ok)) if ok else None,
         "mean_throughput_tok_s": {r["config_id"]: r.get("throughput_tok_s") for r in ok},
@@ -82,6 +89,8 @@ def main() -> int:
     ap.add_argument("--device-idle-s", type=float, default=10.0)
     ap.add_argument("--loaded-idle-s", type=float, default=5.0)
     ap.add_argument("--modes", nargs="+", default=["reuse", "one_worker_per_trial"])
+    ap.add_argument("--merge", help="an earlier summary (JSON) of this script whose modes join this run's "
+                                    "(modes measured in separate calls on the same machine)")
     ap.add_argument("--work-dir")
     ap.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--smoke", action="store_true", help="tiny CPU run that only checks this script works")
@@ -107,6 +116,7 @@ def main() -> int:
         "experiments": [{"batch_size": bs, "prompts": args.prompts or bs, "max_output_tokens": o}
                         for bs in args.batch_sizes for o in args.output_tokens],
         "repeats": args.repeats, "runner": "process",
+        "runner_options": {"busy_wait_s": 30},   # a benchmark never waits long for other users
         "measurement": {"min_window_s": args.window_s, "device_idle_s": args.device_idle_s,
                         "loaded_idle_s": args.loaded_idle_s},
     }
@@ -115,11 +125,16 @@ def main() -> int:
                      "driver": env.get("driver_version"), "study": study,
                      "design": f"{n_cfg} runtime configurations x {args.repeats} repeats, one model",
                      "metric": "window_fraction = sum(records.duration_s) / study wall time", "modes": {}}
+    if args.merge and Path(args.merge).is_file():
+        earlier = json.loads(Path(args.merge).read_text())
+        for mode, b in earlier.get("modes", {}).items():
+            if mode not in args.modes:
+                summary["modes"][mode] = {**b, "from": Path(args.merge).name}
     for mode in args.modes:
         s = json.loads(json.dumps(study))
         s["name"] = f"sweep-efficiency-{mode.replace('_', '-')}"
         if mode == "one_worker_per_trial":
-            s["runner_options"] = {"one_worker_per_trial": True}
+            s["runner_options"] = {**s["runner_options"], "one_worker_per_trial": True}
             s["repeats"] = args.repeats_one_worker or args.repeats
         out = work / mode
         t0 = time.perf_counter()
@@ -135,7 +150,9 @@ def main() -> int:
         write(summary, args)
     if {"reuse", "one_worker_per_trial"} <= set(summary["modes"]):
         a, b = summary["modes"]["reuse"], summary["modes"]["one_worker_per_trial"]
-        summary["reuse_vs_one_worker_wall_ratio"] = b["wall_s"] / a["wall_s"]
+        # per trial: the two modes may run different numbers of repeats (--repeats-one-worker)
+        per = (lambda m: m["wall_s"] / max(m["trials_ok"] + m["trials_failed"], 1))
+        summary["one_worker_vs_reuse_wall_per_trial_ratio"] = per(b) / per(a)
         summary["target_reuse_fraction"] = 0.60
         summary["target_met"] = a["window_fraction"] >= 0.60
     summary["work_dir"] = str(work)

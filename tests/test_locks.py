@@ -170,3 +170,18 @@ def test_gate_lets_a_free_gpu_run_without_a_note_and_sees_memory_without_process
     mine = resolve_gpus([0], nvml=_fake(clock, [{"pid": os.getpid(), "used_memory_bytes": 1 << 20}]),
                         cuda_visible_devices=None)
     assert gpu_usage(mine) == []
+
+
+def test_our_long_lived_worker_is_not_another_user():
+    """Between rounds a worker of ours keeps its model on the GPU (8 GiB here): the gate before the next
+    round must not call that busy, yet still see a foreign process beside it."""
+    clock = FakeClock()
+    worker = {"pid": 31337, "used_memory_bytes": 8 << 30}
+    gpus = resolve_gpus([0], nvml=_fake(clock, [worker]), cuda_visible_devices=None)
+    assert gpu_usage(gpus)                                       # from outside: a user with 8 GiB
+    assert gpu_usage(gpus, own_pids={31337}) == []               # it is ours: free
+    assert _gate(clock, "stop").check(gpus, own_pids={31337}).action == "run"
+    both = resolve_gpus([0], nvml=_fake(clock, [worker, {"pid": 4040, "used_memory_bytes": 1 << 30}]),
+                        cuda_visible_devices=None)
+    busy = gpu_usage(both, own_pids={31337})
+    assert [p["pid"] for p in busy[0]["processes"]] == [4040]    # the other user is still seen

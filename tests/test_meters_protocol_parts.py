@@ -9,7 +9,7 @@ import pytest
 from joulebench.devices import resolve_gpus
 from joulebench.devices.fake_nvml import FakeClock, FakeNVML
 from joulebench.errors import DeviceError
-from joulebench.meters import Flag, preflight, preflight_flags, thermal_gate, warmup_converged
+from joulebench.meters import Flag, preflight, preflight_flags, thermal_gate, warmup_converged, warmup_state
 
 U0 = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
 U1 = "GPU-bbbbbbbb-0000-0000-0000-000000000000"
@@ -36,6 +36,30 @@ def test_warmup_threshold_is_strict():
     ok, cv = warmup_converged([100, 102, 104], k=3, cv_target=0.02)
     assert cv == pytest.approx(0.0196, abs=1e-4) and ok
     assert not warmup_converged([100, 102, 104], k=3, cv_target=0.019)[0]
+
+
+def test_warmup_plateau_stops_on_noise_around_a_level_that_stopped_moving():
+    # +-8 % pass-to-pass noise around 100 tok/s: the CV rule (2 %) never passes, the level is flat
+    noisy = [92, 108, 100, 93, 107, 101]
+    assert not warmup_converged(noisy, k=3, cv_target=0.02)[0]
+    st = warmup_state(noisy, k=3, cv_target=0.02)
+    assert st.converged and st.how == "plateau" and st.cv > 0.05
+    assert not warmup_state(noisy, k=3, cv_target=0.02, plateau=False).converged
+    assert not warmup_state(noisy[:5], k=3, cv_target=0.02).converged          # needs 2k passes
+
+
+def test_warmup_plateau_does_not_hide_a_warming_trend():
+    rising = [60, 70, 80, 95, 100, 105]              # still climbing, beyond its own noise
+    st = warmup_state(rising, k=3, cv_target=0.02)
+    assert not st.converged and st.how is None
+    first_call_slow = [20, 98, 101, 99, 102, 100]    # a slow first call in the earlier block
+    assert warmup_state(first_call_slow, k=3, cv_target=0.02).how == "cv"   # the last k are tight already
+    assert not warmup_state([20, 60, 101, 99, 102, 100][:6], k=3, cv_target=0.005, plateau=True).converged
+
+
+def test_warmup_state_prefers_the_cv_rule():
+    st = warmup_state([50, 80, 100, 101, 99], k=3, cv_target=0.02)
+    assert st.converged and st.how == "cv" and st.cv == pytest.approx(0.01)
 
 
 # ---- thermal gate ----

@@ -115,6 +115,61 @@ def test_child_exits_when_parent_is_killed(fake_env, tmp_path):
             parent.kill()
 
 
+def test_one_process_records_many_segments(fake_env):
+    """A worker keeps one sampler: each segment holds only its own rows, the process idles between."""
+    s = Sampler([U1], hz=20.0, cpu=False)
+    s.open()
+    try:
+        pid = s.pid
+        time.sleep(0.3)                                  # idle: nothing recorded
+        bounds = []
+        frames = []
+        for _ in range(3):
+            t0 = time.time()
+            s.begin()
+            time.sleep(0.4)
+            frames.append(s.end())
+            bounds.append((t0, time.time()))
+            time.sleep(0.2)
+        assert s.pid == pid and s.alive                  # the same process served every segment
+        for df, (t0, t1) in zip(frames, bounds):
+            assert 4 <= len(df) <= 14                    # ~20 Hz for ~0.4 s
+            assert df["t_s"].min() >= t0 and df["t_s"].max() <= t1   # no rows from idle time or other segments
+            assert set(df["device_uuid"]) == {U1}
+        assert len(s.end()) == 0                         # no segment open: empty timeline
+    finally:
+        s.close()
+    assert not s.process.is_alive()
+    with pytest.raises(DeviceError, match="not running"):
+        s.begin()
+
+
+def test_idle_sampler_exits_when_parent_is_killed(fake_env):
+    script = textwrap.dedent(f"""
+        import time
+        from joulebench.meters import Sampler
+        s = Sampler([{U0!r}], hz=10.0, cpu=False)
+        s.open()
+        s.begin(); time.sleep(0.2); s.end()
+        print(s.pid, flush=True)
+        time.sleep(120)
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              env=dict(os.environ))
+    try:
+        child_pid = int(parent.stdout.readline())
+        assert _alive(child_pid)
+        parent.send_signal(signal.SIGKILL)
+        parent.wait(timeout=10)
+        deadline = time.time() + 10
+        while _alive(child_pid) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(child_pid), "the idle sampler outlived its parent"
+    finally:
+        if parent.poll() is None:
+            parent.kill()
+
+
 def test_write_timeseries_is_atomic_parquet(fake_env, tmp_path):
     with Sampler([U0], hz=20.0, cpu=False) as s:
         time.sleep(0.3)

@@ -79,6 +79,21 @@ def test_round_order_is_seeded_blocked_and_differs_between_rounds(write_study):
            [c.config_id for c in q.round_order(1)] != orders[1]
 
 
+def test_each_round_starts_with_the_group_that_ended_the_last(write_study):
+    """Worker reuse across rounds: the round's shuffled cycle of load groups is rotated to start
+    where the previous round ended, and every round still holds every group once."""
+    p = _plan(write_study, sweep={"batch_size": [1, 2], "dtype": ["float32", "bfloat16"],
+                                  "attn_implementation": ["sdpa", "eager"]},
+              repeats=6, seed=3)
+    firsts = []
+    for r in range(1, 6):
+        prev, cur = p.round_order(r - 1), p.round_order(r)
+        assert cur[0].load_group == prev[-1].load_group
+        assert sorted(c.config_id for c in cur) == sorted(c.config_id for c in p.configs)
+        firsts.append([c.load_group for c in cur])
+    assert len({tuple(dict.fromkeys(g)) for g in firsts}) > 1    # the group order still varies between rounds
+
+
 def test_experiments_list_for_irregular_designs(write_study):
     p = _plan(write_study, experiments=[{"batch_size": 1}, {"batch_size": 4, "max_output_tokens": 8}],
               sweep={"dtype": ["float32", "bfloat16"]})

@@ -18,7 +18,7 @@ from joulebench.orchestrator import resume_study, run_study
 from joulebench.errors import ResumeError
 from joulebench.results.store import StudyStore
 
-from .conftest import JOULEBENCH, tiny_study
+from .conftest import FAST_MEASUREMENT, JOULEBENCH, tiny_study
 
 pytestmark = pytest.mark.slow
 
@@ -105,6 +105,86 @@ def test_adaptive_rule_stops_a_configuration_once_its_ci_is_tight(write_study, t
         rec = store.records_by_id()[trial_id_for(wide.config_id, r)]
         store.write_record({**rec, "energy_per_output_token_j": None, "throughput_tok_s": v})
     assert orch._configs_needing(3) == []
+
+
+def _workers(d: Path) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for r in _records(d).values():
+        out.setdefault(r.get("worker_id"), []).append(r)
+    return out
+
+
+def test_one_worker_serves_every_round_of_its_load_group(write_study, tmp_path):
+    """Runtime parameters only: one worker, one model load for the whole study (3 rounds); repeats after
+    the first re-warm on the worker's earlier passes; the worker is gone at the end."""
+    study = tiny_study("reuse", sweep={"batch_size": [1, 2], "max_output_tokens": [2, 4]}, repeats=3)
+    study["measurement"] = dict(FAST_MEASUREMENT, warmup={"cv_target": 10.0, "k": 2, "min_passes": 2,
+                                                          "max_passes": 4})
+    out = tmp_path / "r"
+    result = run_study(write_study(study), out=out, quiet=True, report=False)
+    assert result.exit_code == 0 and result.ok == 12
+    workers = _workers(out)
+    assert list(workers) and len(workers) == 1
+    recs = next(iter(workers.values()))
+    assert len({r["experiment_id"] for r in recs}) == 3          # one experiment per round, all in one worker
+    assert len({r["load_s"] for r in recs}) == 1                 # loaded once
+    for r in recs:
+        w = r["warmup"]
+        if r["repeat"] == 0:     # first time in this worker: a full warm-up (min_passes)
+            assert not w["rewarm"] and w["passes"] >= 2 and w["earlier_passes_used"] == 0
+        else:                    # later rounds: one new pass, judged with the earlier ones
+            assert w["rewarm"] and w["passes"] == 1 and w["earlier_passes_used"] == 1
+    logs = sorted(p.name for p in (out / "logs").glob("*.log"))
+    assert len(logs) == 1                                        # one worker process, one log
+    assert not _live_workers(out)
+    assert not list((out / "experiments").glob("inbox-*"))       # the inbox is cleaned up
+
+
+def test_reuse_off_starts_a_worker_per_round(write_study, tmp_path):
+    study = tiny_study("noreuse", sweep={"batch_size": [1, 2]}, repeats=2,
+                       runner_options={"reuse_workers": False})
+    out = tmp_path / "r"
+    run_study(write_study(study), out=out, quiet=True, report=False)
+    assert len(_workers(out)) == 2
+
+
+def test_load_groups_never_hold_two_models_at_once(write_study, tmp_path):
+    """Two load groups (dtype), two rounds: the worker that ended round 0 carries on into round 1, the
+    other group gets a fresh worker; worker lifetimes never overlap."""
+    study = tiny_study("groups", sweep={"batch_size": [1, 2], "dtype": ["float32", "bfloat16"]}, repeats=2)
+    out = tmp_path / "r"
+    result = run_study(write_study(study), out=out, quiet=True, report=False)
+    assert result.exit_code == 0 and result.ok == 8
+    workers = _workers(out)
+    assert len(workers) == 3
+    spans = sorted((min(r["started_at"] for r in rs), max(r["finished_at"] for r in rs)) for rs in workers.values())
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    for rs in workers.values():                                  # a worker serves one load group only
+        assert len({r["params"]["dtype"] for r in rs}) == 1
+    assert sorted(len({r["round"] for r in rs}) for rs in workers.values()) == [1, 1, 2]
+
+
+def test_reused_worker_crash_fails_one_trial_and_a_fresh_worker_continues(write_study, tmp_path, monkeypatch):
+    study = tiny_study("crash2", sweep={"batch_size": [1, 2, 3]}, repeats=2)
+    path = write_study(study)
+    from joulebench.config import load_study
+    from joulebench.plan import build_plan
+
+    plan = build_plan(load_study(path))
+    victim = f"{plan.round_order(1)[1].config_id}-r1"   # round 1, served by the worker of round 0
+    monkeypatch.setenv("JOULEBENCH_FAULT", f"crash:{victim}")
+    out = tmp_path / "r"
+    result = run_study(path, out=out, quiet=True, report=False)
+    assert result.exit_code == 1 and result.ok == 5 and result.failed == 1
+    recs = _records(out)
+    assert set(recs) == _plan_ids(out)
+    assert recs[victim]["status"] == "failed" and recs[victim]["error_kind"] == "crash"
+    first = {r["worker_id"] for r in recs.values() if r["round"] == 0}
+    after = [r for r in recs.values() if r["round"] == 1 and r["status"] == "ok"]
+    assert len(first) == 1 and len(after) == 2
+    served_by = [r["worker_id"] in first for r in after]
+    assert served_by.count(True) == 1 and served_by.count(False) == 1   # before the crash, and after it
+    assert not _live_workers(out)
 
 
 def test_one_worker_per_trial_option(write_study, tmp_path):

@@ -6,10 +6,13 @@
   blocked shuffle (see plan.py). Repeats beyond ``repeats.min`` are adaptive: a
   configuration continues while the 95 % CI half-width of its mean J/output-token
   (tokens/s where no energy meter exists) is above ``repeats.ci_target``.
-* One experiment = one isolated worker = one model load, serving the round's
-  configurations of one load group. A worker that crashes, hangs past its timeout or
-  is killed turns its trial in flight into a failed record; the rest of its trials
-  continue in a fresh worker.
+* One experiment = the round's configurations of one load group, run by one isolated
+  worker with one model load. With ``runner_options.reuse_workers`` (the default) the
+  worker stays and serves the same load group's experiments in later rounds too (the
+  plan starts each round with the group that ended the previous one), so a study of
+  runtime parameters loads its model once. A worker that crashes, hangs past its
+  timeout or is killed turns its trial in flight into a failed record; the rest of its
+  trials continue in a fresh worker.
 * Ctrl-C (or SIGTERM): the worker is stopped, the trial in flight is marked
   ``interrupted`` (resume runs it again), exit code 130.
 """
@@ -403,7 +406,9 @@ class Orchestrator:
         except Exception as e:  # noqa: BLE001 - the worker reports device problems in the record
             self.display.log(f"busy-GPU check skipped: {e}")
             return True
-        d = self.busy_gate.check(gpus, label=f"round {r + 1} · {configs[0].load_group}")
+        # A worker of ours kept alive between rounds holds memory on these GPUs: not another user.
+        own = getattr(self.runner, "live_pids", lambda: set())()
+        d = self.busy_gate.check(gpus, own_pids=own, label=f"round {r + 1} · {configs[0].load_group}")
         if d.action == "defer":
             for t in tids:
                 self._deferred[t] = {**d.note, "round": r}
@@ -453,9 +458,12 @@ class Orchestrator:
 
         python = resolve_python(configs[0].params["backend"], self.cfg.runner_options.model_dump(),
                                 base_dir=self.loaded.base_dir)
+        opts = self.cfg.runner_options
+        reuse = opts.reuse_workers and not opts.one_worker_per_trial
         exp = Experiment(experiment_id=eid, study_name=self.cfg.name, study_dir=self.store.root, spec=spec,
                          trial_ids=[t["trial_id"] for t in spec["trials"]],
-                         label=f"{configs[0].params['backend']} {configs[0].params['model']}", python=python)
+                         label=f"{configs[0].params['backend']} {configs[0].params['model']}", python=python,
+                         worker_key=f"{group}|{python or ''}" if reuse else None)
         labels = {t["trial_id"]: c.label(self.axes) for t, c in zip(spec["trials"], configs)}
 
         def on_event(ev: dict[str, Any]) -> None:

@@ -8,7 +8,9 @@
   one worker and one model load serve them.
 * Rounds: round r runs repeat r of every configuration that still needs it, in a
   seeded shuffle (load groups shuffled, then configurations within each group), so
-  drift spreads over all configurations while each group loads its model once per round.
+  drift spreads over all configurations while each group is served by one worker. The
+  shuffled cycle of groups is rotated so that a round starts with the group that ended
+  the round before: that group's worker, model loaded, carries on (worker reuse).
 """
 from __future__ import annotations
 
@@ -81,6 +83,10 @@ class Plan:
             groups.setdefault(c.load_group, []).append(c)
         order = sorted(groups)
         rng.shuffle(order)
+        if round_index > 0 and len(order) > 1:
+            last = self._last_group(round_index - 1)
+            i = order.index(last)
+            order = order[i:] + order[:i]   # a rotation of the shuffled cycle: start where the last round ended
         out: list[Configuration] = []
         for g in order:
             members = list(groups[g])
@@ -90,6 +96,12 @@ class Plan:
             keep = set(config_ids)
             out = [c for c in out if c.config_id in keep]
         return out
+
+    def _last_group(self, round_index: int) -> str:
+        cache = self.__dict__.setdefault("_last_groups", {})
+        if round_index not in cache:
+            cache[round_index] = self.round_order(round_index)[-1].load_group
+        return cache[round_index]
 
     def all_trial_ids(self) -> list[str]:
         return [trial_id_for(c.config_id, r) for c in self.configs for r in range(self.max_repeats)]

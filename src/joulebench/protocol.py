@@ -1,12 +1,20 @@
 """One experiment's measurement protocol, read top to bottom (METHODOLOGY.md section 3).
 
-An experiment is one worker with one model load, serving several trials:
+An experiment is a list of trials of one load group, served by one worker with one
+model load:
 
     pre-flight -> load (timed, metered) -> loaded-idle reference
     for each trial:
         pre-flight -> warm-up until stable -> thermal gate -> measured window
         (sampler process + counters at the window edges, workload repeated until the
         minimum window is reached) -> record, written atomically
+
+A worker may serve later experiments of the same load group (the next rounds) with
+the model it already holds (``continue_with``): no reload, the loaded-idle reference
+re-measured only when older than ``baseline_max_age_s``, one sampler process for all
+windows, and warm-up that judges stability over this worker's earlier passes of the
+same configuration too (a configuration already stable needs ``warmup.rewarm_passes``
+new passes, not a full warm-up, unless the new passes disagree with the old).
 
 The device-idle reference is measured by the orchestrator on the host, before any
 worker holds a context, and arrives in the experiment spec.
@@ -88,11 +96,18 @@ class ExperimentSession:
         self.load_energy_j = None
         self.env = None
         self.own_pids = {os.getpid()}
+        self.worker_id = spec["experiment_id"]      # the experiment that started (and loaded) this worker
+        self.experiments_served = 0
+        self.sampler = None                         # one sampler process for all windows of this worker
+        self.warm_history: dict[str, list[float]] = {}   # config id -> warm-up pass throughputs (tokens/s)
+        self.load_identity: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ experiment
     def run(self) -> int:
+        """The worker's first experiment: load the model, then run its trials. 3: the load failed."""
         trials = self.spec["trials"]
-        self.emit({"event": "experiment_start", "experiment_id": self.spec["experiment_id"]})
+        self.emit({"event": "experiment_start", "experiment_id": self.spec["experiment_id"],
+                   "worker_id": self.worker_id})
         try:
             self._load()
         except Exception as e:  # noqa: BLE001 - a load failure fails every trial of the experiment
@@ -101,18 +116,55 @@ class ExperimentSession:
                 self._write_failed(t, err, "error", tb=traceback.format_exc())
             self.emit({"event": "experiment_end", "experiment_id": self.spec["experiment_id"], "error": err})
             return 3
-        failed = 0
+        self._run_trials(trials)
+        self.emit({"event": "experiment_end", "experiment_id": self.spec["experiment_id"]})
+        return 0
+
+    def continue_with(self, spec: dict[str, Any]) -> None:
+        """A later experiment of the same load group, served with the model already loaded."""
+        self.spec = spec
+        self.m = spec["measurement"]
+        eid = spec["experiment_id"]
+        self.emit({"event": "experiment_start", "experiment_id": eid, "worker_id": self.worker_id,
+                   "reused": True})
+        problem = None
+        if self.backend is None:
+            problem = "this worker holds no loaded model"
+        elif load_identity(spec, self.backend) != self.load_identity:
+            problem = (f"this worker's model was loaded with {self.load_identity}, the experiment needs "
+                       f"{load_identity(spec, self.backend)}")
+        if problem:
+            for t in spec["trials"]:
+                self._write_failed(t, f"cannot reuse worker {self.worker_id}: {problem}", "error")
+            self.emit({"event": "experiment_end", "experiment_id": eid, "error": problem})
+            return
+        try:
+            self._refresh_loaded_idle()
+        except Exception as e:  # noqa: BLE001 - keep the old reference; the records say when it was measured
+            self._phase("loaded_idle", None, error=f"{type(e).__name__}: {e}")
+        self._run_trials(spec["trials"])
+        self.emit({"event": "experiment_end", "experiment_id": eid})
+
+    def _run_trials(self, trials: list[dict[str, Any]]) -> None:
+        self.experiments_served += 1
         for t in trials:
             self.emit({"event": "trial_start", "trial_id": t["trial_id"]})
             try:
                 rec = self._run_trial(t)
             except Exception as e:  # noqa: BLE001 - one trial's failure is recorded, the rest go on
                 rec = self._write_failed(t, f"{type(e).__name__}: {e}", "error", tb=traceback.format_exc())
-                failed += 1
             self.emit({"event": "trial_end", "trial_id": t["trial_id"], "status": rec["status"]})
-        self._close()
-        self.emit({"event": "experiment_end", "experiment_id": self.spec["experiment_id"]})
-        return 0
+
+    def _refresh_loaded_idle(self) -> None:
+        """Re-measure the loaded-idle reference of a long-lived worker once it is older than allowed."""
+        if self.loaded_idle is None or not self.devices or self.m.get("loaded_idle_s", 0) <= 0:
+            return
+        if time.time() - self.loaded_idle.measured_at <= float(self.m.get("baseline_max_age_s", 3600.0)):
+            return
+        from .meters.baselines import measure_idle_power
+
+        self._phase("loaded_idle")
+        self.loaded_idle = measure_idle_power(self.devices, self.m["loaded_idle_s"], sync=self.backend.synchronize)
 
     def _phase(self, phase: str, trial_id: str | None = None, **extra) -> None:
         self.emit({"event": "phase", "phase": phase, "trial_id": trial_id, **extra})
@@ -128,6 +180,7 @@ class ExperimentSession:
                    "trust_remote_code": self.spec.get("trust_remote_code", False),
                    "seed": self.spec.get("seed", 0), "weights_seed": 0}
         self.backend = backend_cls(backend_cls.Params.model_validate(engine), options)
+        self.load_identity = load_identity(self.spec, self.backend)
         self.env = collect_environment()
         model = parse_model(first["model"])
         intended = _intended_ordinals(first.get("device", "auto"))
@@ -153,7 +206,16 @@ class ExperimentSession:
             self.loaded_idle = measure_idle_power(self.devices, self.m["loaded_idle_s"],
                                                   sync=self.backend.synchronize)
 
+    def close(self) -> None:
+        self._close()
+
     def _close(self) -> None:
+        if self.sampler is not None:
+            try:
+                self.sampler.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self.sampler = None
         if self.backend is not None:
             try:
                 self.backend.close()
@@ -164,7 +226,7 @@ class ExperimentSession:
     def _run_trial(self, trial: dict[str, Any]) -> dict[str, Any]:
         from .meters.preflight import preflight
         from .meters.thermal import thermal_gate
-        from .meters.warmup import warmup_converged
+        from .meters.warmup import warmup_state
         from .meters.window import EnergyWindow
 
         tid, params = trial["trial_id"], trial["params"]
@@ -182,21 +244,27 @@ class ExperimentSession:
 
             flags.extend(preflight_flags(pre))
 
-        # Warm-up until the throughput of the last k passes is stable.
+        # Warm-up until the throughput of the last k passes is stable. Passes this worker ran for the same
+        # configuration in earlier rounds count towards the last k: a configuration already stable needs
+        # only `rewarm_passes` new ones (after the switch from another configuration), more if they disagree.
         self._phase("warmup", tid)
         wcfg = self.m["warmup"]
+        history = list(self.warm_history.get(trial["config_id"], []))
+        min_new = max(wcfg["min_passes"], wcfg["k"]) if not history else wcfg.get("rewarm_passes", 1)
         throughputs: list[float] = []
         warm_requests = backend.warmup_requests(requests, params)
         w_start = time.perf_counter()
-        converged, wcv = False, None
+        converged, wcv, how = False, None, None
         while len(throughputs) < wcfg["max_passes"]:
             t0 = time.perf_counter()
             res = backend.generate(warm_requests, params)
             backend.synchronize()
             dt = time.perf_counter() - t0
             throughputs.append(sum(r.output_tokens for r in res) / dt if dt > 0 else 0.0)
-            if len(throughputs) >= max(wcfg["min_passes"], wcfg["k"]):
-                converged, wcv = warmup_converged(throughputs, k=wcfg["k"], cv_target=wcfg["cv_target"])
+            if len(throughputs) >= min_new:
+                st = warmup_state(history + throughputs, k=wcfg["k"], cv_target=wcfg["cv_target"],
+                                  plateau=wcfg.get("plateau", True))
+                converged, wcv, how = st.converged, st.cv, st.how
                 if converged:
                     break
             if time.perf_counter() - w_start > wcfg["max_s"]:
@@ -205,8 +273,14 @@ class ExperimentSession:
             flags.append(QualityFlag(Flag.WARMUP_NOT_CONVERGED,
                                      f"{len(throughputs)} passes, last-{wcfg['k']} CV "
                                      f"{'n/a' if wcv is None else f'{wcv:.3f}'}"))
-        warmup = {"passes": len(throughputs), "converged": converged, "duration_s": time.perf_counter() - w_start,
-                  "cv": wcv, "throughputs_tok_s": throughputs, "requests_per_pass": len(warm_requests)}
+        span = 2 * wcfg["k"] if wcfg.get("plateau", True) else wcfg["k"]   # passes the stability tests look at
+        self.warm_history[trial["config_id"]] = (history + throughputs)[-span:]
+        warmup = {"passes": len(throughputs), "converged": converged, "converged_by": how,
+                  "duration_s": time.perf_counter() - w_start,
+                  "cv": wcv, "throughputs_tok_s": throughputs, "requests_per_pass": len(warm_requests),
+                  "earlier_passes_used": min(len(history), max((wcfg["k"] if how == "cv" else span)
+                                                               - len(throughputs), 0)),
+                  "rewarm": bool(history)}
 
         # Thermal state: record, and optionally wait to be near the study's reference.
         thermal: dict[str, Any] = {}
@@ -227,13 +301,9 @@ class ExperimentSession:
         self._phase("window", tid)
         _inject_fault(tid)
         backend.reset_peak_memory()
-        sampler = None
-        if self.m.get("sampler", True) and (self.devices or self.cpu_devs):
-            from .meters.sampler import Sampler
-
-            sampler = Sampler([d.info.uuid for d in self.devices], hz=self.m.get("sampler_hz", 10.0),
-                              cpu=bool(self.cpu_devs))
-            sampler.start()
+        sampler = self._sampler()
+        if sampler is not None:
+            sampler.begin()
         results: list[RequestResult] = []
         passes = 0
         steady = None
@@ -252,7 +322,7 @@ class ExperimentSession:
                     if time.perf_counter() >= t_end:
                         break
         finally:
-            timeline = sampler.stop() if sampler is not None else None
+            timeline = sampler.end() if sampler is not None else None
         win = w.result
         ts_rel = None
         if timeline is not None and len(timeline):
@@ -285,6 +355,22 @@ class ExperimentSession:
                 for de in wunused.result.devices]
         self.out.write_record(rec)
         return rec
+
+    def _sampler(self):
+        """This worker's sampler process (started at the first window, restarted if it died)."""
+        if not (self.m.get("sampler", True) and (self.devices or self.cpu_devs)):
+            return None
+        hz = float(self.m.get("sampler_hz", 10.0))
+        if self.sampler is not None and (not self.sampler.alive or self.sampler.hz != hz):
+            self.sampler.close()
+            self.sampler = None
+        if self.sampler is None:
+            from .meters.sampler import Sampler
+
+            s = Sampler([d.info.uuid for d in self.devices], hz=hz, cpu=bool(self.cpu_devs))
+            s.open()
+            self.sampler = s
+        return self.sampler
 
     def _own_pids(self) -> set[int]:
         pids = {os.getpid()}
@@ -323,6 +409,7 @@ class ExperimentSession:
         return {"schema_version": SCHEMA_VERSION, "trial_id": trial["trial_id"], "config_id": trial["config_id"],
                 "study": self.spec["study"], "params": trial["params"], "repeat": trial["repeat"],
                 "round": trial.get("round", trial["repeat"]), "experiment_id": self.spec["experiment_id"],
+                "worker_id": self.worker_id,
                 "environment": self.env or {}, "node": self.spec.get("node") or {}}
 
     def _record(self, trial, win, wcpu, results, passes, warmup, thermal, pre, flags, started_at, ts_rel,
@@ -390,7 +477,8 @@ class ExperimentSession:
             "baselines": {"device_idle_w": dev_idle_w, "loaded_idle_w": loaded_idle_w,
                           "device_idle_measured_at": di.get("measured_at"),
                           "device_idle_duration_s": di.get("duration_s"),
-                          "loaded_idle_duration_s": self.loaded_idle.duration_s if self.loaded_idle else None},
+                          "loaded_idle_duration_s": self.loaded_idle.duration_s if self.loaded_idle else None,
+                          "loaded_idle_measured_at": self.loaded_idle.measured_at if self.loaded_idle else None},
             "warmup": warmup, "thermal": thermal, "preflight": pre,
             "flags": [f.to_dict() for f in flags],
             "model": {**parse_model(trial["params"]["model"]).describe(),
@@ -453,6 +541,13 @@ class SteadyMarks:
                 "energy_j": sum(energies) if all(x is not None for x in energies) else None,
                 "output_tokens": sum(g["output_tokens"] for g in self.segments),
                 "definition": "first completed response -> last request submitted, per pass"}
+
+
+def load_identity(spec: dict[str, Any], backend: Backend) -> dict[str, Any]:
+    """What a worker's model load depends on: the first trial's load-time parameters."""
+    first = spec["trials"][0]["params"] if spec.get("trials") else {}
+    keys = ("model", "backend", "device") + tuple(sorted(getattr(backend, "load_keys", ())))
+    return {k: first.get(k) for k in keys if k in first}
 
 
 def _inject_fault(trial_id: str) -> None:

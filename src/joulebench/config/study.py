@@ -57,7 +57,11 @@ class WarmupConfig(Strict):
     cv_target: float = Field(0.02, gt=0, description="stop when CV of the last k passes' tokens/s is below")
     k: int = Field(3, ge=2)
     min_passes: int = Field(2, ge=0)
+    rewarm_passes: int = Field(1, ge=1, description="new passes of a configuration this worker warmed in an "
+                                                    "earlier round (its earlier passes count towards the last k)")
     max_passes: int = Field(20, ge=0)
+    plateau: bool = Field(True, description="also stop once the mean of the last k passes has stopped moving "
+                                            "against the k before (pass-to-pass noise left; meters/warmup.py)")
     max_s: float = Field(300.0, gt=0)
 
 
@@ -82,6 +86,8 @@ class MeasurementConfig(Strict):
 
 class RunnerOptions(Strict):
     one_worker_per_trial: bool = False
+    reuse_workers: bool = Field(True, description="a worker serves its load group's trials in later rounds too "
+                                                  "(one model load per study and load group; process runner)")
     timeout_s: float = Field(3600.0, gt=0, description="per experiment (one worker)")
     python: str | None = Field(None, description="interpreter of an engine environment (process runner)")
     image: str | None = Field(None, description="container image override (docker runner)")

@@ -7,12 +7,12 @@ from .flags import Flag, QualityFlag, power_integral_j, window_flags
 from .preflight import preflight, preflight_flags
 from .sampler import Sampler, write_timeseries
 from .thermal import ThermalResult, thermal_gate
-from .warmup import warmup_converged
+from .warmup import WarmupState, warmup_converged, warmup_state
 from .window import DeviceEnergy, EnergyWindow, WindowMeasurement
 
 __all__ = [
     "IdleBaseline", "baseline_drifted", "baseline_is_stale", "energy_above", "measure_idle_power",
     "Flag", "QualityFlag", "power_integral_j", "window_flags", "preflight", "preflight_flags",
-    "Sampler", "write_timeseries", "ThermalResult", "thermal_gate", "warmup_converged",
+    "Sampler", "write_timeseries", "ThermalResult", "thermal_gate", "warmup_converged", "warmup_state", "WarmupState",
     "DeviceEnergy", "EnergyWindow", "WindowMeasurement",
 ]

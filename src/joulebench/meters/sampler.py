@@ -12,6 +12,13 @@ running after a crash.
         work()
     df = s.stop()              # columns: t_s (unix), device_uuid, device_index, kind, + SAMPLE_KEYS
     write_timeseries(df, study_dir / "timeseries" / f"{trial_id}.parquet")
+
+A worker that meters many windows keeps one sampler process and records segments, so
+the process start (an interpreter and NVML initialisation) is paid once, not per window:
+
+    s = Sampler(uuids); s.open()
+    s.begin(); work(); df = s.end()      # one timeline per window; the process idles between
+    s.close()
 """
 from __future__ import annotations
 
@@ -30,8 +37,11 @@ if TYPE_CHECKING:  # pragma: no cover
 COLUMNS = ("t_s", "device_uuid", "device_index", "kind") + SAMPLE_KEYS
 
 
+IDLE_POLL_S = 0.5   # how often an idle sampler (between segments) checks that its parent lives
+
+
 def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root: str | None,
-                  parent_pid: int) -> None:
+                  parent_pid: int, start_recording: bool = True) -> None:
     """Child process body. Only stdlib and joulebench.devices are imported here."""
     try:
         from ..devices import cpu_devices, gpus_by_uuid
@@ -48,30 +58,44 @@ def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root
     conn.send(("ready", [d.info.uuid for d in devices]))
     cols: dict[str, list] = {c: [] for c in COLUMNS}
     period = 1.0 / hz
+    recording = start_recording
     next_t = time.monotonic()
     try:
         while True:
-            for d in devices:
-                try:
-                    row = d.sample()
-                except Exception:
-                    row = dict.fromkeys(SAMPLE_KEYS)
-                cols["t_s"].append(time.time())
-                cols["device_uuid"].append(d.info.uuid)
-                cols["device_index"].append(d.info.index)
-                cols["kind"].append(d.info.kind)
-                for k in SAMPLE_KEYS:
-                    cols[k].append(row.get(k))
-            next_t += period
-            now = time.monotonic()
-            if next_t < now - period:           # fell behind (overloaded host): skip, leaving a gap
-                next_t = now
+            if recording:
+                for d in devices:
+                    try:
+                        row = d.sample()
+                    except Exception:
+                        row = dict.fromkeys(SAMPLE_KEYS)
+                    cols["t_s"].append(time.time())
+                    cols["device_uuid"].append(d.info.uuid)
+                    cols["device_index"].append(d.info.index)
+                    cols["kind"].append(d.info.kind)
+                    for k in SAMPLE_KEYS:
+                        cols[k].append(row.get(k))
+                next_t += period
+                now = time.monotonic()
+                if next_t < now - period:           # fell behind (overloaded host): skip, leaving a gap
+                    next_t = now
+                wait_s = max(0.0, next_t - time.monotonic())
+            else:
+                wait_s = IDLE_POLL_S                # between segments: only listen (and watch the parent)
             # wait for the next tick, or a message from the parent
-            if conn.poll(max(0.0, next_t - time.monotonic())):
+            if conn.poll(wait_s):
                 msg = conn.recv()
                 if msg == "stop":
                     conn.send(("rows", cols))
                     return
+                if msg == "begin":
+                    cols = {c: [] for c in COLUMNS}
+                    recording = True
+                    next_t = time.monotonic()
+                    conn.send(("begun", None))
+                elif msg == "end":
+                    conn.send(("rows", cols))
+                    cols = {c: [] for c in COLUMNS}
+                    recording = False
             if os.getppid() != parent_pid:
                 return                          # parent died: never outlive it
     except (EOFError, BrokenPipeError, OSError):
@@ -84,7 +108,10 @@ def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root
 
 
 class Sampler:
-    """A separate process polling devices at ``hz``. ``stop()`` returns the timeline (idempotent)."""
+    """A separate process polling devices at ``hz``. ``stop()`` returns the timeline (idempotent).
+
+    ``open()`` / ``begin()`` / ``end()`` / ``close()`` reuse one process for many segments.
+    """
 
     def __init__(self, device_uuids: list[str], *, hz: float = 10.0, cpu: bool = True,
                  rapl_root: str | Path | None = None, start_timeout_s: float = 60.0):
@@ -99,19 +126,33 @@ class Sampler:
         self.devices: list[str] = []
         self._conn = None
         self._df = None
+        self._recording = False
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.is_alive() and self._conn is not None
+
     def start(self) -> None:
+        """Start the process, recording from now on (one segment, ended by ``stop()``)."""
+        self._spawn(recording=True)
+        self._recording = True
+
+    def open(self) -> None:
+        """Start the process idle; ``begin()`` starts a segment."""
+        self._spawn(recording=False)
+
+    def _spawn(self, *, recording: bool) -> None:
         if self.process is not None:
             raise RuntimeError("sampler already started")
         ctx = mp.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
         self.process = ctx.Process(
             target=_sampler_main, name="joulebench-sampler", daemon=True,
-            args=(child, self.device_uuids, self.hz, self.cpu, self.rapl_root, os.getpid()))
+            args=(child, self.device_uuids, self.hz, self.cpu, self.rapl_root, os.getpid(), recording))
         self.process.start()
         child.close()
         self._conn = parent
@@ -128,9 +169,57 @@ class Sampler:
             raise DeviceError(f"the sampler process could not open its devices: {payload}")
         self.devices = payload
 
-    def stop(self, timeout_s: float = 30.0) -> "pd.DataFrame":
+    def begin(self, timeout_s: float = 10.0) -> None:
+        """Start recording a new segment (returns once the process has started it)."""
+        if not self.alive:
+            raise DeviceError("the sampler process is not running")
+        try:
+            self._conn.send("begin")
+            if not self._conn.poll(timeout_s):
+                raise DeviceError(f"the sampler process did not answer within {timeout_s:g} s")
+            kind, _ = self._conn.recv()
+        except (EOFError, BrokenPipeError, OSError) as e:
+            self._kill()
+            raise DeviceError(f"the sampler process died: {e}") from None
+        if kind != "begun":
+            raise DeviceError(f"the sampler process answered {kind!r} to begin")
+        self._recording = True
+
+    def end(self, timeout_s: float = 30.0) -> "pd.DataFrame":
+        """The current segment's timeline; the process stays, idle, for the next ``begin()``."""
+        cols = {c: [] for c in COLUMNS}
+        if self._recording and self.alive:
+            try:
+                self._conn.send("end")
+                if self._conn.poll(timeout_s):
+                    kind, payload = self._conn.recv()
+                    if kind == "rows":
+                        cols = payload
+            except (EOFError, BrokenPipeError, OSError):
+                self._kill()
+        self._recording = False
+        return self._frame(cols)
+
+    def close(self) -> None:
+        """End the process (a segment in progress is dropped)."""
+        if self._conn is not None and self.process is not None:
+            try:
+                self._conn.send("stop")
+                if self._conn.poll(5.0):
+                    self._conn.recv()
+            except (EOFError, BrokenPipeError, OSError):
+                pass
+        self._kill()
+        self._recording = False
+
+    def _frame(self, cols: dict[str, list]) -> "pd.DataFrame":
         import pandas as pd
 
+        df = pd.DataFrame(cols, columns=list(COLUMNS))
+        df.attrs["hz"] = self.hz
+        return df
+
+    def stop(self, timeout_s: float = 30.0) -> "pd.DataFrame":
         if self._df is not None:
             return self._df
         cols = {c: [] for c in COLUMNS}
@@ -144,10 +233,9 @@ class Sampler:
             except (EOFError, BrokenPipeError, OSError):
                 pass
         self._kill()
-        df = pd.DataFrame(cols, columns=list(COLUMNS))
-        df.attrs["hz"] = self.hz
-        self._df = df
-        return df
+        self._recording = False
+        self._df = self._frame(cols)
+        return self._df
 
     def _kill(self) -> None:
         p = self.process

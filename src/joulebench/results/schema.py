@@ -53,14 +53,18 @@ class Baselines(_Model):
     device_idle_measured_at: float | None = None   # unix time
     device_idle_duration_s: float | None = None
     loaded_idle_duration_s: float | None = None
+    loaded_idle_measured_at: float | None = None   # unix time (a long-lived worker re-measures when stale)
 
 
 class WarmupRecord(_Model):
     passes: int = 0
     converged: bool = False
+    converged_by: str | None = None   # "cv" (last k within cv_target) | "plateau" (level stopped moving)
     duration_s: float = 0.0
     cv: float | None = None
     throughputs_tok_s: list[float] = Field(default_factory=list)
+    rewarm: bool = False              # the worker had warmed this configuration before (an earlier round)
+    earlier_passes_used: int = 0      # passes of earlier rounds counted in the last-k stability test
 
 
 class TrialRecord(_Model):
@@ -72,6 +76,7 @@ class TrialRecord(_Model):
     repeat: int
     round: int = 0
     experiment_id: str | None = None
+    worker_id: str | None = None      # the worker (one model load) that ran it: the experiment that started it
     status: Literal["ok", "failed"] = "ok"
     error: str | None = None
     error_kind: str | None = None     # error | crash | timeout | interrupted | infrastructure

@@ -59,6 +59,10 @@ class Experiment:
     gpus: list[str] = field(default_factory=list)
     python: str | None = None   # interpreter of an engine environment (process runner)
     image: str | None = None    # container image (docker runner)
+    # Experiments with the same key may be served by one long-lived worker (one model load), one
+    # after the other; None: a fresh worker for this experiment. Runners that cannot keep a worker
+    # between experiments ignore it.
+    worker_key: str | None = None
 
 
 @dataclass
@@ -72,6 +76,8 @@ class ExperimentOutcome:
     error: str | None = None        # why the worker ended abnormally
     error_kind: str | None = None   # "crash" | "timeout" | "interrupted" | "infrastructure"
     log_tail: str = ""
+    started: bool = False           # the worker began this experiment (its experiment_start event came)
+    reusable: bool = False          # the worker finished it cleanly and can serve the next one
 
 
 EventCallback = Callable[[dict[str, Any]], None]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,86 +70,262 @@ def worker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 class ProcessRunner(Runner):
+    """Experiments in spawned local workers. With ``worker_key`` set on an experiment, the worker
+    stays alive after it and serves the next experiment of the same key (the same load group in
+    the next round) through its inbox, so the model is loaded once; any other key retires it first
+    (never two models loaded at once)."""
+
     name = "process"
 
-    def __init__(self, python: str | None = None):
+    def __init__(self, python: str | None = None, *, idle_timeout_s: float = 1800.0):
         self.python = python
+        self.idle_timeout_s = idle_timeout_s
+        self._live: WorkerProcess | None = None
+        self._seq = 0
+
+    def live_pids(self) -> set[int]:
+        """Processes of the worker kept alive between experiments (their GPU use is ours)."""
+        w = self._live
+        return w.pids() if w is not None and w.alive() else set()
+
+    def reuses(self, experiment: Experiment) -> bool:
+        w = self._live
+        return bool(experiment.worker_key) and w is not None and w.key == experiment.worker_key and w.alive()
 
     def run_experiment(self, experiment: Experiment, *, on_event: EventCallback,
                        timeout_s: float | None) -> ExperimentOutcome:
         study_dir = Path(experiment.study_dir)
         spec_path = study_dir / "experiments" / f"{experiment.experiment_id}.json"
         atomic_write_json(spec_path, experiment.spec)
+        python = experiment.python or self.python or sys.executable
+        key = experiment.worker_key
+        if self._live is not None and not self.reuses(experiment):
+            self._retire()
+        if self._live is not None:
+            w = self._live
+            self._seq += 1
+            w.send(experiment.spec, self._seq)
+            try:
+                outcome = w.follow(experiment, on_event=on_event, timeout_s=timeout_s, until_end=True)
+            except BaseException:
+                self._live = None
+                w.kill()
+                raise
+            if outcome.reusable and w.alive():
+                return outcome
+            self._live = None
+            w.kill()
+            if outcome.finished or outcome.in_flight or outcome.started:
+                return outcome
+            # The idle worker died before it took this experiment: a fresh worker runs it.
         log_path = study_dir / "logs" / f"{experiment.experiment_id}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        python = experiment.python or self.python or sys.executable
         cmd = [python, "-m", "joulebench.runners.worker", str(spec_path), "--out", str(study_dir)]
-        return run_worker_process(cmd, experiment, on_event=on_event, timeout_s=timeout_s, log_path=log_path,
-                                  env=worker_environment())
+        inbox = None
+        if key:
+            inbox = study_dir / "experiments" / f"inbox-{experiment.experiment_id}"
+            inbox.mkdir(parents=True, exist_ok=True)
+            cmd += ["--inbox", str(inbox), "--idle-timeout-s", f"{self.idle_timeout_s:g}"]
+        w = WorkerProcess(cmd, env=worker_environment(), log_path=log_path, inbox=inbox, key=key)
+        err = w.start()
+        if err:
+            return ExperimentOutcome(experiment.experiment_id, None, error=err, error_kind="infrastructure")
+        try:
+            outcome = w.follow(experiment, on_event=on_event, timeout_s=timeout_s, until_end=bool(key))
+        except BaseException:
+            w.kill()
+            raise
+        if key and outcome.reusable and w.alive():
+            self._live = w
+        else:
+            w.kill()
+        return outcome
+
+    def _retire(self) -> None:
+        w, self._live = self._live, None
+        if w is not None:
+            w.stop()
+
+    def close(self) -> None:
+        self._retire()
 
 
 def run_worker_process(cmd: list[str], experiment: Experiment, *, on_event: EventCallback,
                        timeout_s: float | None, log_path: Path, env: dict[str, str],
                        cwd: str | None = None) -> ExperimentOutcome:
-    """Start a worker command, follow its events, enforce the timeout, clean up always."""
-    log = open(log_path, "ab")
+    """Start a worker command, follow its events until it exits, enforce the timeout, clean up always."""
+    w = WorkerProcess(cmd, env=env, log_path=log_path, cwd=cwd)
+    err = w.start()
+    if err:
+        return ExperimentOutcome(experiment.experiment_id, None, error=err, error_kind="infrastructure")
     try:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL,
-                                env=env, cwd=cwd, start_new_session=True,
-                                preexec_fn=_set_parent_death_signal)
-    except OSError as e:
-        log.close()
-        return ExperimentOutcome(experiment.experiment_id, None, error=f"cannot start worker {cmd[0]}: {e}",
-                                 error_kind="infrastructure")
-    state: dict[str, Any] = {"finished": [], "in_flight": None, "lines": []}
+        return w.follow(experiment, on_event=on_event, timeout_s=timeout_s, until_end=False)
+    finally:
+        w.kill()
 
-    def pump():
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.decode("utf-8", "replace")
-            ev = parse_event(line)
+
+class WorkerProcess:
+    """One spawned worker: its events on a queue, its log file, its inbox (when it serves several)."""
+
+    def __init__(self, cmd: list[str], *, env: dict[str, str], log_path: Path, cwd: str | None = None,
+                 inbox: Path | None = None, key: str | None = None):
+        self.cmd, self.env, self.cwd = cmd, env, cwd
+        self.log_path = Path(log_path)
+        self.inbox = inbox
+        self.key = key
+        self.proc: subprocess.Popen | None = None
+        self.events: queue.Queue = queue.Queue()
+        self._log = None
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> str | None:
+        self._log = open(self.log_path, "ab")
+        try:
+            self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._log,
+                                         stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
+                                         start_new_session=True, preexec_fn=_set_parent_death_signal)
+        except OSError as e:
+            self._log.close()
+            return f"cannot start worker {self.cmd[0]}: {e}"
+        self._reader = threading.Thread(target=self._pump, daemon=True)
+        self._reader.start()
+        return None
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            ev = parse_event(raw.decode("utf-8", "replace"))
             if ev is None:
-                log.write(raw)
-                log.flush()
+                try:
+                    self._log.write(raw)
+                    self._log.flush()
+                except (ValueError, OSError):
+                    pass
                 continue
-            if ev.get("event") == "trial_start":
+            self.events.put(ev)
+        self.events.put(None)   # end of stream
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def pids(self) -> set[int]:
+        if self.proc is None:
+            return set()
+        out = {self.proc.pid}
+        try:  # the worker's children (engine servers, the sampler): same process group
+            for p in Path("/proc").iterdir():
+                if p.name.isdigit():
+                    try:
+                        if os.getpgid(int(p.name)) == self.proc.pid:
+                            out.add(int(p.name))
+                    except (ProcessLookupError, PermissionError):
+                        pass
+        except OSError:
+            pass
+        return out
+
+    def send(self, spec: dict[str, Any], seq: int) -> None:
+        """Hand the idle worker its next experiment (an atomic file in its inbox)."""
+        assert self.inbox is not None
+        atomic_write_json(self.inbox / f"{seq:06d}-{spec['experiment_id']}.json", spec)
+
+    def follow(self, experiment: Experiment, *, on_event: EventCallback, timeout_s: float | None,
+               until_end: bool) -> ExperimentOutcome:
+        """Pass the experiment's events on until it ends (``until_end``: its experiment_end event;
+        else the process exit), the worker dies, or the timeout passes."""
+        eid = experiment.experiment_id
+        finished: list[str] = []
+        state: dict[str, Any] = {"in_flight": None, "started": False, "end": None}
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        timed_out = False
+        eos = False
+
+        def handle(ev: dict[str, Any]) -> None:
+            kind = ev.get("event")
+            if kind == "experiment_start" and ev.get("experiment_id") == eid:
+                state["started"] = True
+            elif kind == "trial_start":
                 state["in_flight"] = ev.get("trial_id")
-            elif ev.get("event") == "trial_end":
-                state["finished"].append(ev.get("trial_id"))
+            elif kind == "trial_end":
+                finished.append(ev.get("trial_id"))
                 state["in_flight"] = None
+            elif kind == "experiment_end" and ev.get("experiment_id") == eid:
+                state["end"] = ev
             try:
                 on_event(ev)
             except Exception:  # noqa: BLE001 - a display problem never stops a study
                 pass
 
-    reader = threading.Thread(target=pump, daemon=True)
-    reader.start()
-    deadline = time.monotonic() + timeout_s if timeout_s else None
-    timed_out = False
-    try:
-        while proc.poll() is None:
+        assert self.proc is not None
+        while True:
+            try:
+                ev = self.events.get(timeout=0.05)
+            except queue.Empty:
+                ev = False
+            if ev is None:
+                eos = True
+            elif ev:
+                handle(ev)
+                if until_end and state["end"] is not None:
+                    break
+                continue
+            if eos and self.proc.poll() is not None:
+                break
             if deadline is not None and time.monotonic() > deadline:
                 timed_out = True
-                kill_group(proc)
+                kill_group(self.proc)
                 break
-            time.sleep(0.05)
-    except BaseException:
-        kill_group(proc)
-        reader.join(timeout=2)
-        log.close()
-        raise
-    reader.join(timeout=5)
-    kill_group(proc, grace_s=2)  # engine servers or other grandchildren left behind
-    log.close()
-    rc = proc.returncode
-    outcome = ExperimentOutcome(experiment.experiment_id, rc, finished=list(state["finished"]),
-                                in_flight=state["in_flight"], log_tail=_tail(log_path))
-    if timed_out:
-        outcome.error, outcome.error_kind = f"worker timed out after {timeout_s:.0f} s", "timeout"
-    elif rc not in (0, 3):
-        outcome.error = f"worker exited with {_describe_rc(rc)}"
-        outcome.error_kind = "crash"
-    return outcome
+            if eos:
+                try:
+                    self.proc.wait(timeout=0.05)
+                except subprocess.TimeoutExpired:
+                    pass
+        if not self.alive():
+            if self._reader is not None:
+                self._reader.join(timeout=5)
+            while True:   # events still queued when the process ended
+                try:
+                    ev = self.events.get_nowait()
+                except queue.Empty:
+                    break
+                if ev:
+                    handle(ev)
+        rc = self.proc.poll()
+        outcome = ExperimentOutcome(eid, rc, finished=finished, in_flight=state["in_flight"],
+                                    log_tail=_tail(self.log_path))
+        outcome.started = state["started"]
+        outcome.reusable = state["end"] is not None and not state["end"].get("error") and rc is None
+        if timed_out:
+            outcome.error, outcome.error_kind = f"worker timed out after {timeout_s:.0f} s", "timeout"
+        elif rc is not None and rc not in (0, 3):
+            outcome.error = f"worker exited with {_describe_rc(rc)}"
+            outcome.error_kind = "crash"
+        elif rc is not None and until_end and state["end"] is None and rc == 0:
+            outcome.error, outcome.error_kind = "worker exited before it finished the experiment", "crash"
+        return outcome
+
+    def stop(self, grace_s: float = TERM_GRACE_S) -> None:
+        """Ask an idle worker to finish (it closes its engine and sampler), then make sure it is gone."""
+        if self.inbox is not None and self.alive():
+            try:
+                atomic_write_json(self.inbox / "stop", {"stop": True})
+                self.proc.wait(timeout=grace_s)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self.kill()
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc, grace_s=2)
+            if self._reader is not None:
+                self._reader.join(timeout=2)
+        if self._log is not None:
+            try:
+                self._log.close()
+            except OSError:
+                pass
+        if self.inbox is not None:
+            shutil.rmtree(self.inbox, ignore_errors=True)
 
 
 def _describe_rc(rc: int | None) -> str:
