@@ -2,15 +2,16 @@
 # The GPU proofs in stages, run from the repository root on a GPU machine; figures go to $OUT (default
 # benchmarks/results/gpu-run), scratch to $JB_WORK (default: joulebench-gpu in the temp folder; kept between
 # stages). Missing pure-Python packages may come as wheels in .whl/ (installed under $JB_WORK/site). Stages:
-#   tier      pytest -m gpu tests/gpu (one GPU); sweep efficiency (issue 3); keeps .jbm1/part0 in $JB_WORK
+#   tier      pytest -m gpu tests/gpu (one GPU): the study test alone first (stage `study`), then the meters
+#   sweep     sweep efficiency (issue 3), load-group reuse; keeps .jbm1/part0 in $JB_WORK
 #   repeat    real SmolLM2 weights prepared (GGUF pieces .jbm1/part0 or $JB_WORK/part0, and .jbm2/part1);
 #             repeatability, paired meters on/off overhead, and synthetic vs real weights (issue 10)
-#   sweep1    the one-worker-per-trial side of the sweep benchmark, merged with tier's reuse side
+#   sweep1    the one-worker-per-trial side of the sweep benchmark, merged with the reuse side of `sweep`
 #   quickstart  the CUDA quickstart through `joulebench run`
 #   svr       synthetic vs real weights alone
 #   multigpu  issue 8 on two GPUs, plus the two-GPU test of the GPU tier
 set -u
-stage=${1:?stage: tier | sweep1 | repeat | quickstart | svr | multigpu}
+stage=${1:?stage: tier | study | sweep | sweep1 | repeat | quickstart | svr | multigpu}
 OUT=${OUT:-benchmarks/results/gpu-run}
 mkdir -p "$OUT"
 JB_WORK=${JB_WORK:-$(dirname "$(mktemp -u)")/joulebench-gpu}
@@ -36,16 +37,24 @@ prepare_real() {
   fi
 }
 case $stage in
-tier)
+tier|study)
   [ -f .jbm1/part0 ] && cp .jbm1/part0 "$JB_WORK/part0"
-  timeout 240 python3 -m pytest -m gpu tests/gpu -v -s -p no:cacheprovider -k "not multi_gpu" 2>&1 \
+  # The study test first and on its own: a CUDA context left in this pytest process by the meter tests
+  # would be another user's process to the study it starts.
+  timeout 150 python3 -m pytest -m gpu tests/gpu/test_gpu_study.py -v -s -p no:cacheprovider 2>&1 \
+    | tee "$OUT/pytest-gpu-study.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed| ok "
+  [ "$stage" = study ] && exit 0
+  timeout 200 python3 -m pytest -m gpu tests/gpu/test_gpu_meters.py -v -s -p no:cacheprovider -k "not multi_gpu" 2>&1 \
     | tee "$OUT/pytest-gpu.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|W, CV|idle .* W|counter period"
+  ;;
+sweep)
+  [ -f .jbm1/part0 ] && cp .jbm1/part0 "$JB_WORK/part0"
   rm -rf "$JB_WORK/sweep"
   timeout ${SWEEP_TIMEOUT:-330} python3 benchmarks/sweep_efficiency.py --results-dir "$OUT" --work-dir $JB_WORK/sweep \
     --modes reuse 2>&1 | grep -vE "phase|^\s*$" | tee "$OUT/sweep.log" | tail -8
   cp "$OUT"/sweep-efficiency-*.json "$JB_WORK/sweep-reuse.json" 2>/dev/null
   ;;
-sweep1)   # the one-worker-per-trial side of the sweep benchmark (merged with the reuse side of `tier`)
+sweep1)   # the one-worker-per-trial side of the sweep benchmark (merged with the reuse side of `sweep`)
   rm -rf "$JB_WORK/sweep1"
   timeout ${SWEEP_TIMEOUT:-200} python3 benchmarks/sweep_efficiency.py --results-dir "$OUT" --work-dir $JB_WORK/sweep1 \
     --modes one_worker_per_trial --repeats-one-worker 1 --merge "$JB_WORK/sweep-reuse.json" 2>&1 \

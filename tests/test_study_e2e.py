@@ -131,13 +131,19 @@ def test_one_worker_serves_every_round_of_its_load_group(write_study, tmp_path):
     for r in recs:
         w = r["warmup"]
         if r["repeat"] == 0:     # first time in this worker: a full warm-up (min_passes)
-            assert not w["rewarm"] and w["passes"] >= 2 and w["earlier_passes_used"] == 0
-        else:                    # later rounds: one new pass, judged with the earlier ones
-            assert w["rewarm"] and w["passes"] == 1 and w["earlier_passes_used"] == 1
+            assert not w["rewarm"] and w["passes"] >= 2 and w["converged_by"] == "cv"
+        else:                    # later rounds: warmed to stability before, so one pass for the switch back
+            assert w["rewarm"] and w["passes"] == 1 and w["converged_by"] == "earlier"
     logs = sorted(p.name for p in (out / "logs").glob("*.log"))
-    assert len(logs) == 1                                        # one worker process, one log
+    assert len(logs) == 1 and logs[0].startswith("worker-")      # one worker process, started early (prestart)
     assert not _live_workers(out)
     assert not list((out / "experiments").glob("inbox-*"))       # the inbox is cleaned up
+
+
+def test_worker_needs_a_spec_or_an_inbox(tmp_path):
+    r = subprocess.run([*JOULEBENCH[:1], "-m", "joulebench.runners.worker", "--out", str(tmp_path)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "--inbox" in r.stderr
 
 
 def test_reuse_off_starts_a_worker_per_round(write_study, tmp_path):

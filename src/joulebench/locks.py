@@ -270,7 +270,7 @@ def gpu_usage(devices, *, own_pids: set[int] | None = None,
     for d in devices:
         procs = d.foreign_processes(own)
         used = d.memory_used_bytes()
-        if own_pids and used is not None:   # memory our own listed processes hold is not another user's
+        if used is not None:   # memory our own listed processes hold (this one, a live worker) is not another user's
             mine = [p for p in d.foreign_processes(set()) if p["pid"] in own]
             used -= sum(p.get("used_memory_bytes") or 0 for p in mine)
         if procs or (used is not None and used > memory_bytes):

@@ -161,6 +161,7 @@ class Orchestrator:
         try:
             self.runner.prepare(self.store.root, self.cfg.name)
             self._check_engine_environments()
+            self._prestart_first_worker()
             self._idle_busy_check()
             self._device_idle_reference()
             for r in range(self.plan.max_repeats):
@@ -230,6 +231,30 @@ class Orchestrator:
                                  hint=f"install it (pip install 'joulebench[{backend}]'), or give the engine its "
                                       f"own environment: runner_options.environments.{backend}: /path/to/venv "
                                       "(docs/engines.md)")
+
+    def _worker_key(self, c: Configuration) -> tuple[str | None, str | None]:
+        """(worker key, interpreter) of the worker that serves configuration ``c``; key None: no reuse."""
+        from .engines import resolve_python   # study map, python, JOULEBENCH_<B>_PYTHON, user file, ./.venvs
+
+        opts = self.cfg.runner_options
+        python = resolve_python(c.params["backend"], opts.model_dump(), base_dir=self.loaded.base_dir)
+        reuse = opts.reuse_workers and not opts.one_worker_per_trial
+        return (f"{c.load_group}|{python or ''}" if reuse else None), python
+
+    def _prestart_first_worker(self) -> None:
+        """Start the first experiment's worker now: its interpreter and engine imports overlap the
+        device idle reference (no device is touched until its experiment arrives)."""
+        prestart = getattr(self.runner, "prestart", None)
+        if prestart is None:
+            return
+        for r in range(self.plan.max_repeats):
+            needed = self._configs_needing(r)
+            if needed:
+                first = self.plan.round_order(r, needed)[0]
+                key, python = self._worker_key(first)
+                if key:
+                    prestart(self.store.root, worker_key=key, python=python, backend=first.params["backend"])
+                return
 
     def _planned_total(self) -> int:
         done = self.store.records_by_id()
@@ -454,16 +479,11 @@ class Orchestrator:
         group = configs[0].load_group
         eid = f"r{r}-{group}-{self._run_tag}{attempt:03d}"
         spec = self._experiment_spec(eid, r, configs)
-        from .engines import resolve_python   # study map, python, JOULEBENCH_<B>_PYTHON, user file, ./.venvs
-
-        python = resolve_python(configs[0].params["backend"], self.cfg.runner_options.model_dump(),
-                                base_dir=self.loaded.base_dir)
-        opts = self.cfg.runner_options
-        reuse = opts.reuse_workers and not opts.one_worker_per_trial
+        key, python = self._worker_key(configs[0])
         exp = Experiment(experiment_id=eid, study_name=self.cfg.name, study_dir=self.store.root, spec=spec,
                          trial_ids=[t["trial_id"] for t in spec["trials"]],
                          label=f"{configs[0].params['backend']} {configs[0].params['model']}", python=python,
-                         worker_key=f"{group}|{python or ''}" if reuse else None)
+                         worker_key=key)
         labels = {t["trial_id"]: c.label(self.axes) for t, c in zip(spec["trials"], configs)}
 
         def on_event(ev: dict[str, Any]) -> None:

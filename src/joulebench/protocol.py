@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import os
+import statistics
 import time
 import traceback
 from pathlib import Path
@@ -100,6 +101,8 @@ class ExperimentSession:
         self.experiments_served = 0
         self.sampler = None                         # one sampler process for all windows of this worker
         self.warm_history: dict[str, list[float]] = {}   # config id -> warm-up pass throughputs (tokens/s)
+        self.warm_converged: set[str] = set()            # configurations this worker warmed to stability
+        self.noise_floor_cvs: list[float] = []           # steady-state pass-to-pass CVs seen (plateaus)
         self.load_identity: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ experiment
@@ -226,7 +229,7 @@ class ExperimentSession:
     def _run_trial(self, trial: dict[str, Any]) -> dict[str, Any]:
         from .meters.preflight import preflight
         from .meters.thermal import thermal_gate
-        from .meters.warmup import warmup_state
+        from .meters.warmup import cv_of, warmup_step
         from .meters.window import EnergyWindow
 
         tid, params = trial["trial_id"], trial["params"]
@@ -244,42 +247,49 @@ class ExperimentSession:
 
             flags.extend(preflight_flags(pre))
 
-        # Warm-up until the throughput of the last k passes is stable. Passes this worker ran for the same
-        # configuration in earlier rounds count towards the last k: a configuration already stable needs
-        # only `rewarm_passes` new ones (after the switch from another configuration), more if they disagree.
+        # Warm-up until throughput is stable (meters/warmup.py: cv, plateau, noise-floor, earlier). A
+        # configuration this worker warmed to stability in an earlier round only pays for the switch back.
         self._phase("warmup", tid)
         wcfg = self.m["warmup"]
-        history = list(self.warm_history.get(trial["config_id"], []))
-        min_new = max(wcfg["min_passes"], wcfg["k"]) if not history else wcfg.get("rewarm_passes", 1)
+        cid = trial["config_id"]
+        history = list(self.warm_history.get(cid, []))
+        warmed_before = cid in self.warm_converged
+        floor = statistics.median(self.noise_floor_cvs) if self.noise_floor_cvs else None
         throughputs: list[float] = []
         warm_requests = backend.warmup_requests(requests, params)
         w_start = time.perf_counter()
-        converged, wcv, how = False, None, None
+        st = warmup_step([])
         while len(throughputs) < wcfg["max_passes"]:
             t0 = time.perf_counter()
             res = backend.generate(warm_requests, params)
             backend.synchronize()
             dt = time.perf_counter() - t0
             throughputs.append(sum(r.output_tokens for r in res) / dt if dt > 0 else 0.0)
-            if len(throughputs) >= min_new:
-                st = warmup_state(history + throughputs, k=wcfg["k"], cv_target=wcfg["cv_target"],
-                                  plateau=wcfg.get("plateau", True))
-                converged, wcv, how = st.converged, st.cv, st.how
-                if converged:
-                    break
+            st = warmup_step(throughputs, history=history, k=wcfg["k"], cv_target=wcfg["cv_target"],
+                             plateau=wcfg.get("plateau", True), min_passes=wcfg["min_passes"],
+                             warmed_before=warmed_before, rewarm_passes=wcfg.get("rewarm_passes", 1),
+                             noise_floor_cv=floor)
+            if st.converged:
+                break
             if time.perf_counter() - w_start > wcfg["max_s"]:
                 break
+        converged, wcv, how = st.converged, st.cv, st.how
         if wcfg["max_passes"] > 0 and not converged:
             flags.append(QualityFlag(Flag.WARMUP_NOT_CONVERGED,
                                      f"{len(throughputs)} passes, last-{wcfg['k']} CV "
                                      f"{'n/a' if wcv is None else f'{wcv:.3f}'}"))
-        span = 2 * wcfg["k"] if wcfg.get("plateau", True) else wcfg["k"]   # passes the stability tests look at
-        self.warm_history[trial["config_id"]] = (history + throughputs)[-span:]
+        span = 2 * wcfg["k"]
+        self.warm_history[cid] = (history + throughputs)[-span:]
+        if converged:
+            self.warm_converged.add(cid)
+        if how == "plateau":      # steady-state pass-to-pass noise of this host and worker
+            c = cv_of((history + throughputs)[-span:])
+            if c is not None:
+                self.noise_floor_cvs.append(c)
         warmup = {"passes": len(throughputs), "converged": converged, "converged_by": how,
                   "duration_s": time.perf_counter() - w_start,
                   "cv": wcv, "throughputs_tok_s": throughputs, "requests_per_pass": len(warm_requests),
-                  "earlier_passes_used": min(len(history), max((wcfg["k"] if how == "cv" else span)
-                                                               - len(throughputs), 0)),
+                  "noise_floor_cv": floor if how == "noise-floor" else None,
                   "rewarm": bool(history)}
 
         # Thermal state: record, and optionally wait to be near the study's reference.

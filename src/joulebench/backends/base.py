@@ -106,6 +106,11 @@ class Backend(abc.ABC):
         """Impossible combinations of this engine's parameters (pure; plan time)."""
         return []
 
+    @classmethod
+    def preload(cls) -> None:
+        """Import the engine's libraries without touching any device (no CUDA context, no NVML):
+        a worker started early does this while the host measures the device idle reference."""
+
     @abc.abstractmethod
     def load(self, model: "ModelSource") -> LoadInfo:  # noqa: F821
         """Load the model with the load-time parameters."""

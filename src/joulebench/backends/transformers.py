@@ -69,6 +69,11 @@ class TransformersBackend(Backend):
             problems.append("float16 generation is not supported well on CPU; use bfloat16 or float32")
         return problems
 
+    @classmethod
+    def preload(cls) -> None:
+        import torch  # noqa: F401 - importing creates no CUDA context
+        from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401 - the lazy modules load here
+
     # --- load -------------------------------------------------------------------------
     def _torch_device(self):
         import torch

@@ -57,8 +57,8 @@ class WarmupConfig(Strict):
     cv_target: float = Field(0.02, gt=0, description="stop when CV of the last k passes' tokens/s is below")
     k: int = Field(3, ge=2)
     min_passes: int = Field(2, ge=0)
-    rewarm_passes: int = Field(1, ge=1, description="new passes of a configuration this worker warmed in an "
-                                                    "earlier round (its earlier passes count towards the last k)")
+    rewarm_passes: int = Field(1, ge=1, description="passes for a configuration this worker warmed to "
+                                                    "stability in an earlier round (the switch back to its shapes)")
     max_passes: int = Field(20, ge=0)
     plateau: bool = Field(True, description="also stop once the mean of the last k passes has stopped moving "
                                             "against the k before (pass-to-pass noise left; meters/warmup.py)")

@@ -1,6 +1,6 @@
 """Warm-up until throughput is stable (METHODOLOGY.md section 3, phase 5). Pure.
 
-Two ways to be stable, both over whole warm-up passes (tokens/s of each pass):
+Ways to be stable, all over whole warm-up passes (tokens/s of each pass):
 
 * ``cv``: the coefficient of variation of the last ``k`` passes is below ``cv_target``;
 * ``plateau`` (optional): with at least ``2k`` passes, the mean of the last ``k`` differs from
@@ -9,6 +9,12 @@ Two ways to be stable, both over whole warm-up passes (tokens/s of each pass):
   pass is noise (host-bound eager generation swings 6-19 % between identical passes), which
   more warm-up cannot remove and repeats average out. Without it, such configurations run to
   ``max_passes`` every trial and still end "not converged".
+* ``noise-floor`` (in a worker that has already brought other configurations to a plateau):
+  the CV of the last ``k`` passes is no larger than the pass-to-pass CV those configurations
+  showed once stable (the median over them). Nothing is still warming beyond the host's own
+  noise, which this worker has measured; it saves the ``2k`` passes a plateau needs.
+* ``earlier`` (a repeat): the worker warmed this configuration to stability in an earlier
+  round; the switch back to its shapes costs ``rewarm_passes`` passes, not a new warm-up.
 """
 from __future__ import annotations
 
@@ -62,3 +68,36 @@ def warmup_state(throughputs: Sequence[float], *, k: int = 3, cv_target: float =
     if diff < cv_target * m_last or diff < se:
         return WarmupState(True, cv, "plateau")
     return WarmupState(False, cv)
+
+
+def cv_of(xs: Sequence[float]) -> float | None:
+    xs = [float(x) for x in xs if x is not None and math.isfinite(float(x))]
+    if len(xs) < 2:
+        return None
+    m, v = _mean_var(xs)
+    return math.sqrt(v) / m if m > 0 else None
+
+
+def warmup_step(new: Sequence[float], *, history: Sequence[float] = (), k: int = 3, cv_target: float = 0.02,
+                plateau: bool = True, min_passes: int = 2, warmed_before: bool = False, rewarm_passes: int = 1,
+                noise_floor_cv: float | None = None) -> WarmupState:
+    """The decision after each warm-up pass of one trial (``new``: this trial's passes so far).
+
+    ``history``: this worker's earlier passes of the same configuration; ``warmed_before``: they
+    reached stability; ``noise_floor_cv``: the worker's steady-state pass-to-pass CV (see the module text).
+    """
+    if warmed_before:
+        if len(new) >= rewarm_passes:
+            return WarmupState(True, cv_of(list(history)[-k:] + list(new))
+                               if len(list(history)) + len(new) >= 2 else None, "earlier")
+        return WarmupState(False, None)
+    if len(new) < max(min_passes, k if not history else 1):
+        return WarmupState(False, None)
+    st = warmup_state(list(history) + list(new), k=k, cv_target=cv_target, plateau=plateau)
+    if st.converged:
+        return st
+    if noise_floor_cv is not None and len(new) >= k:
+        last = cv_of(list(new)[-k:])
+        if last is not None and last <= max(cv_target, noise_floor_cv):
+            return WarmupState(True, last, "noise-floor")
+    return st

@@ -59,12 +59,12 @@ class Baselines(_Model):
 class WarmupRecord(_Model):
     passes: int = 0
     converged: bool = False
-    converged_by: str | None = None   # "cv" (last k within cv_target) | "plateau" (level stopped moving)
+    converged_by: str | None = None   # cv | plateau | noise-floor | earlier (meters/warmup.py)
     duration_s: float = 0.0
     cv: float | None = None
     throughputs_tok_s: list[float] = Field(default_factory=list)
     rewarm: bool = False              # the worker had warmed this configuration before (an earlier round)
-    earlier_passes_used: int = 0      # passes of earlier rounds counted in the last-k stability test
+    noise_floor_cv: float | None = None   # the worker's steady-state pass CV this trial was held to
 
 
 class TrialRecord(_Model):

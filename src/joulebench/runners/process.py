@@ -141,6 +141,23 @@ class ProcessRunner(Runner):
             w.kill()
         return outcome
 
+    def prestart(self, study_dir: Path, *, worker_key: str, python: str | None, backend: str) -> None:
+        """Start the first worker early (it imports its engine, touching no device) and keep it for
+        the first experiment with ``worker_key``; the orchestrator measures the device idle meanwhile."""
+        self._retire()
+        study_dir = Path(study_dir)
+        self._seq += 1
+        tag = f"worker-{os.getpid()}-{self._seq}"
+        inbox = study_dir / "experiments" / f"inbox-{tag}"
+        inbox.mkdir(parents=True, exist_ok=True)
+        (study_dir / "logs").mkdir(parents=True, exist_ok=True)
+        cmd = [python or self.python or sys.executable, "-m", "joulebench.runners.worker", "--out", str(study_dir),
+               "--inbox", str(inbox), "--idle-timeout-s", f"{self.idle_timeout_s:g}", "--preload", backend]
+        w = WorkerProcess(cmd, env=worker_environment(), log_path=study_dir / "logs" / f"{tag}.log",
+                          inbox=inbox, key=worker_key)
+        if w.start() is None:
+            self._live = w
+
     def _retire(self) -> None:
         w, self._live = self._live, None
         if w is not None:

@@ -13,6 +13,12 @@ With ``--inbox`` the worker stays after its first experiment, model loaded, and 
 the experiments that appear in DIR (``*.json`` specs of the same load group, written
 atomically, taken in name order) until a file named ``stop`` appears, its parent dies,
 or it has been idle for ``--idle-timeout-s``.
+
+    python -m joulebench.runners.worker --out OUTDIR --inbox DIR --preload BACKEND
+
+starts a worker early: it imports the engine's libraries (no device touched) and takes
+its first experiment from the inbox too, so the dispatcher can measure the device idle
+reference meanwhile.
 """
 from __future__ import annotations
 
@@ -37,25 +43,41 @@ def _emit_to(stream):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="joulebench-worker")
-    ap.add_argument("experiment", help="experiment spec (JSON)")
+    ap.add_argument("experiment", nargs="?", help="experiment spec (JSON); without it, the first comes from --inbox")
     ap.add_argument("--out", required=True, help="output folder (trials/, timeseries/, logs/)")
     ap.add_argument("--inbox", help="serve later experiments of the same load group from this folder")
     ap.add_argument("--idle-timeout-s", type=float, default=1800.0, help="with --inbox: exit after this long idle")
+    ap.add_argument("--preload", metavar="BACKEND", help="import this engine's libraries before the first experiment")
     args = ap.parse_args(argv)
+    if args.experiment is None and not args.inbox:
+        ap.error("give an experiment spec, or --inbox to take it from there")
 
     def _term(signum, frame):  # noqa: ARG001
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, _term)
-    # Die with the parent: if the orchestrator is SIGKILLed, the pipe closes and we stop at the next event.
-    spec = json.loads(Path(args.experiment).read_text())
+    parent = os.getppid()
+    emit = _emit_to(sys.stdout)
+    if args.experiment is None:
+        try:
+            if args.preload:
+                from ..backends import get_backend_class
+
+                get_backend_class(args.preload).preload()
+            emit({"event": "ready", "preloaded": args.preload})
+            first = next_spec(Path(args.inbox), parent=parent, idle_timeout_s=args.idle_timeout_s)
+        except KeyboardInterrupt:
+            return 130
+        if first is None:
+            return 0
+        spec = first
+    else:
+        spec = json.loads(Path(args.experiment).read_text())
     for k, v in (spec.get("env") or {}).items():
         os.environ.setdefault(k, str(v))
-    emit = _emit_to(sys.stdout)
     from ..protocol import ExperimentSession
 
     session = ExperimentSession(spec, Path(args.out), emit)
-    parent = os.getppid()
     try:
         rc = session.run()
         if rc == 0 and args.inbox:
@@ -69,25 +91,29 @@ def main(argv: list[str] | None = None) -> int:
         session.close()
 
 
-def serve(session, inbox: Path, *, parent: int, idle_timeout_s: float, poll_s: float = 0.05) -> None:
-    """Serve the experiments that arrive in ``inbox`` with the model already loaded."""
+def next_spec(inbox: Path, *, parent: int, idle_timeout_s: float, poll_s: float = 0.05) -> dict | None:
+    """The next experiment spec from ``inbox``; None: stop (a ``stop`` file, the parent gone, idle too long)."""
     idle_since = time.monotonic()
     while True:
         if (inbox / "stop").exists():
-            return
+            return None
         pending = sorted(p for p in inbox.glob("*.json") if not p.name.startswith("."))
         if pending:
             path = pending[0]
             spec = json.loads(path.read_text())
             path.unlink()
-            session.continue_with(spec)
-            idle_since = time.monotonic()
-            continue
+            return spec
         if os.getppid() != parent or not inbox.is_dir():
-            return          # the dispatcher is gone (or cleaned up): never outlive it
+            return None     # the dispatcher is gone (or cleaned up): never outlive it
         if time.monotonic() - idle_since > idle_timeout_s:
-            return
+            return None
         time.sleep(poll_s)
+
+
+def serve(session, inbox: Path, *, parent: int, idle_timeout_s: float, poll_s: float = 0.05) -> None:
+    """Serve the experiments that arrive in ``inbox`` with the model already loaded."""
+    while (spec := next_spec(inbox, parent=parent, idle_timeout_s=idle_timeout_s, poll_s=poll_s)) is not None:
+        session.continue_with(spec)
 
 
 if __name__ == "__main__":
