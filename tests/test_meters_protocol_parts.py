@@ -81,6 +81,11 @@ def test_warmup_step_rules_in_a_long_lived_worker():
     assert st.converged and st.how == "earlier" and st.cv == pytest.approx(0.0125, abs=1e-3)
     assert not warmup_step([], history=[100], warmed_before=True, rewarm_passes=1, **kw).converged
     assert warmup_step([98, 99], history=[100], warmed_before=True, rewarm_passes=2, **kw).converged
+    # ... unless that pass lands away from the earlier ones: then an ordinary warm-up, old passes included
+    assert warmup_step([104], history=[90, 110, 100], warmed_before=True, **kw).how == "earlier"  # inside 2 sd
+    assert not warmup_step([70], history=[100, 101, 99], warmed_before=True, **kw).converged
+    st = warmup_step([70, 100.2], history=[100, 101, 99], warmed_before=True, **kw)   # the next pass is back
+    assert st.converged and st.how == "earlier"
     # history that never stabilised keeps being tested, new passes included
     assert warmup_step([100.2, 100.1], history=[60, 80, 100], **kw).how == "cv"
     assert not warmup_step([100.2], history=[60, 80, 100], min_passes=2, k=3).converged

@@ -14,7 +14,10 @@ Ways to be stable, all over whole warm-up passes (tokens/s of each pass):
   showed once stable (the median over them). Nothing is still warming beyond the host's own
   noise, which this worker has measured; it saves the ``2k`` passes a plateau needs.
 * ``earlier`` (a repeat): the worker warmed this configuration to stability in an earlier
-  round; the switch back to its shapes costs ``rewarm_passes`` passes, not a new warm-up.
+  round; the switch back to its shapes costs ``rewarm_passes`` passes, not a new warm-up,
+  provided the latest pass agrees with the earlier ones (within ``cv_target``, or within two
+  of their standard deviations); otherwise passes continue until one does, or until an
+  ordinary rule (over the earlier and new passes together) says stable.
 """
 from __future__ import annotations
 
@@ -86,11 +89,15 @@ def warmup_step(new: Sequence[float], *, history: Sequence[float] = (), k: int =
     ``history``: this worker's earlier passes of the same configuration; ``warmed_before``: they
     reached stability; ``noise_floor_cv``: the worker's steady-state pass-to-pass CV (see the module text).
     """
-    if warmed_before:
-        if len(new) >= rewarm_passes:
-            return WarmupState(True, cv_of(list(history)[-k:] + list(new))
-                               if len(list(history)) + len(new) >= 2 else None, "earlier")
-        return WarmupState(False, None)
+    if warmed_before and history:
+        if len(new) < rewarm_passes:
+            return WarmupState(False, None)
+        ref = [float(x) for x in list(history)[-k:]]
+        ref_mean = sum(ref) / len(ref)
+        ref_sd = math.sqrt(_mean_var(ref)[1]) if len(ref) > 1 else 0.0
+        if ref_mean > 0 and abs(float(new[-1]) - ref_mean) <= max(cv_target * ref_mean, 2.0 * ref_sd):
+            return WarmupState(True, cv_of(ref + list(new)), "earlier")
+        # the switch back did not land where this configuration was: warm up as usual, old passes included
     if len(new) < max(min_passes, k if not history else 1):
         return WarmupState(False, None)
     st = warmup_state(list(history) + list(new), k=k, cv_target=cv_target, plateau=plateau)
