@@ -146,6 +146,30 @@ def test_worker_needs_a_spec_or_an_inbox(tmp_path):
     assert r.returncode == 2 and "--inbox" in r.stderr
 
 
+def test_idle_worker_stops_when_its_dispatcher_stops_beating(tmp_path):
+    """Containers cannot see their dispatcher die: an idle serving worker ends once the heartbeat file
+    the dispatcher touches goes stale (or is gone), or on a stop file."""
+    from joulebench.runners.worker import next_spec
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    beat = inbox / ".heartbeat"
+    beat.touch()
+    os.utime(beat, (time.time() - 120, time.time() - 120))
+    t0 = time.monotonic()
+    assert next_spec(inbox, parent=os.getppid(), idle_timeout_s=60, heartbeat=(beat, 30.0)) is None
+    assert time.monotonic() - t0 < 1.0
+    beat.touch()
+    (inbox / "000001-e2.json").write_text(json.dumps({"experiment_id": "e2"}))
+    assert next_spec(inbox, parent=os.getppid(), idle_timeout_s=60, heartbeat=(beat, 30.0)) == {"experiment_id": "e2"}
+    assert not list(inbox.glob("*.json"))                        # taken
+    (inbox / "stop").write_text("stop")
+    assert next_spec(inbox, parent=os.getppid(), idle_timeout_s=60, heartbeat=(beat, 30.0)) is None
+    beat.unlink()
+    (inbox / "stop").unlink()
+    assert next_spec(inbox, parent=os.getppid(), idle_timeout_s=60, heartbeat=(beat, 30.0)) is None
+
+
 def test_reuse_off_starts_a_worker_per_round(write_study, tmp_path):
     study = tiny_study("noreuse", sweep={"batch_size": [1, 2]}, repeats=2,
                        runner_options={"reuse_workers": False})
@@ -217,6 +241,28 @@ def test_crashing_worker_fails_one_trial_and_the_study_continues(write_study, tm
     assert rec["status"] == "failed" and rec["error_kind"] == "crash"
     assert "SIGKILL" in rec["error"]
     assert len(list((out / "experiments").glob("*.json"))) == 2  # a fresh worker took over
+
+
+def test_resume_retry_failed_reruns_only_the_failed_trial(write_study, tmp_path, monkeypatch):
+    study = tiny_study("retry", sweep={"batch_size": [1, 2]})
+    path = write_study(study)
+    from joulebench.config import load_study
+    from joulebench.plan import build_plan
+
+    victim = f"{build_plan(load_study(path)).round_order(0)[0].config_id}-r0"
+    monkeypatch.setenv("JOULEBENCH_FAULT", f"error:{victim}")
+    out = tmp_path / "r"
+    assert run_study(path, out=out, quiet=True, report=False).exit_code == 1
+    before = _records(out)
+    assert before[victim]["status"] == "failed" and before[victim]["error_kind"] == "error"
+    other = next(t for t in before if t != victim)
+    monkeypatch.delenv("JOULEBENCH_FAULT")
+    again = resume_study(out, quiet=True, report=False)             # a failed trial is final ...
+    assert again.exit_code == 1 and _records(out)[victim] == before[victim]
+    fixed = resume_study(out, quiet=True, report=False, retry_failed=True)   # ... unless asked
+    assert fixed.exit_code == 0
+    after = _records(out)
+    assert after[victim]["status"] == "ok" and after[other] == before[other]
 
 
 def test_hanging_worker_is_timed_out(write_study, tmp_path, monkeypatch):

@@ -37,7 +37,7 @@ from .errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIALS_FAILED, JoulebenchEr
 from .locks import EXIT_BUSY, BusyGpuGate, GpuBusy, experiment_gpus, study_lock
 from .plan import Configuration, Plan, build_plan, trial_id_for
 from .results.schema import SCHEMA_VERSION, TrialRecord
-from .results.store import RETRYABLE_ERROR_KINDS, StudyStore, atomic_write_bytes, atomic_write_json, sha256_bytes
+from .results.store import StudyStore, atomic_write_bytes, atomic_write_json, sha256_bytes
 from .runners.base import Experiment, ExperimentOutcome, Runner
 
 DEFAULT_RESULTS_ROOT = Path("joulebench-results")
@@ -141,6 +141,7 @@ class Orchestrator:
         self.busy_gate_enabled = True          # off for Ray: the GPUs are on another node
         self._busy_note: dict[str, Any] | None = None
         self._deferred: dict[str, dict[str, Any]] = {}   # trial id -> note of its deferral
+        self.retry_failed = False   # resume --retry-failed: failed trials run again (once per run)
 
     # ------------------------------------------------------------------ top level
     def run(self) -> StudyResult:
@@ -309,6 +310,12 @@ class Orchestrator:
                          if base.power_w is not None else "device idle: no counter")
 
     # ------------------------------------------------------------------ rounds
+    def _done(self) -> set[str]:
+        """Trials not to run (again) in this run: finished ones, failed ones unless retrying them
+        (``resume --retry-failed``, whose records keep their error until the rerun replaces them),
+        and whatever failed during this run."""
+        return self.store.done_ids(retry_failed=self.retry_failed) | self._failed_now
+
     def _metric_values(self, config_id: str, records: dict[str, dict]) -> list[float]:
         vals_e, vals_t = [], []
         for r in range(self.plan.max_repeats):
@@ -322,7 +329,7 @@ class Orchestrator:
 
     def _configs_needing(self, r: int) -> list[str]:
         records = self.store.records_by_id()
-        done = self.store.done_ids()
+        done = self._done()
         rep = self.plan.config.repeats
         out = []
         for c in self.plan.configs:
@@ -390,16 +397,16 @@ class Orchestrator:
                 if not self._busy_check(r, [by_tid[t] for t in pending], pending):
                     break   # deferred to a later round
                 outcome = self._run_experiment(r, [by_tid[t] for t in pending])
-                done = self.store.done_ids()
+                done = self._done()
                 if outcome.in_flight and outcome.in_flight not in done:
                     self._mark_failed(by_tid[outcome.in_flight], r, outcome.error or "worker ended mid-trial",
                                       outcome.error_kind or "crash", outcome)
                 elif outcome.error and not outcome.finished and not outcome.in_flight:
                     # the worker never started a trial: fail them all rather than loop
                     for t in pending:
-                        if t not in self.store.done_ids():
+                        if t not in self._done():
                             self._mark_failed(by_tid[t], r, outcome.error, outcome.error_kind or "crash", outcome)
-                done = self.store.done_ids()
+                done = self._done()
                 # a retryable failure (infrastructure, worker-lost) is not 'done', but this run must not loop on it
                 pending = [t for t in pending if t not in done and t not in self._failed_now]
 
@@ -503,7 +510,7 @@ class Orchestrator:
             outcome = self.runner.run_experiment(exp, on_event=on_event,
                                                  timeout_s=self.cfg.runner_options.timeout_s)
         except KeyboardInterrupt:
-            if self._in_flight and self._in_flight not in self.store.done_ids():
+            if self._in_flight and self._in_flight not in self._done():
                 c = {trial_id_for(c.config_id, r): c for c in configs}[self._in_flight]
                 self._mark_failed(c, r, "interrupted by the user; resume runs it again", "interrupted", None)
             raise
@@ -604,23 +611,20 @@ def resume_study(study_dir: str | Path, *, runner: str | None = None, quiet: boo
     if plan.fingerprint() != manifest.get("plan_fingerprint"):
         raise ResumeError("the plan of this study differs from the one it started with (another joulebench "
                           "version?); start a new study instead")
-    if retry_failed:
-        for rec in store.iter_records():
-            if rec.get("status") == "failed":
-                rec["error_kind"] = "interrupted" if rec.get("error_kind") not in RETRYABLE_ERROR_KINDS \
-                    else rec["error_kind"]
-                store.write_record(rec)
     display = display or Display(quiet=quiet)
     with _device_lock(loaded, plan, study_dir, runner, on_busy_lock, lock_wait_s, display), StudyLock(study_dir):
-        result = _execute(loaded, plan, study_dir, runner or loaded.config.runner, display)
+        result = _execute(loaded, plan, study_dir, runner or loaded.config.runner, display,
+                          retry_failed=retry_failed)
     if report:
         _report(study_dir, display)
     return result
 
 
-def _execute(loaded: LoadedStudy, plan: Plan, study_dir: Path, runner_kind: str, display: Display) -> StudyResult:
+def _execute(loaded: LoadedStudy, plan: Plan, study_dir: Path, runner_kind: str, display: Display, *,
+             retry_failed: bool = False) -> StudyResult:
     runner = make_runner(runner_kind, loaded, display)
     orch = Orchestrator(loaded, plan, study_dir, runner, display)
+    orch.retry_failed = retry_failed
     orch.busy_gate_enabled = runner_kind != "ray"
     return orch.run()
 
