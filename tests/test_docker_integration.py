@@ -255,11 +255,15 @@ def test_real_cpu_study_through_runner_docker(engine, transformers_image, tmp_pa
     import joulebench
     from .conftest import tiny_study
 
-    study = tiny_study(_name("jb-e2e"), runner="docker", sweep={"batch_size": [1, 2]})
+    study = tiny_study(_name("jb-e2e"), runner="docker", sweep={"batch_size": [1, 2]}, repeats=2)
     res = joulebench.run_study(study, out=tmp_path / "study", quiet=True, report=False)
-    assert res.exit_code == 0 and res.ok == 2 and res.failed == 0
+    assert res.exit_code == 0 and res.ok == 4 and res.failed == 0
     recs = [json.loads(p.read_text()) for p in sorted((tmp_path / "study" / "trials").glob("*.json"))]
-    assert len(recs) == 2
+    assert len(recs) == 4
+    # one container served both rounds: one worker, one model load, two experiments
+    assert len({r["worker_id"] for r in recs}) == 1 and len({r["experiment_id"] for r in recs}) == 2
+    assert len({r["load_s"] for r in recs}) == 1
+    assert all(r["warmup"]["rewarm"] for r in recs if r["round"] == 1)
     for r in recs:
         assert r["status"] == "ok"
         assert r["output_tokens"] > 0 and r["output_tokens"] % (4 * 4) == 0   # whole passes of 4 x 4 tokens
@@ -267,9 +271,52 @@ def test_real_cpu_study_through_runner_docker(engine, transformers_image, tmp_pa
         assert r["environment"]                  # recorded inside the container
         assert (tmp_path / "study" / "timeseries" / f"{r['trial_id']}.parquet").exists() or \
             r.get("timeseries") is None
-    assert sorted(r["params"]["batch_size"] for r in recs) == [1, 2]
+    assert sorted(r["params"]["batch_size"] for r in recs) == [1, 1, 2, 2]
     assert _study_containers(engine, study["name"]) == []
     assert not any((tmp_path / "study" / ".staging").glob("*"))
+
+
+@pytest.mark.slow
+def test_serving_container_ends_itself_when_the_dispatcher_stops_beating(engine, transformers_image, tmp_path):
+    """A container kept between rounds (model loaded, worker idle on its inbox) cannot see a SIGKILLed
+    dispatcher: it ends itself once the heartbeat file goes stale. The next experiment of its load group
+    would have reused it; another group's retires it."""
+    from joulebench.config import load_study
+    from joulebench.display import Display
+    from joulebench.orchestrator import Orchestrator
+    from joulebench.plan import build_plan
+    from joulebench.results.store import StudyStore
+
+    from .conftest import tiny_study
+
+    name = _name("jb-beat")
+    loaded = load_study(tiny_study(name, runner="docker"))
+    plan = build_plan(loaded)
+    store = StudyStore(tmp_path / "study")
+    store.create()
+    runner = DockerRunner(client=engine)
+    runner.heartbeat_timeout_s = 3.0
+    orch = Orchestrator(loaded, plan, store.root, runner, Display(quiet=True))
+    spec = orch._experiment_spec("e1", 0, plan.configs)
+    exp = Experiment(experiment_id="e1", study_name=name, study_dir=store.root, spec=spec,
+                     trial_ids=[t["trial_id"] for t in spec["trials"]], worker_key="g|")
+    try:
+        out = runner.run_experiment(exp, on_event=lambda e: None, timeout_s=300)
+        assert out.error is None and out.reusable and out.finished == exp.trial_ids
+        live = runner._worker
+        assert live is not None and live.running()                 # kept, idle on its inbox
+        (c,) = _study_containers(engine, name)
+        assert c.status == "running"
+        live.beat_stop.set()                                        # the dispatcher "dies": no more beats
+        deadline = time.monotonic() + 30
+        while live.running() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not live.running(), "the idle container outlived its dispatcher's heartbeat"
+        assert live.waited.get("code") == 0
+    finally:
+        runner.close()
+    assert _study_containers(engine, name) == []
+    assert not any((store.root / ".staging").glob("*"))
 
 
 def test_stale_images_are_listed_and_removed(engine, transformers_image):

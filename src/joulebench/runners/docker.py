@@ -30,6 +30,7 @@ message.
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import os
 import queue
@@ -340,6 +341,9 @@ class DockerRunner(Runner):
         self.poll_s = poll_s
         self.progress = progress
         self._live: dict[str, Any] = {}     # container id -> container, removed in close()
+        self._worker: _Live | None = None   # the container kept to serve its load group's next experiment
+        self.idle_timeout_s = 1800.0        # a serving container idle this long ends itself
+        self.heartbeat_timeout_s = 60.0     # ... and sooner when this dispatcher stops beating (crash, kill -9)
         self._image_errors: dict[str, Exception] = {}
         self._lock = threading.Lock()
 
@@ -410,6 +414,10 @@ class DockerRunner(Runner):
         return removed
 
     def close(self) -> None:
+        try:
+            self._retire()
+        except Exception as exc:   # never mask the study's own outcome
+            log.error("could not retire the serving container: %s", exc)
         for c in list(self._live.values()):
             self._remove(c)
         if self._client is not None:
@@ -558,91 +566,181 @@ class DockerRunner(Runner):
     # -- the experiment
     def run_experiment(self, experiment: Experiment, *, on_event: EventCallback,
                        timeout_s: float | None) -> ExperimentOutcome:
+        """One experiment in a container. With ``experiment.worker_key`` set, the container stays after it
+        (model loaded, worker idle on its inbox in the mounted staging folder) and serves the next
+        experiment with the same key; any other key retires it first (never two models at once)."""
+        timeout_s = timeout_s if timeout_s is not None else self.timeout_s
+        key = experiment.worker_key if not self.command else None
+        live = self._worker
+        if live is not None and not (key and live.key == key and live.running()):
+            self._retire()
+            live = None
+        if live is not None:
+            try:
+                self._send(live, experiment)
+                outcome = self._follow(live, experiment, on_event, timeout_s, until_end=True)
+            except KeyboardInterrupt:
+                self._worker = None
+                self._finish(live)
+                raise
+            if outcome.reusable:
+                return outcome
+            self._worker = None
+            self._finish(live)
+            if outcome.finished or outcome.in_flight or outcome.started:
+                return outcome
+            # the idle container was gone before it took this experiment: a fresh one runs it
+        live, failed = self._start(experiment, serve=bool(key))
+        if failed is not None:
+            return failed
+        try:
+            outcome = self._follow(live, experiment, on_event, timeout_s, until_end=bool(key))
+        except KeyboardInterrupt:
+            self._finish(live)
+            raise
+        if key and outcome.reusable:
+            self._worker = live
+        else:
+            self._finish(live)
+        return outcome
+
+    def _start(self, experiment: Experiment, *, serve: bool) -> tuple["_Live | None", ExperimentOutcome | None]:
         import docker
 
-        timeout_s = timeout_s if timeout_s is not None else self.timeout_s
         outcome = ExperimentOutcome(experiment_id=experiment.experiment_id, exit_code=None)
         staging = self._stage(experiment)
-        secret_dir: Path | None = None
-        container = None
-        tail: collections.deque[str] = collections.deque(maxlen=400)
-        events: queue.Queue = queue.Queue()
-        state = {"in_flight": None, "ended": set(), "experiment": experiment, "staging": staging}
-        interrupted = False
+        live = _Live(key=experiment.worker_key if serve else None, staging=staging)
         try:
-            try:
-                image = self.image_for(experiment)
-                kwargs = self.container_kwargs(experiment, image=image, staging=staging)
-                token_file, secret_dir = self._token_file(kwargs["user"])
-                if token_file is not None:
-                    kwargs = self.container_kwargs(experiment, image=image, staging=staging, token_file=token_file)
-                self._remove_named(kwargs["name"])
-                container = _call(self.client.containers.create, **kwargs)
-                with self._lock:
-                    self._live[container.id] = container
-                _call(container.start)
-            except docker.errors.DockerException as exc:
-                outcome.error = f"container engine refused the experiment: {_api_message(exc)}"
-                outcome.error_kind = "infrastructure"
-                return outcome
-            except Exception as exc:
-                from ..errors import JoulebenchError
+            image = self.image_for(experiment)
+            kwargs = self.container_kwargs(experiment, image=image, staging=staging)
+            token_file, live.secret_dir = self._token_file(kwargs["user"])
+            if token_file is not None:
+                kwargs = self.container_kwargs(experiment, image=image, staging=staging, token_file=token_file)
+            if serve:
+                inbox = staging / "out" / INBOX
+                inbox.mkdir()
+                os.chmod(inbox, 0o777)   # the worker (another uid) deletes what it has taken
+                live.heartbeat_path = inbox / HEARTBEAT
+                live.heartbeat_path.touch()
+                kwargs["command"] = list(kwargs["command"]) + [
+                    "--inbox", f"{CONTAINER_OUT}/{INBOX}", "--idle-timeout-s", f"{self.idle_timeout_s:g}",
+                    "--heartbeat", f"{CONTAINER_OUT}/{INBOX}/{HEARTBEAT}",
+                    "--heartbeat-timeout-s", f"{self.heartbeat_timeout_s:g}"]
+            self._remove_named(kwargs["name"])
+            container = _call(self.client.containers.create, **kwargs)
+            live.container = container
+            with self._lock:
+                self._live[container.id] = container
+            _call(container.start)
+        except docker.errors.DockerException as exc:
+            outcome.error = f"container engine refused the experiment: {_api_message(exc)}"
+            outcome.error_kind = "infrastructure"
+            self._finish(live)
+            return None, outcome
+        except Exception as exc:
+            from ..errors import JoulebenchError
 
-                if not isinstance(exc, JoulebenchError):
-                    raise
-                outcome.error = str(exc)
-                outcome.error_kind = "infrastructure"
-                return outcome
+            self._finish(live)
+            if not isinstance(exc, JoulebenchError):
+                raise
+            outcome.error = str(exc)
+            outcome.error_kind = "infrastructure"
+            return None, outcome
+        live.reader = threading.Thread(target=self._read_logs, args=(container, live.tail, live.events),
+                                       name=f"logs-{experiment.experiment_id}", daemon=True)
+        live.reader.start()
+        live.waiter = threading.Thread(target=self._wait, args=(container, live.waited), daemon=True)
+        live.waiter.start()
+        if live.heartbeat_path is not None:
+            live.beat = threading.Thread(target=_heartbeat, args=(live.heartbeat_path, live.beat_stop,
+                                                                   self.heartbeat_timeout_s / 6),
+                                         name=f"heartbeat-{experiment.experiment_id}", daemon=True)
+            live.beat.start()
+        return live, None
 
-            reader = threading.Thread(target=self._read_logs, args=(container, tail, events),
-                                      name=f"logs-{experiment.experiment_id}", daemon=True)
-            reader.start()
-            waited: dict[str, Any] = {}
-            waiter = threading.Thread(target=self._wait, args=(container, waited), daemon=True)
-            waiter.start()
-            deadline = time.monotonic() + timeout_s if timeout_s else None
-            try:
-                while waiter.is_alive():
-                    self._drain(events, state, on_event)
-                    if deadline is not None and time.monotonic() > deadline:
-                        log.warning("experiment %s ran past its %.0f s timeout; stopping its container",
-                                    experiment.experiment_id, timeout_s)
-                        self._stop(container)
-                        outcome.error = f"timed out after {timeout_s:g} s"
-                        outcome.error_kind = "timeout"
-                        break
-                    waiter.join(self.poll_s)
-            except KeyboardInterrupt:
-                interrupted = True
-                log.warning("interrupted: stopping container %s", container.name)
-                self._stop(container)
-            waiter.join(self.settings.stop_timeout_s + 5)
-            reader.join(5)
-            self._drain(events, state, on_event)
-            if "error" in waited and outcome.error is None and not interrupted:
-                outcome.error = f"lost the container: {waited['error']}"
-                outcome.error_kind = "infrastructure"
-            outcome.exit_code = waited.get("code")
-            outcome.finished = self.merge(experiment, staging)
-            if state["in_flight"] and state["in_flight"] not in outcome.finished:
-                outcome.in_flight = state["in_flight"]
-            outcome.log_tail = _redact("".join(tail)[-8000:])
-            if interrupted:
-                outcome.error, outcome.error_kind = "interrupted", "interrupted"
-            elif outcome.error is None and outcome.exit_code not in (0, None):
-                outcome.error = f"worker exited with code {outcome.exit_code}" + _oom_hint(container, outcome.exit_code)
+    def _send(self, live: "_Live", experiment: Experiment) -> None:
+        """Hand the idle container its next experiment: a spec file in its inbox (readable by its user)."""
+        live.seq += 1
+        _publish(live.staging / "out" / INBOX / f"{live.seq:06d}-{_slug(experiment.experiment_id, 60)}.json",
+                 (json.dumps(experiment.spec, indent=1, default=str) + "\n").encode())
+
+    def _follow(self, live: "_Live", experiment: Experiment, on_event: EventCallback, timeout_s: float | None,
+                *, until_end: bool) -> ExperimentOutcome:
+        """Pass events on and merge records until the experiment ends (``until_end``: its
+        experiment_end event; else the container's exit), the container dies or the timeout passes."""
+        outcome = ExperimentOutcome(experiment_id=experiment.experiment_id, exit_code=None)
+        state = {"in_flight": None, "ended": set(), "experiment": experiment, "staging": live.staging,
+                 "started": False, "end": None}
+        interrupted = False
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        try:
+            while live.waiter.is_alive():
+                self._drain(live.events, state, on_event)
+                if until_end and state["end"] is not None:
+                    break
+                if deadline is not None and time.monotonic() > deadline:
+                    log.warning("experiment %s ran past its %.0f s timeout; stopping its container",
+                                experiment.experiment_id, timeout_s)
+                    self._stop(live.container)
+                    outcome.error = f"timed out after {timeout_s:g} s"
+                    outcome.error_kind = "timeout"
+                    break
+                live.waiter.join(self.poll_s)
+        except KeyboardInterrupt:
+            interrupted = True
+            log.warning("interrupted: stopping container %s", live.container.name)
+            self._stop(live.container)
+        if interrupted or outcome.error or state["end"] is None or state["end"].get("error"):
+            live.waiter.join(self.settings.stop_timeout_s + 5)   # the container is ending: let it
+            live.reader.join(5)
+        self._drain(live.events, state, on_event)
+        ended = not live.waiter.is_alive()
+        if ended and "error" in live.waited and outcome.error is None and not interrupted:
+            outcome.error = f"lost the container: {live.waited['error']}"
+            outcome.error_kind = "infrastructure"
+        outcome.exit_code = live.waited.get("code") if ended else None
+        outcome.finished = self.merge(experiment, live.staging)
+        if state["in_flight"] and state["in_flight"] not in outcome.finished:
+            outcome.in_flight = state["in_flight"]
+        outcome.log_tail = _redact("".join(live.tail)[-8000:])
+        outcome.started = bool(state["started"])
+        if interrupted:
+            outcome.error, outcome.error_kind = "interrupted", "interrupted"
+        elif outcome.error is None and ended and outcome.exit_code not in (0, None):
+            if not (until_end and state["end"] is not None and outcome.exit_code == 3):   # 3: load failed, recorded
+                outcome.error = (f"worker exited with code {outcome.exit_code}"
+                                 + _oom_hint(live.container, outcome.exit_code))
                 outcome.error_kind = "crash"
-            if outcome.error:
-                self._keep_log(experiment, outcome)
-            if interrupted:
-                raise KeyboardInterrupt
-            return outcome
-        finally:
-            if container is not None:
-                self._remove(container)
-            if secret_dir is not None:
-                shutil.rmtree(secret_dir, ignore_errors=True)
-            shutil.rmtree(staging, ignore_errors=True)
+        elif outcome.error is None and until_end and ended and state["end"] is None:
+            outcome.error, outcome.error_kind = "the container ended before it finished the experiment", "crash"
+        if outcome.error:
+            self._keep_log(experiment, outcome)
+        outcome.reusable = (until_end and not ended and outcome.error is None and state["end"] is not None
+                            and not state["end"].get("error"))
+        if interrupted:
+            raise KeyboardInterrupt
+        return outcome
+
+    def _retire(self) -> None:
+        """Stop the idle serving container (a ``stop`` file: it closes its engine), then remove it."""
+        live, self._worker = self._worker, None
+        if live is None:
+            return
+        if live.running():
+            try:
+                _publish(live.staging / "out" / INBOX / "stop", b"stop\n")
+                live.waiter.join(self.settings.stop_timeout_s)
+            except OSError:
+                pass
+        self._finish(live)
+
+    def _finish(self, live: "_Live") -> None:
+        live.beat_stop.set()
+        if live.container is not None:
+            self._remove(live.container)
+        if live.secret_dir is not None:
+            shutil.rmtree(live.secret_dir, ignore_errors=True)
+        shutil.rmtree(live.staging, ignore_errors=True)
 
     def _remove_named(self, name: str) -> None:
         import docker
@@ -712,7 +810,12 @@ class DockerRunner(Runner):
             except queue.Empty:
                 return
             kind = ev.get("event")
-            if kind == "trial_start":
+            eid = state["experiment"].experiment_id
+            if kind == "experiment_start" and ev.get("experiment_id") == eid:
+                state["started"] = True
+            elif kind == "experiment_end" and ev.get("experiment_id") == eid:
+                state["end"] = ev
+            elif kind == "trial_start":
                 state["in_flight"] = ev.get("trial_id")
             elif kind == "trial_end":
                 # The record is on the mounted volume already: merge it now, so the orchestrator (and a
@@ -734,6 +837,56 @@ class DockerRunner(Runner):
         header = (f"# experiment {experiment.experiment_id}: {outcome.error} "
                   f"(exit code {outcome.exit_code}, kind {outcome.error_kind})\n")
         atomic_write_bytes(path, (header + outcome.log_tail).encode())
+
+
+INBOX = "inbox"            # in the staging out/ folder: specs of the next experiments, and ``stop``
+HEARTBEAT = ".heartbeat"   # touched by the dispatcher while it lives; an idle worker ends when it goes stale
+
+
+@dataclass
+class _Live:
+    """A running experiment container and what follows it."""
+
+    key: str | None
+    staging: Path
+    container: Any = None
+    secret_dir: Path | None = None
+    heartbeat_path: Path | None = None
+    events: queue.Queue = field(default_factory=queue.Queue)
+    tail: collections.deque = field(default_factory=lambda: collections.deque(maxlen=400))
+    waited: dict[str, Any] = field(default_factory=dict)
+    reader: threading.Thread | None = None
+    waiter: threading.Thread | None = None
+    beat: threading.Thread | None = None
+    beat_stop: threading.Event = field(default_factory=threading.Event)
+    seq: int = 0
+
+    def running(self) -> bool:
+        return self.waiter is not None and self.waiter.is_alive()
+
+
+def _heartbeat(path: Path, stop: threading.Event, every_s: float) -> None:
+    while not stop.wait(every_s):
+        try:
+            os.utime(path)
+        except OSError:
+            return
+
+
+def _publish(path: Path, data: bytes) -> None:
+    """Write a file another user can read, appearing whole under its name (temp name, chmod, rename)."""
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
 
 
 def _orphaned(container) -> bool:

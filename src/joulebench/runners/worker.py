@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inbox", help="serve later experiments of the same load group from this folder")
     ap.add_argument("--idle-timeout-s", type=float, default=1800.0, help="with --inbox: exit after this long idle")
     ap.add_argument("--preload", metavar="BACKEND", help="import this engine's libraries before the first experiment")
+    ap.add_argument("--heartbeat", help="with --inbox: a file the dispatcher touches while it lives (containers, "
+                                        "where the parent-death check cannot see the dispatcher)")
+    ap.add_argument("--heartbeat-timeout-s", type=float, default=60.0)
     args = ap.parse_args(argv)
     if args.experiment is None and not args.inbox:
         ap.error("give an experiment spec, or --inbox to take it from there")
@@ -58,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _term)
     parent = os.getppid()
     emit = _emit_to(sys.stdout)
+    beat = (Path(args.heartbeat), args.heartbeat_timeout_s) if args.heartbeat else None
     if args.experiment is None:
         try:
             if args.preload:
@@ -65,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 get_backend_class(args.preload).preload()
             emit({"event": "ready", "preloaded": args.preload})
-            first = next_spec(Path(args.inbox), parent=parent, idle_timeout_s=args.idle_timeout_s)
+            first = next_spec(Path(args.inbox), parent=parent, idle_timeout_s=args.idle_timeout_s, heartbeat=beat)
         except KeyboardInterrupt:
             return 130
         if first is None:
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         rc = session.run()
         if rc == 0 and args.inbox:
-            serve(session, Path(args.inbox), parent=parent, idle_timeout_s=args.idle_timeout_s)
+            serve(session, Path(args.inbox), parent=parent, idle_timeout_s=args.idle_timeout_s, heartbeat=beat)
         return rc
     except KeyboardInterrupt:
         return 130
@@ -91,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         session.close()
 
 
-def next_spec(inbox: Path, *, parent: int, idle_timeout_s: float, poll_s: float = 0.05) -> dict | None:
-    """The next experiment spec from ``inbox``; None: stop (a ``stop`` file, the parent gone, idle too long)."""
+def next_spec(inbox: Path, *, parent: int, idle_timeout_s: float, poll_s: float = 0.05,
+              heartbeat: tuple[Path, float] | None = None) -> dict | None:
+    """The next experiment spec from ``inbox``; None: stop (a ``stop`` file, the parent gone, the
+    dispatcher's heartbeat file stale or gone, idle too long)."""
     idle_since = time.monotonic()
     while True:
         if (inbox / "stop").exists():
@@ -105,14 +111,22 @@ def next_spec(inbox: Path, *, parent: int, idle_timeout_s: float, poll_s: float 
             return spec
         if os.getppid() != parent or not inbox.is_dir():
             return None     # the dispatcher is gone (or cleaned up): never outlive it
+        if heartbeat is not None:
+            try:
+                if time.time() - heartbeat[0].stat().st_mtime > heartbeat[1]:
+                    return None
+            except OSError:
+                return None
         if time.monotonic() - idle_since > idle_timeout_s:
             return None
         time.sleep(poll_s)
 
 
-def serve(session, inbox: Path, *, parent: int, idle_timeout_s: float, poll_s: float = 0.05) -> None:
+def serve(session, inbox: Path, *, parent: int, idle_timeout_s: float, poll_s: float = 0.05,
+          heartbeat: tuple[Path, float] | None = None) -> None:
     """Serve the experiments that arrive in ``inbox`` with the model already loaded."""
-    while (spec := next_spec(inbox, parent=parent, idle_timeout_s=idle_timeout_s, poll_s=poll_s)) is not None:
+    while (spec := next_spec(inbox, parent=parent, idle_timeout_s=idle_timeout_s, poll_s=poll_s,
+                             heartbeat=heartbeat)) is not None:
         session.continue_with(spec)
 
 
