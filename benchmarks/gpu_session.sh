@@ -7,11 +7,13 @@
 #   repeat    real SmolLM2 weights prepared (GGUF pieces .jbm1/part0 or $JB_WORK/part0, and .jbm2/part1);
 #             repeatability, paired meters on/off overhead, and synthetic vs real weights (issue 10)
 #   sweep1    the one-worker-per-trial side of the sweep benchmark, merged with the reuse side of `sweep`
+#   adaptive  adaptive repeats (max 25) on eager batch ${ADAPT_BS:-16} until the J/token CI is 2 %
+#   overhead  the paired meters-on/off overhead alone (${PAIRS:-24} pairs, batch 64, compiled decode)
 #   quickstart  the CUDA quickstart through `joulebench run`
 #   svr       synthetic vs real weights alone
 #   multigpu  issue 8 on two GPUs, plus the two-GPU test of the GPU tier
 set -u
-stage=${1:?stage: tier | study | sweep | sweep1 | repeat | quickstart | svr | multigpu}
+stage=${1:?stage: tier | study | sweep | sweep1 | repeat | adaptive | overhead | quickstart | svr | multigpu}
 OUT=${OUT:-benchmarks/results/gpu-run}
 mkdir -p "$OUT"
 JB_WORK=${JB_WORK:-$(dirname "$(mktemp -u)")/joulebench-gpu}
@@ -72,6 +74,17 @@ repeat)
   svr=--skip-synthetic-vs-real; [ -d $REAL ] && svr="--real-model $REAL --svr-runs 3"
   timeout ${REPEAT_TIMEOUT:-540} python3 benchmarks/repeatability.py $svr --off-runs 0 --results-dir "$OUT" \
     --work-dir $JB_WORK/rep 2>&1 | grep -vE "phase" | tee "$OUT/repeatability.log" | tail -12
+  ;;
+adaptive)   # issue 10's open proof: adaptive repeats until the J/token CI half-width is 2 % (eager generate)
+  rm -rf "$JB_WORK/adapt"
+  timeout ${REPEAT_TIMEOUT:-560} python3 benchmarks/repeatability.py --adaptive --batch-sizes ${ADAPT_BS:-16} \
+    --static-batch-sizes --overhead-pairs 0 --off-runs 0 --skip-synthetic-vs-real --results-dir "$OUT" \
+    --work-dir $JB_WORK/adapt 2>&1 | grep -vE "phase" | tee "$OUT/adaptive.log" | tail -6
+  ;;
+overhead)   # meters on/off in adjacent windows of one process, compiled decode (low host noise)
+  timeout 300 python3 benchmarks/repeatability.py --only-overhead --overhead-cache static --overhead-batch-size 64 \
+    --overhead-pairs ${PAIRS:-24} --overhead-window-s 4 --results-dir "$OUT" --work-dir $JB_WORK/ov 2>&1 \
+    | grep -vE "phase" | tail -3
   ;;
 svr)
   prepare_real
