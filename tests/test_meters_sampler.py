@@ -99,6 +99,11 @@ def test_child_exits_when_parent_is_killed(fake_env, tmp_path):
         print(s.pid, flush=True)
         time.sleep(120)
     """)
+    _assert_sampler_dies_with_its_parent(script)
+
+
+def _assert_sampler_dies_with_its_parent(script: str) -> None:
+    """Run ``script`` (prints its sampler's pid, then sleeps), SIGKILL it, and wait for the sampler to go."""
     parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
                               env=dict(os.environ))
     try:
@@ -154,20 +159,7 @@ def test_idle_sampler_exits_when_parent_is_killed(fake_env):
         print(s.pid, flush=True)
         time.sleep(120)
     """)
-    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
-                              env=dict(os.environ))
-    try:
-        child_pid = int(parent.stdout.readline())
-        assert _alive(child_pid)
-        parent.send_signal(signal.SIGKILL)
-        parent.wait(timeout=10)
-        deadline = time.time() + 10
-        while _alive(child_pid) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not _alive(child_pid), "the idle sampler outlived its parent"
-    finally:
-        if parent.poll() is None:
-            parent.kill()
+    _assert_sampler_dies_with_its_parent(script)
 
 
 def test_write_timeseries_is_atomic_parquet(fake_env, tmp_path):

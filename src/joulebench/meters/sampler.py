@@ -107,6 +107,10 @@ def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root
             pass
 
 
+def _empty() -> dict[str, list]:
+    return {c: [] for c in COLUMNS}
+
+
 class Sampler:
     """A separate process polling devices at ``hz``. ``stop()`` returns the timeline (idempotent).
 
@@ -187,30 +191,37 @@ class Sampler:
 
     def end(self, timeout_s: float = 30.0) -> "pd.DataFrame":
         """The current segment's timeline; the process stays, idle, for the next ``begin()``."""
-        cols = {c: [] for c in COLUMNS}
-        if self._recording and self.alive:
-            try:
-                self._conn.send("end")
-                if self._conn.poll(timeout_s):
-                    kind, payload = self._conn.recv()
-                    if kind == "rows":
-                        cols = payload
-            except (EOFError, BrokenPipeError, OSError):
-                self._kill()
+        cols = self._rows("end", timeout_s) if self._recording and self.alive else _empty()
         self._recording = False
         return self._frame(cols)
 
     def close(self) -> None:
         """End the process (a segment in progress is dropped)."""
         if self._conn is not None and self.process is not None:
-            try:
-                self._conn.send("stop")
-                if self._conn.poll(5.0):
-                    self._conn.recv()
-            except (EOFError, BrokenPipeError, OSError):
-                pass
+            self._rows("stop", 5.0)
         self._kill()
         self._recording = False
+
+    def stop(self, timeout_s: float = 30.0) -> "pd.DataFrame":
+        if self._df is not None:
+            return self._df
+        cols = self._rows("stop", timeout_s) if self._conn is not None and self.process is not None else _empty()
+        self._kill()
+        self._recording = False
+        self._df = self._frame(cols)
+        return self._df
+
+    def _rows(self, message: str, timeout_s: float) -> dict[str, list]:
+        """Send ``end`` or ``stop`` and return the rows the process answers with (none if it is gone)."""
+        try:
+            self._conn.send(message)
+            if self._conn.poll(timeout_s):
+                kind, payload = self._conn.recv()
+                if kind == "rows":
+                    return payload
+        except (EOFError, BrokenPipeError, OSError):
+            self._kill()
+        return _empty()
 
     def _frame(self, cols: dict[str, list]) -> "pd.DataFrame":
         import pandas as pd
@@ -218,24 +229,6 @@ class Sampler:
         df = pd.DataFrame(cols, columns=list(COLUMNS))
         df.attrs["hz"] = self.hz
         return df
-
-    def stop(self, timeout_s: float = 30.0) -> "pd.DataFrame":
-        if self._df is not None:
-            return self._df
-        cols = {c: [] for c in COLUMNS}
-        if self._conn is not None and self.process is not None:
-            try:
-                self._conn.send("stop")
-                if self._conn.poll(timeout_s):
-                    kind, payload = self._conn.recv()
-                    if kind == "rows":
-                        cols = payload
-            except (EOFError, BrokenPipeError, OSError):
-                pass
-        self._kill()
-        self._recording = False
-        self._df = self._frame(cols)
-        return self._df
 
     def _kill(self) -> None:
         p = self.process

@@ -22,8 +22,9 @@ from typing import Any, Iterator
 RETRYABLE_ERROR_KINDS = frozenset({"interrupted", "infrastructure", "worker-lost"})
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write temp file in the same folder, fsync, rename: readers never see half a file."""
+def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
+    """Write temp file in the same folder, fsync, rename: readers never see half a file.
+    ``mode``: permissions set before the rename (e.g. 0o644 for a container's other user)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -32,6 +33,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         try:

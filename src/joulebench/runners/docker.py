@@ -661,8 +661,8 @@ class DockerRunner(Runner):
     def _send(self, live: "_Live", experiment: Experiment) -> None:
         """Hand the idle container its next experiment: a spec file in its inbox (readable by its user)."""
         live.seq += 1
-        _publish(live.staging / "out" / INBOX / f"{live.seq:06d}-{_slug(experiment.experiment_id, 60)}.json",
-                 (json.dumps(experiment.spec, indent=1, default=str) + "\n").encode())
+        atomic_write_bytes(live.staging / "out" / INBOX / f"{live.seq:06d}-{_slug(experiment.experiment_id, 60)}.json",
+                           (json.dumps(experiment.spec, indent=1, default=str) + "\n").encode(), mode=0o644)
 
     def _follow(self, live: "_Live", experiment: Experiment, on_event: EventCallback, timeout_s: float | None,
                 *, until_end: bool) -> ExperimentOutcome:
@@ -728,7 +728,7 @@ class DockerRunner(Runner):
             return
         if live.running():
             try:
-                _publish(live.staging / "out" / INBOX / "stop", b"stop\n")
+                atomic_write_bytes(live.staging / "out" / INBOX / "stop", b"stop\n", mode=0o644)
                 live.waiter.join(self.settings.stop_timeout_s)
             except OSError:
                 pass
@@ -871,22 +871,6 @@ def _heartbeat(path: Path, stop: threading.Event, every_s: float) -> None:
             os.utime(path)
         except OSError:
             return
-
-
-def _publish(path: Path, data: bytes) -> None:
-    """Write a file another user can read, appearing whole under its name (temp name, chmod, rename)."""
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=".part", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
 
 
 def _orphaned(container) -> bool:
