@@ -92,6 +92,15 @@ def test_each_round_starts_with_the_group_that_ended_the_last(write_study):
         assert sorted(c.config_id for c in cur) == sorted(c.config_id for c in p.configs)
         firsts.append([c.load_group for c in cur])
     assert len({tuple(dict.fromkeys(g)) for g in firsts}) > 1    # the group order still varies between rounds
+    # 4 groups x 6 rounds: one worker start per group per round, less the 5 that carry on into the next round
+    assert p.worker_starts(6) == 4 * 6 - 5
+    one = _plan(write_study, sweep={"batch_size": [1, 2, 3]}, repeats=4)
+    assert one.worker_starts(4) == 1                              # runtime parameters only: one load per study
+    off = _plan(write_study, sweep={"batch_size": [1, 2, 3]}, repeats=4, runner_options={"reuse_workers": False})
+    assert off.worker_starts(4) == 4
+    solo = _plan(write_study, sweep={"batch_size": [1, 2, 3]}, repeats=4,
+                 runner_options={"one_worker_per_trial": True})
+    assert solo.worker_starts(4) == 12
 
 
 def test_experiments_list_for_irregular_designs(write_study):

@@ -143,7 +143,9 @@ def _print_plan(path: Path, as_json: bool = False) -> None:
                                                       f"to a {rep['ci_target']:.0%} CI target)" if adaptive else ""))
     m = loaded.config.measurement
     per_trial = m.min_window_s + 3 * 1.0
-    lo = counts["trials_min"] * per_trial + counts["load_groups"] * rep["min"] * (10 + m.loaded_idle_s)
+    starts = p.worker_starts(rep["min"])
+    lo = counts["trials_min"] * per_trial + starts * (10 + m.loaded_idle_s) + m.device_idle_s
+    console.print(f"{starts} worker start(s) (model loads) over the first {rep['min']} round(s)")
     console.print(f"estimated time: at least {lo / 60:.1f} min (windows of {m.min_window_s:g} s, warm-up, loads)")
     if p.skipped:
         console.print(f"[yellow]{len(p.skipped)} invalid combination(s) skipped:[/]")

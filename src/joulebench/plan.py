@@ -97,6 +97,17 @@ class Plan:
             out = [c for c in out if c.config_id in keep]
         return out
 
+    def worker_starts(self, rounds: int) -> int:
+        """Model loads over the first ``rounds`` rounds: a worker per change of load group along the run
+        order (workers live across rounds), or per experiment without reuse."""
+        opts = self.config.runner_options
+        order = [c.load_group for r in range(rounds) for c in self.round_order(r)]
+        if opts.one_worker_per_trial:
+            return len(order)
+        if not opts.reuse_workers:
+            return sum(len({c.load_group for c in self.round_order(r)}) for r in range(rounds))
+        return sum(1 for i, g in enumerate(order) if i == 0 or g != order[i - 1])
+
     def _last_group(self, round_index: int) -> str:
         cache = self.__dict__.setdefault("_last_groups", {})
         if round_index not in cache:
