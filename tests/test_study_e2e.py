@@ -9,6 +9,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -168,6 +169,25 @@ def test_idle_worker_stops_when_its_dispatcher_stops_beating(tmp_path):
     beat.unlink()
     (inbox / "stop").unlink()
     assert next_spec(inbox, parent=os.getppid(), idle_timeout_s=60, heartbeat=(beat, 30.0)) is None
+
+
+def test_descendants_include_grandchildren_in_their_own_session():
+    """A live worker's GPU users are ours: its sampler and an engine server that runs in a session of its own."""
+    from joulebench.runners.process import descendants
+
+    outer = subprocess.Popen([sys.executable, "-c",
+                              "import subprocess, sys, time; "
+                              "c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'], "
+                              "start_new_session=True); print(c.pid, flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        grandchild = int(outer.stdout.readline())
+        assert descendants(outer.pid) == {outer.pid, grandchild}
+        assert os.getpid() not in descendants(outer.pid)
+    finally:
+        os.kill(grandchild, signal.SIGKILL)
+        outer.kill()
+        outer.wait()
 
 
 def test_reuse_off_starts_a_worker_per_round(write_study, tmp_path):

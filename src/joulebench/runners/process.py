@@ -226,20 +226,10 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
     def pids(self) -> set[int]:
+        """The worker and all its descendants (the sampler, engine servers in sessions of their own)."""
         if self.proc is None:
             return set()
-        out = {self.proc.pid}
-        try:  # the worker's children (engine servers, the sampler): same process group
-            for p in Path("/proc").iterdir():
-                if p.name.isdigit():
-                    try:
-                        if os.getpgid(int(p.name)) == self.proc.pid:
-                            out.add(int(p.name))
-                    except (ProcessLookupError, PermissionError):
-                        pass
-        except OSError:
-            pass
-        return out
+        return descendants(self.proc.pid)
 
     def send(self, spec: dict[str, Any], seq: int) -> None:
         """Hand the idle worker its next experiment (an atomic file in its inbox)."""
@@ -343,6 +333,30 @@ class WorkerProcess:
                 pass
         if self.inbox is not None:
             shutil.rmtree(self.inbox, ignore_errors=True)
+
+
+def descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it (Linux /proc; just ``pid`` elsewhere)."""
+    children: dict[int, list[int]] = {}
+    try:
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                stat = (p / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])   # the field after the state letter
+            children.setdefault(ppid, []).append(int(p.name))
+    except OSError:
+        return {pid}
+    out, todo = set(), [pid]
+    while todo:
+        q = todo.pop()
+        if q not in out:
+            out.add(q)
+            todo.extend(children.get(q, []))
+    return out
 
 
 def _describe_rc(rc: int | None) -> str:
