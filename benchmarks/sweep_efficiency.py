@@ -84,7 +84,7 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--repeats-one-worker", type=int,
                     help="repeats of the one_worker_per_trial run (default: --repeats). Its overhead is per trial, so "
-                         "fewer repeats estimate the same fraction for less device time")
+                         "fewer repeats estimate the same fraction for less GPU time")
     ap.add_argument("--window-s", type=float, default=10.0, help="min_window_s (joulebench's default: 10)")
     ap.add_argument("--device-idle-s", type=float, default=10.0)
     ap.add_argument("--loaded-idle-s", type=float, default=5.0)
