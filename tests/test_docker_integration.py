@@ -304,14 +304,14 @@ def test_serving_container_ends_itself_when_the_dispatcher_stops_beating(engine,
         out = runner.run_experiment(exp, on_event=lambda e: None, timeout_s=300)
         assert out.error is None and out.reusable and out.finished == exp.trial_ids
         live = runner._worker
-        assert live is not None and live.running()                 # kept, idle on its inbox
+        assert live is not None and live.alive()                 # kept, idle on its inbox
         (c,) = _study_containers(engine, name)
         assert c.status == "running"
         live.beat_stop.set()                                        # the dispatcher "dies": no more beats
         deadline = time.monotonic() + 30
-        while live.running() and time.monotonic() < deadline:
+        while live.alive() and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert not live.running(), "the idle container outlived its dispatcher's heartbeat"
+        assert not live.alive(), "the idle container outlived its dispatcher's heartbeat"
         assert live.waited.get("code") == 0
     finally:
         runner.close()

@@ -76,6 +76,37 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it, also those in sessions of their own (psutil where
+    installed, else Linux /proc; just ``pid`` when neither answers)."""
+    try:
+        import psutil  # type: ignore
+
+        return {pid} | {c.pid for c in psutil.Process(pid).children(recursive=True)}
+    except Exception:  # noqa: BLE001 - no psutil, or the process is gone: read /proc
+        pass
+    children: dict[int, list[int]] = {}
+    try:
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                stat = (p / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])   # the field after the state letter
+            children.setdefault(ppid, []).append(int(p.name))
+    except OSError:
+        return {pid}
+    out, todo = set(), [pid]
+    while todo:
+        q = todo.pop()
+        if q not in out:
+            out.add(q)
+            todo.extend(children.get(q, []))
+    return out
+
+
 def _key_file(key: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", key) + ".lock"
 

@@ -101,3 +101,86 @@ class Runner(abc.ABC):
 
     def close(self) -> None:
         """Release everything this runner started."""
+
+
+class ReusingRunner(Runner):
+    """The worker-reuse policy of runners that can keep a worker between experiments (process, docker).
+
+    An experiment with a ``worker_key`` is handed to the live worker of that key, if there is one;
+    else any live worker is retired first (never two models loaded at once) and a fresh worker runs
+    it, kept afterwards when it ended the experiment cleanly. A live worker that is gone before it
+    took the experiment is replaced by a fresh one. Subclasses provide the worker handle (with
+    ``key`` and ``alive()``) and these steps.
+    """
+
+    _worker: Any = None
+
+    def _launch(self, experiment: Experiment, *, serve: bool) -> tuple[Any, ExperimentOutcome | None]:
+        """Start a worker for ``experiment``: (handle, None), or (None, the failed outcome)."""
+        raise NotImplementedError
+
+    def _send(self, handle: Any, experiment: Experiment) -> None:
+        """Hand the live worker its next experiment."""
+        raise NotImplementedError
+
+    def _follow(self, handle: Any, experiment: Experiment, on_event: EventCallback, timeout_s: float | None,
+                *, until_end: bool) -> ExperimentOutcome:
+        """Follow the experiment until its end event (``until_end``) or the worker's exit."""
+        raise NotImplementedError
+
+    def _discard(self, handle: Any) -> None:
+        """Make sure the worker is gone and release what it held."""
+        raise NotImplementedError
+
+    def _stop_idle(self, handle: Any) -> None:
+        """Ask the idle worker to finish (it closes its engine), then discard it."""
+        self._discard(handle)
+
+    def worker_key(self, experiment: Experiment) -> str | None:
+        return experiment.worker_key
+
+    def reuses(self, experiment: Experiment) -> bool:
+        w, key = self._worker, self.worker_key(experiment)
+        return bool(key) and w is not None and w.key == key and w.alive()
+
+    def _retire(self) -> None:
+        w, self._worker = self._worker, None
+        if w is not None:
+            self._stop_idle(w)
+
+    def run_experiment(self, experiment: Experiment, *, on_event: EventCallback,
+                       timeout_s: float | None) -> ExperimentOutcome:
+        key = self.worker_key(experiment)
+        if self._worker is not None and not self.reuses(experiment):
+            self._retire()
+        if self._worker is not None:
+            w, self._worker = self._worker, None
+            try:
+                self._send(w, experiment)
+                outcome = self._follow(w, experiment, on_event, timeout_s, until_end=True)
+            except BaseException:
+                self._discard(w)
+                raise
+            if outcome.reusable and w.alive():
+                self._worker = w
+                return outcome
+            self._discard(w)
+            if outcome.finished or outcome.in_flight or outcome.started:
+                return outcome
+            # the idle worker was gone before it took this experiment: a fresh one runs it
+        w, failed = self._launch(experiment, serve=bool(key))
+        if failed is not None:
+            return failed
+        try:
+            outcome = self._follow(w, experiment, on_event, timeout_s, until_end=bool(key))
+        except BaseException:
+            self._discard(w)
+            raise
+        if key and outcome.reusable and w.alive():
+            self._worker = w
+        else:
+            self._discard(w)
+        return outcome
+
+    def close(self) -> None:
+        self._retire()

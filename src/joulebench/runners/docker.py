@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable
 
 from ..locks import pid_alive
 from ..results.store import atomic_copy, atomic_write_bytes, atomic_write_json
-from .base import EventCallback, Experiment, ExperimentOutcome, Runner, parse_event
+from .base import EventCallback, Experiment, ExperimentOutcome, ReusingRunner, parse_event
 
 log = logging.getLogger(__name__)
 
@@ -315,7 +315,7 @@ def run_probe(client, image: str, command: list[str], *, gpus: list[str] | None 
 
 # --------------------------------------------------------------------------- the runner
 
-class DockerRunner(Runner):
+class DockerRunner(ReusingRunner):
     name = "docker"
 
     def __init__(self, client=None, images: dict[str, str] | None = None, gpus: list[str] | None = None,
@@ -563,48 +563,19 @@ class DockerRunner(Runner):
                 atomic_copy(f, study / "logs" / f.name)
         return finished
 
-    # -- the experiment
+    # -- the experiment (the reuse policy is ReusingRunner's; these are its container steps)
     def run_experiment(self, experiment: Experiment, *, on_event: EventCallback,
                        timeout_s: float | None) -> ExperimentOutcome:
         """One experiment in a container. With ``experiment.worker_key`` set, the container stays after it
         (model loaded, worker idle on its inbox in the mounted staging folder) and serves the next
         experiment with the same key; any other key retires it first (never two models at once)."""
         timeout_s = timeout_s if timeout_s is not None else self.timeout_s
-        key = experiment.worker_key if not self.command else None
-        live = self._worker
-        if live is not None and not (key and live.key == key and live.running()):
-            self._retire()
-            live = None
-        if live is not None:
-            try:
-                self._send(live, experiment)
-                outcome = self._follow(live, experiment, on_event, timeout_s, until_end=True)
-            except KeyboardInterrupt:
-                self._worker = None
-                self._finish(live)
-                raise
-            if outcome.reusable:
-                return outcome
-            self._worker = None
-            self._finish(live)
-            if outcome.finished or outcome.in_flight or outcome.started:
-                return outcome
-            # the idle container was gone before it took this experiment: a fresh one runs it
-        live, failed = self._start(experiment, serve=bool(key))
-        if failed is not None:
-            return failed
-        try:
-            outcome = self._follow(live, experiment, on_event, timeout_s, until_end=bool(key))
-        except KeyboardInterrupt:
-            self._finish(live)
-            raise
-        if key and outcome.reusable:
-            self._worker = live
-        else:
-            self._finish(live)
-        return outcome
+        return super().run_experiment(experiment, on_event=on_event, timeout_s=timeout_s)
 
-    def _start(self, experiment: Experiment, *, serve: bool) -> tuple["_Live | None", ExperimentOutcome | None]:
+    def worker_key(self, experiment: Experiment) -> str | None:
+        return experiment.worker_key if not self.command else None   # a diagnostic command serves nothing
+
+    def _launch(self, experiment: Experiment, *, serve: bool) -> tuple["_Live | None", ExperimentOutcome | None]:
         import docker
 
         outcome = ExperimentOutcome(experiment_id=experiment.experiment_id, exit_code=None)
@@ -635,12 +606,12 @@ class DockerRunner(Runner):
         except docker.errors.DockerException as exc:
             outcome.error = f"container engine refused the experiment: {_api_message(exc)}"
             outcome.error_kind = "infrastructure"
-            self._finish(live)
+            self._discard(live)
             return None, outcome
         except Exception as exc:
             from ..errors import JoulebenchError
 
-            self._finish(live)
+            self._discard(live)
             if not isinstance(exc, JoulebenchError):
                 raise
             outcome.error = str(exc)
@@ -721,20 +692,17 @@ class DockerRunner(Runner):
             raise KeyboardInterrupt
         return outcome
 
-    def _retire(self) -> None:
+    def _stop_idle(self, live: "_Live") -> None:
         """Stop the idle serving container (a ``stop`` file: it closes its engine), then remove it."""
-        live, self._worker = self._worker, None
-        if live is None:
-            return
-        if live.running():
+        if live.alive():
             try:
                 atomic_write_bytes(live.staging / "out" / INBOX / "stop", b"stop\n", mode=0o644)
                 live.waiter.join(self.settings.stop_timeout_s)
             except OSError:
                 pass
-        self._finish(live)
+        self._discard(live)
 
-    def _finish(self, live: "_Live") -> None:
+    def _discard(self, live: "_Live") -> None:
         live.beat_stop.set()
         if live.container is not None:
             self._remove(live.container)
@@ -861,7 +829,7 @@ class _Live:
     beat_stop: threading.Event = field(default_factory=threading.Event)
     seq: int = 0
 
-    def running(self) -> bool:
+    def alive(self) -> bool:
         return self.waiter is not None and self.waiter.is_alive()
 
 

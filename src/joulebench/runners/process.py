@@ -20,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..locks import descendants
 from ..results.store import atomic_write_json
-from .base import EventCallback, Experiment, ExperimentOutcome, Runner, parse_event
+from .base import EventCallback, Experiment, ExperimentOutcome, ReusingRunner, parse_event
 
 TERM_GRACE_S = 10.0
 
@@ -69,124 +70,89 @@ def worker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-class ProcessRunner(Runner):
+class ProcessRunner(ReusingRunner):
     """Experiments in spawned local workers. With ``worker_key`` set on an experiment, the worker
     stays alive after it and serves the next experiment of the same key (the same load group in
-    the next round) through its inbox, so the model is loaded once; any other key retires it first
-    (never two models loaded at once)."""
+    the next round) through its inbox, so the model is loaded once (policy: ``ReusingRunner``)."""
 
     name = "process"
 
     def __init__(self, python: str | None = None, *, idle_timeout_s: float = 1800.0):
         self.python = python
         self.idle_timeout_s = idle_timeout_s
-        self._live: WorkerProcess | None = None
+        self._worker: WorkerProcess | None = None
         self._seq = 0
 
     def live_pids(self) -> set[int]:
         """Processes of the worker kept alive between experiments (their GPU use is ours)."""
-        w = self._live
+        w = self._worker
         return w.pids() if w is not None and w.alive() else set()
-
-    def reuses(self, experiment: Experiment) -> bool:
-        w = self._live
-        return bool(experiment.worker_key) and w is not None and w.key == experiment.worker_key and w.alive()
 
     def run_experiment(self, experiment: Experiment, *, on_event: EventCallback,
                        timeout_s: float | None) -> ExperimentOutcome:
-        study_dir = Path(experiment.study_dir)
-        spec_path = study_dir / "experiments" / f"{experiment.experiment_id}.json"
-        atomic_write_json(spec_path, experiment.spec)
-        python = experiment.python or self.python or sys.executable
-        key = experiment.worker_key
-        if self._live is not None and not self.reuses(experiment):
-            self._retire()
-        if self._live is not None:
-            w = self._live
-            self._seq += 1
-            w.send(experiment.spec, self._seq)
-            try:
-                outcome = w.follow(experiment, on_event=on_event, timeout_s=timeout_s, until_end=True)
-            except BaseException:
-                self._live = None
-                w.kill()
-                raise
-            if outcome.reusable and w.alive():
-                return outcome
-            self._live = None
-            w.kill()
-            if outcome.finished or outcome.in_flight or outcome.started:
-                return outcome
-            # The idle worker died before it took this experiment: a fresh worker runs it.
-        log_path = study_dir / "logs" / f"{experiment.experiment_id}.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [python, "-m", "joulebench.runners.worker", str(spec_path), "--out", str(study_dir)]
+        atomic_write_json(self._spec_path(experiment), experiment.spec)
+        return super().run_experiment(experiment, on_event=on_event, timeout_s=timeout_s)
+
+    @staticmethod
+    def _spec_path(experiment: Experiment) -> Path:
+        return Path(experiment.study_dir) / "experiments" / f"{experiment.experiment_id}.json"
+
+    def _spawn(self, study_dir: Path, tag: str, python: str | None, *, spec_path: Path | None = None,
+               key: str | None = None, preload: str | None = None) -> "WorkerProcess":
+        """A worker process (not started yet); with ``key``, an inbox for the experiments after its first."""
+        study_dir = Path(study_dir)
+        (study_dir / "logs").mkdir(parents=True, exist_ok=True)
+        cmd = [python or self.python or sys.executable, "-m", "joulebench.runners.worker"]
+        cmd += [str(spec_path)] if spec_path is not None else []
+        cmd += ["--out", str(study_dir)]
         inbox = None
         if key:
-            inbox = study_dir / "experiments" / f"inbox-{experiment.experiment_id}"
+            inbox = study_dir / "experiments" / f"inbox-{tag}"
             inbox.mkdir(parents=True, exist_ok=True)
             cmd += ["--inbox", str(inbox), "--idle-timeout-s", f"{self.idle_timeout_s:g}"]
-        w = WorkerProcess(cmd, env=worker_environment(), log_path=log_path, inbox=inbox, key=key)
+        if preload:
+            cmd += ["--preload", preload]
+        return WorkerProcess(cmd, env=worker_environment(), log_path=study_dir / "logs" / f"{tag}.log",
+                             inbox=inbox, key=key)
+
+    def _launch(self, experiment: Experiment, *, serve: bool):
+        w = self._spawn(experiment.study_dir, experiment.experiment_id, experiment.python,
+                        spec_path=self._spec_path(experiment), key=experiment.worker_key if serve else None)
         err = w.start()
         if err:
-            return ExperimentOutcome(experiment.experiment_id, None, error=err, error_kind="infrastructure")
-        try:
-            outcome = w.follow(experiment, on_event=on_event, timeout_s=timeout_s, until_end=bool(key))
-        except BaseException:
-            w.kill()
-            raise
-        if key and outcome.reusable and w.alive():
-            self._live = w
-        else:
-            w.kill()
-        return outcome
+            return None, ExperimentOutcome(experiment.experiment_id, None, error=err, error_kind="infrastructure")
+        return w, None
+
+    def _send(self, handle: "WorkerProcess", experiment: Experiment) -> None:
+        self._seq += 1
+        handle.send(experiment.spec, self._seq)
+
+    def _follow(self, handle: "WorkerProcess", experiment: Experiment, on_event: EventCallback,
+                timeout_s: float | None, *, until_end: bool) -> ExperimentOutcome:
+        return handle.follow(experiment, on_event=on_event, timeout_s=timeout_s, until_end=until_end)
+
+    def _discard(self, handle: "WorkerProcess") -> None:
+        handle.kill()
+
+    def _stop_idle(self, handle: "WorkerProcess") -> None:
+        handle.stop()
 
     def prestart(self, study_dir: Path, *, worker_key: str, python: str | None, backend: str) -> None:
         """Start the first worker early (it imports its engine, touching no device) and keep it for
         the first experiment with ``worker_key``; the orchestrator measures the device idle meanwhile."""
         self._retire()
-        study_dir = Path(study_dir)
         self._seq += 1
-        tag = f"worker-{os.getpid()}-{self._seq}"
-        inbox = study_dir / "experiments" / f"inbox-{tag}"
-        inbox.mkdir(parents=True, exist_ok=True)
-        (study_dir / "logs").mkdir(parents=True, exist_ok=True)
-        cmd = [python or self.python or sys.executable, "-m", "joulebench.runners.worker", "--out", str(study_dir),
-               "--inbox", str(inbox), "--idle-timeout-s", f"{self.idle_timeout_s:g}", "--preload", backend]
-        w = WorkerProcess(cmd, env=worker_environment(), log_path=study_dir / "logs" / f"{tag}.log",
-                          inbox=inbox, key=worker_key)
+        w = self._spawn(study_dir, f"worker-{os.getpid()}-{self._seq}", python, key=worker_key, preload=backend)
         if w.start() is None:
-            self._live = w
-
-    def _retire(self) -> None:
-        w, self._live = self._live, None
-        if w is not None:
-            w.stop()
-
-    def close(self) -> None:
-        self._retire()
-
-
-def run_worker_process(cmd: list[str], experiment: Experiment, *, on_event: EventCallback,
-                       timeout_s: float | None, log_path: Path, env: dict[str, str],
-                       cwd: str | None = None) -> ExperimentOutcome:
-    """Start a worker command, follow its events until it exits, enforce the timeout, clean up always."""
-    w = WorkerProcess(cmd, env=env, log_path=log_path, cwd=cwd)
-    err = w.start()
-    if err:
-        return ExperimentOutcome(experiment.experiment_id, None, error=err, error_kind="infrastructure")
-    try:
-        return w.follow(experiment, on_event=on_event, timeout_s=timeout_s, until_end=False)
-    finally:
-        w.kill()
+            self._worker = w
 
 
 class WorkerProcess:
     """One spawned worker: its events on a queue, its log file, its inbox (when it serves several)."""
 
-    def __init__(self, cmd: list[str], *, env: dict[str, str], log_path: Path, cwd: str | None = None,
-                 inbox: Path | None = None, key: str | None = None):
-        self.cmd, self.env, self.cwd = cmd, env, cwd
+    def __init__(self, cmd: list[str], *, env: dict[str, str], log_path: Path, inbox: Path | None = None,
+                 key: str | None = None):
+        self.cmd, self.env = cmd, env
         self.log_path = Path(log_path)
         self.inbox = inbox
         self.key = key
@@ -199,7 +165,7 @@ class WorkerProcess:
         self._log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._log,
-                                         stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
+                                         stdin=subprocess.DEVNULL, env=self.env,
                                          start_new_session=True, preexec_fn=_set_parent_death_signal)
         except OSError as e:
             self._log.close()
@@ -333,30 +299,6 @@ class WorkerProcess:
                 pass
         if self.inbox is not None:
             shutil.rmtree(self.inbox, ignore_errors=True)
-
-
-def descendants(pid: int) -> set[int]:
-    """``pid`` and every process below it (Linux /proc; just ``pid`` elsewhere)."""
-    children: dict[int, list[int]] = {}
-    try:
-        for p in Path("/proc").iterdir():
-            if not p.name.isdigit():
-                continue
-            try:
-                stat = (p / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])   # the field after the state letter
-            children.setdefault(ppid, []).append(int(p.name))
-    except OSError:
-        return {pid}
-    out, todo = set(), [pid]
-    while todo:
-        q = todo.pop()
-        if q not in out:
-            out.add(q)
-            todo.extend(children.get(q, []))
-    return out
 
 
 def _describe_rc(rc: int | None) -> str:
