@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .backends import get_backend_class
+from .backends import get_backend_class, load_parameters
 from .config.loader import LoadedStudy, errors_from_validation
 from .config.study import COMMON_KEYS, WORKLOAD_KEYS, StudyConfig, WorkloadConfig
 from .errors import StudyError, StudyErrors, did_you_mean
@@ -63,6 +63,7 @@ class Plan:
     configs: list[Configuration]
     axes: dict[str, list[Any]]
     skipped: list[dict[str, Any]] = field(default_factory=list)
+    _last_groups: dict[int, str] = field(default_factory=dict, repr=False, compare=False)   # round -> its last group
 
     @property
     def min_repeats(self) -> int:
@@ -101,18 +102,18 @@ class Plan:
         """Model loads over the first ``rounds`` rounds: a worker per change of load group along the run
         order (workers live across rounds), or per experiment without reuse."""
         opts = self.config.runner_options
-        order = [c.load_group for r in range(rounds) for c in self.round_order(r)]
+        orders = [[c.load_group for c in self.round_order(r)] for r in range(rounds)]
+        order = [g for o in orders for g in o]
         if opts.one_worker_per_trial:
             return len(order)
         if not opts.reuse_workers:
-            return sum(len({c.load_group for c in self.round_order(r)}) for r in range(rounds))
+            return sum(len(set(o)) for o in orders)
         return sum(1 for i, g in enumerate(order) if i == 0 or g != order[i - 1])
 
     def _last_group(self, round_index: int) -> str:
-        cache = self.__dict__.setdefault("_last_groups", {})
-        if round_index not in cache:
-            cache[round_index] = self.round_order(round_index)[-1].load_group
-        return cache[round_index]
+        if round_index not in self._last_groups:
+            self._last_groups[round_index] = self.round_order(round_index)[-1].load_group
+        return self._last_groups[round_index]
 
     def all_trial_ids(self) -> list[str]:
         return [trial_id_for(c.config_id, r) for c in self.configs for r in range(self.max_repeats)]
@@ -279,9 +280,7 @@ def build_plan(loaded: LoadedStudy) -> Plan:
                 raise StudyError(f"this configuration is the same as {seen[cid]}", file=loaded.file,
                                  path=where, hint="remove the duplicate")
             seen[cid] = where
-            backend_cls = get_backend_class(params["backend"])
-            load_params = {k: params[k] for k in ("model", "backend", "device") + tuple(sorted(backend_cls.load_keys))
-                           if k in params}
+            load_params = load_parameters(params)
             load_params["python"] = cfg.runner_options.environments.get(params["backend"]) or cfg.runner_options.python
             load_params["image"] = cfg.runner_options.image
             group = "g-" + short_hash(load_params, 8)

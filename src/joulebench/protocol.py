@@ -98,7 +98,6 @@ class ExperimentSession:
         self.env = None
         self.own_pids = {os.getpid()}
         self.worker_id = spec["experiment_id"]      # the experiment that started (and loaded) this worker
-        self.experiments_served = 0
         self.sampler = None                         # one sampler process for all windows of this worker
         self.warm_history: dict[str, list[float]] = {}   # config id -> warm-up pass throughputs (tokens/s)
         self.warm_converged: set[str] = set()            # configurations this worker warmed to stability
@@ -131,11 +130,11 @@ class ExperimentSession:
         self.emit({"event": "experiment_start", "experiment_id": eid, "worker_id": self.worker_id,
                    "reused": True})
         problem = None
+        wanted = load_identity(spec)
         if self.backend is None:
             problem = "this worker holds no loaded model"
-        elif load_identity(spec, self.backend) != self.load_identity:
-            problem = (f"this worker's model was loaded with {self.load_identity}, the experiment needs "
-                       f"{load_identity(spec, self.backend)}")
+        elif wanted != self.load_identity:
+            problem = f"this worker's model was loaded with {self.load_identity}, the experiment needs {wanted}"
         if problem:
             for t in spec["trials"]:
                 self._write_failed(t, f"cannot reuse worker {self.worker_id}: {problem}", "error")
@@ -149,7 +148,6 @@ class ExperimentSession:
         self.emit({"event": "experiment_end", "experiment_id": eid})
 
     def _run_trials(self, trials: list[dict[str, Any]]) -> None:
-        self.experiments_served += 1
         for t in trials:
             self.emit({"event": "trial_start", "trial_id": t["trial_id"]})
             try:
@@ -164,6 +162,9 @@ class ExperimentSession:
             return
         if time.time() - self.loaded_idle.measured_at <= float(self.m.get("baseline_max_age_s", 3600.0)):
             return
+        self._measure_loaded_idle()
+
+    def _measure_loaded_idle(self) -> None:
         from .meters.baselines import measure_idle_power
 
         self._phase("loaded_idle")
@@ -183,7 +184,7 @@ class ExperimentSession:
                    "trust_remote_code": self.spec.get("trust_remote_code", False),
                    "seed": self.spec.get("seed", 0), "weights_seed": 0}
         self.backend = backend_cls(backend_cls.Params.model_validate(engine), options)
-        self.load_identity = load_identity(self.spec, self.backend)
+        self.load_identity = load_identity(self.spec)
         self.env = collect_environment()
         model = parse_model(first["model"])
         intended = _intended_ordinals(first.get("device", "auto"))
@@ -203,16 +204,9 @@ class ExperimentSession:
         except Exception:  # noqa: BLE001
             self.unused_devs = []
         if self.m.get("loaded_idle_s", 0) > 0 and self.devices:
-            from .meters.baselines import measure_idle_power
-
-            self._phase("loaded_idle")
-            self.loaded_idle = measure_idle_power(self.devices, self.m["loaded_idle_s"],
-                                                  sync=self.backend.synchronize)
+            self._measure_loaded_idle()
 
     def close(self) -> None:
-        self._close()
-
-    def _close(self) -> None:
         if self.sampler is not None:
             try:
                 self.sampler.close()
@@ -278,12 +272,11 @@ class ExperimentSession:
             flags.append(QualityFlag(Flag.WARMUP_NOT_CONVERGED,
                                      f"{len(throughputs)} passes, last-{wcfg['k']} CV "
                                      f"{'n/a' if wcv is None else f'{wcv:.3f}'}"))
-        span = 2 * wcfg["k"]
-        self.warm_history[cid] = (history + throughputs)[-span:]
+        self.warm_history[cid] = recent = (history + throughputs)[-2 * wcfg["k"]:]
         if converged:
             self.warm_converged.add(cid)
         if how == "plateau":      # steady-state pass-to-pass noise of this host and worker
-            c = cv_of((history + throughputs)[-span:])
+            c = cv_of(recent)
             if c is not None:
                 self.noise_floor_cvs.append(c)
         warmup = {"passes": len(throughputs), "converged": converged, "converged_by": how,
@@ -383,18 +376,10 @@ class ExperimentSession:
         return self.sampler
 
     def _own_pids(self) -> set[int]:
-        pids = {os.getpid()}
-        try:  # children of this worker (engine processes)
-            import psutil  # type: ignore
+        """This worker and everything below it (engine processes, the sampler)."""
+        from .locks import descendants
 
-            pids |= {c.pid for c in psutil.Process().children(recursive=True)}
-        except Exception:  # noqa: BLE001
-            try:
-                out = Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()
-                pids |= {int(x) for x in out}
-            except OSError:
-                pass
-        return pids
+        return descendants(os.getpid())
 
     def _device_idle_obj(self):
         d = self.spec.get("device_idle")
@@ -553,11 +538,11 @@ class SteadyMarks:
                 "definition": "first completed response -> last request submitted, per pass"}
 
 
-def load_identity(spec: dict[str, Any], backend: Backend) -> dict[str, Any]:
+def load_identity(spec: dict[str, Any]) -> dict[str, Any]:
     """What a worker's model load depends on: the first trial's load-time parameters."""
-    first = spec["trials"][0]["params"] if spec.get("trials") else {}
-    keys = ("model", "backend", "device") + tuple(sorted(getattr(backend, "load_keys", ())))
-    return {k: first.get(k) for k in keys if k in first}
+    from .backends import load_parameters
+
+    return load_parameters(spec["trials"][0]["params"]) if spec.get("trials") else {}
 
 
 def _inject_fault(trial_id: str) -> None:

@@ -7,6 +7,7 @@ inside the backend's methods, never at module import, so reading a backend's
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 from ..errors import StudyError, did_you_mean
 
@@ -42,3 +43,10 @@ def get_backend_class(name: str):
     module_name, _, cls_name = target.partition(":")
     module = importlib.import_module(module_name)
     return getattr(module, cls_name)
+
+
+def load_parameters(params: dict[str, Any]) -> dict[str, Any]:
+    """The parameters a model load depends on (model, backend, device and the engine's load keys)."""
+    backend_cls = get_backend_class(params["backend"])
+    return {k: params[k] for k in ("model", "backend", "device") + tuple(sorted(backend_cls.load_keys))
+            if k in params}

@@ -87,7 +87,7 @@ class MeasurementConfig(Strict):
 class RunnerOptions(Strict):
     one_worker_per_trial: bool = False
     reuse_workers: bool = Field(True, description="a worker serves its load group's trials in later rounds too "
-                                                  "(one model load per study and load group; process runner)")
+                                                  "(one model load per study and load group; process and docker runners)")
     timeout_s: float = Field(3600.0, gt=0, description="per experiment (one worker)")
     python: str | None = Field(None, description="interpreter of an engine environment (process runner)")
     image: str | None = Field(None, description="container image override (docker runner)")

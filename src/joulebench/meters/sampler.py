@@ -37,6 +37,10 @@ if TYPE_CHECKING:  # pragma: no cover
 COLUMNS = ("t_s", "device_uuid", "device_index", "kind") + SAMPLE_KEYS
 
 
+def _empty() -> dict[str, list]:
+    return {c: [] for c in COLUMNS}
+
+
 IDLE_POLL_S = 0.5   # how often an idle sampler (between segments) checks that its parent lives
 
 
@@ -56,7 +60,7 @@ def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root
             conn.close()
         return
     conn.send(("ready", [d.info.uuid for d in devices]))
-    cols: dict[str, list] = {c: [] for c in COLUMNS}
+    cols: dict[str, list] = _empty()
     period = 1.0 / hz
     recording = start_recording
     next_t = time.monotonic()
@@ -88,13 +92,13 @@ def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root
                     conn.send(("rows", cols))
                     return
                 if msg == "begin":
-                    cols = {c: [] for c in COLUMNS}
+                    cols = _empty()
                     recording = True
                     next_t = time.monotonic()
                     conn.send(("begun", None))
                 elif msg == "end":
                     conn.send(("rows", cols))
-                    cols = {c: [] for c in COLUMNS}
+                    cols = _empty()
                     recording = False
             if os.getppid() != parent_pid:
                 return                          # parent died: never outlive it
@@ -105,10 +109,6 @@ def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root
             conn.close()
         except OSError:
             pass
-
-
-def _empty() -> dict[str, list]:
-    return {c: [] for c in COLUMNS}
 
 
 class Sampler:

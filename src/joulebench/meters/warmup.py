@@ -30,7 +30,7 @@ from typing import Sequence
 class WarmupState:
     converged: bool
     cv: float | None          # CV of the last k passes
-    how: str | None = None    # "cv" | "plateau" | None
+    how: str | None = None    # "cv" | "plateau" | "noise-floor" | "earlier" | None (not stable)
 
 
 def _mean_var(xs: list[float]) -> tuple[float, float]:
