@@ -7,7 +7,7 @@
 #   repeat    real SmolLM2 weights prepared (GGUF pieces .jbm1/part0 or $JB_WORK/part0, and .jbm2/part1);
 #             repeatability, paired meters on/off overhead, and synthetic vs real weights (issue 10)
 #   sweep1    the one-worker-per-trial side of the sweep benchmark, merged with the reuse side of `sweep`
-#   adaptive  adaptive repeats (max 25) on eager batch ${ADAPT_BS:-16} until the J/token CI is 2 %
+#   adaptive  adaptive repeats (max ${ADAPT_MAX:-25}) on eager batch ${ADAPT_BS:-16} until the J/token CI is 2 %
 #   overhead  the paired meters-on/off overhead alone (${PAIRS:-24} pairs, batch 64, compiled decode)
 #   quickstart  the CUDA quickstart through `joulebench run`
 #   svr       synthetic vs real weights alone
@@ -77,7 +77,7 @@ repeat)
   ;;
 adaptive)   # issue 10's open proof: adaptive repeats until the J/token CI half-width is 2 % (eager generate)
   rm -rf "$JB_WORK/adapt"
-  timeout ${REPEAT_TIMEOUT:-560} python3 benchmarks/repeatability.py --adaptive --batch-sizes ${ADAPT_BS:-16} \
+  timeout ${REPEAT_TIMEOUT:-560} python3 benchmarks/repeatability.py --adaptive --adaptive-max ${ADAPT_MAX:-25} --batch-sizes ${ADAPT_BS:-16} \
     --static-batch-sizes --overhead-pairs 0 --off-runs 0 --skip-synthetic-vs-real --results-dir "$OUT" \
     --work-dir $JB_WORK/adapt 2>&1 | grep -vE "phase" | tee "$OUT/adaptive.log" | tail -6
   ;;
