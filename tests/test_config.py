@@ -18,6 +18,7 @@ def test_minimal_study_gets_defaults(write_study):
     c = loaded.config
     assert c.backend == "transformers"
     assert c.repeats.min == 3 and c.repeats.max == 10 and c.repeats.ci_target == 0.02
+    assert c.repeats.metric == "energy_per_output_token_j"
     assert c.measurement.min_window_s == 10
     assert c.runner == "auto"
 
@@ -104,6 +105,7 @@ def test_missing_model_file(write_study):
     ("name: 'bad name!'\nmodel: synthetic:tiny-llama\n", "name"),
     ("name: x\nmodel: synthetic:tiny-llama\nrepeats: {min: 5, max: 2}\n", "max (2) is smaller than min (5)"),
     ("name: x\nmodel: synthetic:tiny-llama\nsweep: {batch_size: []}\n", "has no values"),
+    ("name: x\nmodel: synthetic:tiny-llama\nrepeats: {metric: watts}\n", "repeats.metric"),
     ("name: x\nmodel: synthetic:tiny-llama\ndevice: gpu\n", "device"),
     ("!!python/object/apply:os.system ['echo pwned']\n", "not valid YAML"),
 ])

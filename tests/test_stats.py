@@ -121,6 +121,29 @@ def test_summarize_configs_on_study(tmp_path):
     assert primary_metric(trials).column == "energy_per_output_token_j"
 
 
+def test_ci_target_bounds_the_named_metric():
+    """summarize_configs(ci_metric=...): the CI target checks the study's repeats.metric where present."""
+    import pandas as pd
+
+    gross, above = [0.10, 0.17, 0.12, 0.14], [0.0250, 0.0252, 0.0249, 0.0251]
+    trials = pd.DataFrame({"config_id": ["c"] * 4, "status": ["ok"] * 4, "param.batch_size": [16] * 4,
+                           "energy_per_output_token_j": gross,
+                           "energy_above_loaded_idle_per_output_token_j": above,
+                           "throughput_tok_s": [1000 / g for g in gross], "mean_power_w": [150.0] * 4})
+    default = summarize_configs(trials, ci_target=0.02, n_resamples=199).iloc[0]
+    assert default["ci_metric"] == "energy_per_output_token_j" and default["ci_above_target"]
+    marginal = summarize_configs(trials, ci_target=0.02, ci_metric="energy_above_loaded_idle_per_output_token_j",
+                                 n_resamples=199).iloc[0]
+    assert marginal["ci_metric"] == "energy_above_loaded_idle_per_output_token_j"
+    assert not marginal["ci_above_target"]
+    assert marginal["primary_metric"] == "energy_per_output_token_j"   # the headline figure stays gross
+    # a metric the table lacks falls back to the primary one
+    lacking = summarize_configs(trials.drop(columns=["energy_above_loaded_idle_per_output_token_j"]),
+                                ci_target=0.02, ci_metric="energy_above_loaded_idle_per_output_token_j",
+                                n_resamples=199).iloc[0]
+    assert lacking["ci_metric"] == "energy_per_output_token_j" and lacking["ci_above_target"]
+
+
 def test_mark_outliers_keeps_rows(tmp_path):
     trials = load_results(make_study(tmp_path))
     marked = mark_outliers(trials)

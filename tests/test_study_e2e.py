@@ -108,6 +108,35 @@ def test_adaptive_rule_stops_a_configuration_once_its_ci_is_tight(write_study, t
     assert orch._configs_needing(3) == []
 
 
+def test_adaptive_rule_bounds_the_metric_the_study_names(write_study, tmp_path):
+    """repeats.metric: the marginal J/token (above loaded idle) can be tight while the gross one is not
+    (host-bound decode on an H200: gross CV 11-15 %, marginal 1.3-2 %)."""
+    from joulebench.config import load_study
+    from joulebench.display import Display
+    from joulebench.orchestrator import Orchestrator
+    from joulebench.plan import build_plan, trial_id_for
+    from joulebench.runners.process import ProcessRunner
+
+    def needing(metric: str | None) -> list[str]:
+        rep = {"min": 3, "max": 6, "ci_target": 0.02, **({"metric": metric} if metric else {})}
+        loaded = load_study(write_study(tiny_study("metric", repeats=rep), f"{metric}.yaml"))
+        plan = build_plan(loaded)
+        store = StudyStore(tmp_path / str(metric))
+        store.create()
+        (c,) = plan.configs
+        for r, (gross, above) in enumerate([(0.10, 0.0250), (0.17, 0.0252), (0.12, 0.0249)]):
+            store.write_record({"trial_id": trial_id_for(c.config_id, r), "config_id": c.config_id, "status": "ok",
+                                "energy_per_output_token_j": gross,
+                                "energy_above_loaded_idle_per_output_token_j": above,
+                                "throughput_tok_s": 1000.0 / gross})
+        return Orchestrator(loaded, plan, store.root, ProcessRunner(), Display(quiet=True))._configs_needing(3)
+
+    assert len(needing(None)) == 1                                     # gross J/token: CI far above 2 %
+    assert len(needing("energy_per_output_token_j")) == 1
+    assert needing("energy_above_loaded_idle_per_output_token_j") == []  # marginal: CI well under 2 %
+    assert len(needing("throughput_tok_s")) == 1
+
+
 def _workers(d: Path) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for r in _records(d).values():

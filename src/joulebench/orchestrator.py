@@ -317,11 +317,14 @@ class Orchestrator:
         return self.store.done_ids(retry_failed=self.retry_failed) | self._failed_now
 
     def _metric_values(self, config_id: str, records: dict[str, dict]) -> list[float]:
+        """The values of ``repeats.metric`` over the configuration's finished repeats; tokens/s where
+        a repeat lacks the metric (no energy meter)."""
+        metric = self.plan.config.repeats.metric
         vals_e, vals_t = [], []
         for r in range(self.plan.max_repeats):
             rec = records.get(trial_id_for(config_id, r))
             if rec and rec.get("status") == "ok":
-                vals_e.append(rec.get("energy_per_output_token_j"))
+                vals_e.append(rec.get(metric))
                 vals_t.append(rec.get("throughput_tok_s"))
         if vals_e and all(v is not None for v in vals_e):
             return vals_e

@@ -244,7 +244,7 @@ def mark_outliers(trials, metrics: Sequence[str] | None = None, threshold: float
 
 
 def summarize_configs(trials, *, axes: Sequence[str] | None = None, cv_target: float = DEFAULT_CV_TARGET,
-                      ci_target: float | None = None, confidence: float = 0.95,
+                      ci_target: float | None = None, ci_metric: str | None = None, confidence: float = 0.95,
                       seed: int = BOOTSTRAP_SEED, n_resamples: int = BOOTSTRAP_RESAMPLES):
     """One row per configuration: its parameters and, per metric, the ``MetricSummary`` fields.
 
@@ -252,6 +252,8 @@ def summarize_configs(trials, *, axes: Sequence[str] | None = None, cv_target: f
     ``<metric>_<stat>`` for each metric of ``METRICS`` present in the table, and for the
     primary metric (J/output-token, else tokens/s) ``primary_metric``, ``cv_above_target``
     (CV > ``cv_target``) and ``ci_above_target`` (relative t-CI half-width > ``ci_target``).
+    ``ci_target`` bounds ``ci_metric`` (the study's ``repeats.metric``) where the table has values of
+    it, else the primary metric; the column ``ci_metric`` names the one checked.
     """
     import pandas as pd
 
@@ -276,8 +278,10 @@ def summarize_configs(trials, *, axes: Sequence[str] | None = None, cv_target: f
             vals = pd.to_numeric(ok[m], errors="coerce").tolist()
             row.update(summarize(vals, confidence, seed=seed, n_resamples=n_resamples).as_dict(f"{m}_"))
         c = row.get(f"{prim.column}_cv", math.nan)
-        rel = row.get(f"{prim.column}_ci95_rel_halfwidth", math.inf)
+        ci_col = ci_metric if ci_metric and row.get(f"{ci_metric}_n", 0) else prim.column
+        rel = row.get(f"{ci_col}_ci95_rel_halfwidth", math.inf)
         row["primary_metric"] = prim.column
+        row["ci_metric"] = ci_col
         row["cv_target"] = cv_target
         row["cv_above_target"] = bool(isinstance(c, float) and math.isfinite(c) and c > cv_target)
         row["ci_target"] = ci_target if ci_target is not None else math.nan

@@ -41,6 +41,12 @@ class RepeatsConfig(Strict):
     max: int = Field(10, ge=1)
     ci_target: float | None = Field(0.02, gt=0, lt=1,
                                     description="stop when the 95 % CI half-width / mean is below this")
+    metric: Literal["energy_per_output_token_j", "energy_above_loaded_idle_per_output_token_j",
+                    "throughput_tok_s"] = Field(
+        "energy_per_output_token_j",
+        description="the figure whose CI ci_target bounds: gross J/output-token (default), the J/output-token "
+                    "above the loaded-idle reference (the marginal energy, which repeats far tighter on host-bound "
+                    "work), or tokens/s. Where no energy meter exists, tokens/s.")
 
     @model_validator(mode="after")
     def _order(self):

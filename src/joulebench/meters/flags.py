@@ -87,7 +87,9 @@ _ADVICE: dict[Flag, str] = {
     Flag.HIGH_CV: "Repeats of this configuration vary more than the target; add repeats "
                   "(repeats.max) or find the noise source.",
     Flag.THROUGHPUT_DOMINATED: "J/token spread comes from tokens/s noise (host-bound work), not from power; "
-                               "more repeats tighten the mean, a faster host loop removes it.",
+                               "more repeats tighten the mean, a faster host loop (e.g. a compiled decode) "
+                               "removes it, and the energy above loaded idle repeats far tighter (to bound "
+                               "that one, set repeats.metric: energy_above_loaded_idle_per_output_token_j).",
     Flag.SYNTHETIC_WEIGHTS: "Random weights of the real shape: energy matches real weights on GPU-bound work "
                             "(METHODOLOGY.md section 1); output length was forced.",
     Flag.THERMAL_GATE_TIMEOUT: "The GPU did not reach the reference temperature band before the timeout; "

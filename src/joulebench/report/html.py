@@ -49,6 +49,13 @@ def _read_study_yaml(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def study_ci_metric(study: dict[str, Any]) -> str | None:
+    """The figure the study's ``repeats.ci_target`` bounds (``repeats.metric``); None: the default."""
+    rep = study.get("repeats")
+    m = rep.get("metric") if isinstance(rep, dict) else None
+    return m if isinstance(m, str) and m else None
+
+
 def study_targets(study: dict[str, Any]) -> tuple[float, float | None]:
     """(cv_target, ci_target) from the study's ``repeats`` section.
 
@@ -192,7 +199,8 @@ def build_report(study_dir: Path | str, *, cv_target: float | None = None, ci_ta
     write_tables(study_dir, trials)
     axes, plan_levels = sweep_axes(plan, trials)
     axes = [a for a in axes if f"param.{a}" in trials.columns]
-    summary = summarize_configs(trials, axes=axes, cv_target=cv_target, ci_target=ci_target) \
+    summary = summarize_configs(trials, axes=axes, cv_target=cv_target, ci_target=ci_target,
+                                ci_metric=study_ci_metric(study)) \
         if not trials.empty else pd.DataFrame(columns=["config_id"])
     atomic_write_bytes(study_dir / "summary.csv", summary.to_csv(index=False).encode())
 
@@ -327,11 +335,10 @@ def _render(study_dir, plan, manifest, study, trials, summary, effects: EffectsR
             rows = []
             for _, r in summary.iterrows():
                 marks = []
-                if metric == r.get("primary_metric"):
-                    if r.get("cv_above_target"):
-                        marks.append("<span class='bad'>CV&gt;</span>")
-                    if r.get("ci_above_target"):
-                        marks.append("<span class='bad'>CI&gt;</span>")
+                if metric == r.get("primary_metric") and r.get("cv_above_target"):
+                    marks.append("<span class='bad'>CV&gt;</span>")
+                if metric == r.get("ci_metric", r.get("primary_metric")) and r.get("ci_above_target"):
+                    marks.append("<span class='bad'>CI&gt;</span>")
                 n_out = r.get(f"{metric}_n_outliers", 0) or 0
                 rows.append([_e(plots.config_label(r, axes)), fmt(r[f"{metric}_n"]), fmt(r[f"{metric}_mean"]),
                              fmt(r[f"{metric}_median"]), fmt(r[f"{metric}_std"]), _pct(r[f"{metric}_cv"]),
@@ -468,10 +475,12 @@ def _config_flags_table(summary: pd.DataFrame, axes) -> str:
                             f"(CV {r['throughput_tok_s_cv'] * 100:.1f} %) vs power "
                             f"(CV {r['mean_power_w_cv'] * 100:.1f} %)")])
         if r.get("ci_above_target"):
-            rel = r.get(f"{prim}_ci95_rel_halfwidth", math.inf)
+            ci_col = r.get("ci_metric") or prim
+            rel = r.get(f"{ci_col}_ci95_rel_halfwidth", math.inf)
             rows.append([_e(plots.config_label(r, axes)), "<code>ci_above_target</code>",
                          _e(_CONFIG_ADVICE["ci_above_target"]),
-                         _e(f"CI half-width {rel * 100:.1f} % of the mean > target {r['ci_target'] * 100:.1f} %"
+                         _e(f"CI half-width of {ci_col} {rel * 100:.1f} % of the mean > target "
+                            f"{r['ci_target'] * 100:.1f} %"
                             if math.isfinite(rel) else "fewer than 2 finished repeats: no CI")])
     if not rows:
         return "<p>None: every configuration is within its CV and CI targets.</p>"
