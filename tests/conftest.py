@@ -2,12 +2,19 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+# A shell without job control starts background commands (`make test &`, a detached CI job) with
+# SIGINT ignored, and an ignored signal stays ignored across exec: every process the tests start
+# would then shrug off the Ctrl-C that the interrupt tests send. Give them the default disposition.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("JOULEBENCH_TEST_DATA", REPO.parent / "shared" / "data"))
