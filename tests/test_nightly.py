@@ -258,7 +258,10 @@ def test_busy_gpu_skip_defers_then_the_next_night_resumes(tmp_path, foreign):
     assert len(recs) == 2 and all(x["status"] == "ok" for x in recs.values())
     for x in recs.values():
         note = x["preflight"]["busy_gpu"]
-        assert note["deferred"]["action"] == "deferred" and note["action"] == "waited"
+        assert note["deferred"]["action"] == "deferred"
+        # the retry either waited for the other user to leave, or (the other user gone already,
+        # a race with other.kill() above) found the GPU free: then no wait is noted
+        assert note.get("action") in ("waited", None), note
     assert len(list((night1 / "logs").glob("run-*.log"))) == 2       # one log file per run
 
 
