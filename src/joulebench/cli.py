@@ -138,12 +138,11 @@ def _print_plan(path: Path, as_json: bool = False) -> None:
     counts = doc["counts"]
     rep = doc["repeats"]
     adaptive = rep["ci_target"] is not None and rep["max"] > rep["min"]
+    on = f" on {rep['metric']}" if rep.get("metric") not in (None, "energy_per_output_token_j") else ""
     console.print(f"{counts['configs']} configurations in {counts['load_groups']} load group(s); "
                   f"{counts['trials_min']} trials" + (f" (up to {counts['trials_max']} with adaptive repeats "
-                                                      f"to a {rep['ci_target']:.0%} CI target"
-                                                      + (f" on {rep['metric']}" if rep.get("metric") not in
-                                                         (None, "energy_per_output_token_j") else "")
-                                                      + ")" if adaptive else ""))
+                                                      f"to a {rep['ci_target']:.0%} CI target{on})"
+                                                      if adaptive else ""))
     m = loaded.config.measurement
     per_trial = m.min_window_s + 3 * 1.0
     starts = p.worker_starts(rep["min"])
