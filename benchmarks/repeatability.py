@@ -101,8 +101,8 @@ def paired_overhead(study: dict, *, pairs: int, window_s: float, warm_passes: in
     from joulebench.devices import resolve_gpus
     from joulebench.meters import EnergyWindow, Sampler
     from joulebench.models import parse_model
-    from joulebench.plan import build_plan
-    from joulebench.protocol import _intended_ordinals
+    from joulebench.study.plan import build_plan
+    from joulebench.worker.session import _intended_ordinals
     from joulebench.workloads import build_requests
 
     params = build_plan(load_study(study)).configs[0].params

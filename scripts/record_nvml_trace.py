@@ -12,7 +12,7 @@ on a bare GPU machine. A separate *process* polls NVML every ``--poll-ms``
 5. ``burst``        0.6 s of matmuls, then 3 s of nothing (``burst_tail``)
 
 Output: one gzip-compressed JSON file (columnar, schema
-``joulebench-nvml-trace/1``, read by ``joulebench.devices.fake_nvml``):
+``joulebench-nvml-trace/1``, read by ``joulebench.testing.fake_nvml``):
 
     {"schema": "joulebench-nvml-trace/1", "device": {name, uuid, power_limit_mw, ...},
      "phases": [{"name", "start_s", "end_s"}],         # seconds since trace start

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from joulebench.config import load_study, parse_study_text
 from joulebench.errors import EXIT_INVALID, JoulebenchError, StudyError
-from joulebench.plan import build_plan
+from joulebench.study.plan import build_plan
 
 from .conftest import run_cli, tiny_study
 

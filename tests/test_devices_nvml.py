@@ -6,7 +6,7 @@ import json
 import pytest
 
 from joulebench.devices import gpu_environment, nvml_available, resolve_gpus
-from joulebench.devices.fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeClock, FakeNVML, NVMLError
+from joulebench.testing.fake_nvml import NVML_ERROR_GPU_IS_LOST, FakeClock, FakeNVML, NVMLError
 from joulebench.devices.nvml import FAKE_ENV, gpus_by_uuid, load_nvml
 from joulebench.errors import DeviceError
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from joulebench.runners.base import EVENT_PREFIX, Experiment
-from joulebench.runners.docker import LABEL_STUDY, DockerRunner, connect, engine_available
+from joulebench.runners.docker.runner import LABEL_STUDY, DockerRunner, connect, engine_available
 
 pytestmark = pytest.mark.containers
 
@@ -154,7 +154,7 @@ DISPATCHER = """
 import json, sys
 from pathlib import Path
 from joulebench.runners.base import Experiment
-from joulebench.runners.docker import DockerRunner
+from joulebench.runners.docker.runner import DockerRunner
 study_dir, study, image = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 body = "import time; print(%r, flush=True); time.sleep(300)" % sys.argv[4]
 runner = DockerRunner(images={"transformers": image}, command=["python3", "-c", body])
@@ -229,7 +229,7 @@ def test_sigkilled_dispatcher_leftovers_are_swept_at_restart(engine, tmp_path):
 @pytest.fixture(scope="module")
 def transformers_image(engine):
     """The real transformers image, built (or found current) on the local base with CPU torch."""
-    from joulebench import images
+    from joulebench.runners.docker import images
 
     mp = pytest.MonkeyPatch()
     mp.setenv("JOULEBENCH_BASE_IMAGE", BASE_IMAGE)
@@ -282,9 +282,9 @@ def test_serving_container_ends_itself_when_the_dispatcher_stops_beating(engine,
     dispatcher: it ends itself once the heartbeat file goes stale. The next experiment of its load group
     would have reused it; another group's retires it."""
     from joulebench.config import load_study
-    from joulebench.display import Display
-    from joulebench.orchestrator import Orchestrator
-    from joulebench.plan import build_plan
+    from joulebench.study.display import Display
+    from joulebench.study.orchestrator import Orchestrator
+    from joulebench.study.plan import build_plan
     from joulebench.results.store import StudyStore
 
     from .conftest import tiny_study
@@ -320,7 +320,7 @@ def test_serving_container_ends_itself_when_the_dispatcher_stops_beating(engine,
 
 
 def test_stale_images_are_listed_and_removed(engine, transformers_image):
-    from joulebench import images
+    from joulebench.runners.docker import images
 
     img = engine.images.get(transformers_image.ref)
     img.tag(transformers_image.name, "000000000000")          # an image of older inputs

@@ -15,7 +15,7 @@ import pytest
 from docker.models.containers import ContainerCollection, _create_container_args
 
 from joulebench.runners.base import Experiment
-from joulebench.runners.docker import (
+from joulebench.runners.docker.runner import (
     CONTAINER_EXPERIMENT, CONTAINER_HF_CACHE, CONTAINER_OUT, CONTAINER_TOKEN, IMAGE_UID, LABEL_EXPERIMENT,
     LABEL_STUDY, ContainerSettings, DockerRunner, backend_of, engine_available, local_paths,
 )
@@ -129,7 +129,7 @@ def test_gpu_experiment_sends_exactly_the_nvidia_request_mounts_and_isolation(tm
     # The token is never in the environment, the labels, the command, the log or the study folder.
     sent = json.dumps(kw, default=str)
     assert "hf_secret_token_value_123" not in sent
-    assert kw["command"] == ["python", "-m", "joulebench.runners.worker", CONTAINER_EXPERIMENT, "--out", CONTAINER_OUT]
+    assert kw["command"] == ["python", "-m", "joulebench.worker.main", CONTAINER_EXPERIMENT, "--out", CONTAINER_OUT]
     for p in (tmp_path / "study").rglob("*"):
         if p.is_file():
             assert "hf_secret_token_value_123" not in p.read_text(errors="replace")
@@ -197,7 +197,7 @@ def test_engine_available_is_false_fast_for_a_dead_socket(tmp_path, monkeypatch)
 def test_transient_errors_are_retried_a_bounded_number_of_times(caplog):
     import requests
 
-    from joulebench.runners.docker import _call
+    from joulebench.runners.docker.runner import _call
 
     calls = []
 

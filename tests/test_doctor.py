@@ -1,6 +1,6 @@
 """`joulebench doctor`: honest on a machine without GPU, precise where the checks fail.
 
-GPU hosts are stood in for by the trace-backed NVML fake (joulebench.devices.fake_nvml) at the
+GPU hosts are stood in for by the trace-backed NVML fake (joulebench.testing.fake_nvml) at the
 hardware boundary; the in-container probe runs for real in the engine image when an engine is
 here, where it shows what a host without the NVIDIA container toolkit shows: no GPU inside.
 """
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from joulebench import doctor
-from joulebench.doctor import Check, exit_code
+from joulebench.cli import doctor
+from joulebench.cli.doctor import Check, exit_code
 
 REPO = Path(__file__).resolve().parents[1]
 TRACE = REPO / "tests" / "fixtures" / "nvml" / "h100_trace.json.gz"
@@ -87,8 +87,8 @@ def test_cli_doctor_json(tmp_path):
 @pytest.mark.slow
 def test_probe_in_the_real_image_finds_no_gpu_without_the_toolkit(fake_gpus, monkeypatch):
     """The probe container really runs (with the NVIDIA device request); here nothing provides the GPUs."""
-    from joulebench import images
-    from joulebench.runners.docker import connect, engine_available
+    from joulebench.runners.docker import images
+    from joulebench.runners.docker.runner import connect, engine_available
 
     host = os.environ.get("JOULEBENCH_TEST_DOCKER_HOST") or os.environ.get("DOCKER_HOST")
     if host:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from joulebench import engines
+from joulebench.runners import environments as engines
 from joulebench.errors import StudyError
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from joulebench import images
+from joulebench.runners.docker import images
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -47,7 +47,7 @@ def test_hash_is_stable_and_follows_the_inputs(tree, tmp_path):
     (tree / "README.md").write_text("docs only\n")            # documentation: same image
     assert _hash() == h0
     assert _hash(build_args={"BASE_IMAGE": "localhost/base:1"}) != h0
-    src = tree / "src" / "joulebench" / "runners" / "worker.py"
+    src = tree / "src" / "joulebench" / "worker" / "main.py"
     src.write_text(src.read_text() + "\n# changed\n")          # joulebench source: new image
     h1 = _hash()
     assert h1 != h0
@@ -95,7 +95,7 @@ def test_context_has_the_repository_layout_and_nothing_else(tree, tmp_path):
     buf.seek(0)
     names = tarfile.open(fileobj=buf).getnames()
     assert "docker/transformers/Dockerfile" in names
-    assert "pyproject.toml" in names and "src/joulebench/runners/worker.py" in names
+    assert "pyproject.toml" in names and "src/joulebench/worker/main.py" in names
     assert "docker/common/pip-install.sh" in names and "docker/wheels" in names
     assert "docker/certs/zz-extra-ca-bundle.crt" in names
     assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)

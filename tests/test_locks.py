@@ -12,8 +12,8 @@ import time
 import pytest
 
 from joulebench.devices import resolve_gpus
-from joulebench.devices.fake_nvml import FakeClock, FakeNVML
-from joulebench.locks import (EXIT_BUSY, BusyGpuGate, DeviceLock, GpuBusy, LockSkipped, gpu_usage, pid_alive)
+from joulebench.testing.fake_nvml import FakeClock, FakeNVML
+from joulebench.study.locks import (EXIT_BUSY, BusyGpuGate, DeviceLock, GpuBusy, LockSkipped, gpu_usage, pid_alive)
 
 UUID_A = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
 UUID_B = "GPU-bbbbbbbb-0000-0000-0000-000000000000"
@@ -24,7 +24,7 @@ def _holder_process(lock_dir, keys, hold_s: float, study="holder") -> subprocess
     """A real second process that takes the lock, says so on stdout, holds it for hold_s."""
     code = textwrap.dedent(f"""
         import sys, time
-        from joulebench.locks import DeviceLock
+        from joulebench.study.locks import DeviceLock
         with DeviceLock({keys!r}, study={study!r}, directory={str(lock_dir)!r}):
             print("locked", flush=True)
             time.sleep({hold_s})

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from joulebench.locks import BusyGpuGate, DeviceLock, GpuBusy, gpu_usage
+from joulebench.study.locks import BusyGpuGate, DeviceLock, GpuBusy, gpu_usage
 
 pytestmark = pytest.mark.gpu
 
@@ -85,7 +85,7 @@ def test_real_foreign_cuda_process_is_seen_waited_for_and_released(gpus, foreign
 
 def test_lock_key_is_the_gpu_uuid(tmp_path, gpus):
     uuid = gpus[0].info.uuid
-    from joulebench.locks import study_device_keys
+    from joulebench.study.locks import study_device_keys
 
     assert study_device_keys([{"device": "cuda:0"}]) == [uuid]
     with DeviceLock([uuid], study="a", directory=tmp_path, policy="fail"):

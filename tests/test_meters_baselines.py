@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from joulebench.devices import resolve_gpus
-from joulebench.devices.fake_nvml import FakeClock, FakeNVML
+from joulebench.testing.fake_nvml import FakeClock, FakeNVML
 from joulebench.meters import IdleBaseline, baseline_drifted, baseline_is_stale, energy_above, measure_idle_power
 
 U0 = "GPU-aaaaaaaa-0000-0000-0000-000000000000"

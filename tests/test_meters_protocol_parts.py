@@ -7,7 +7,7 @@ import os
 import pytest
 
 from joulebench.devices import resolve_gpus
-from joulebench.devices.fake_nvml import FakeClock, FakeNVML
+from joulebench.testing.fake_nvml import FakeClock, FakeNVML
 from joulebench.errors import DeviceError
 from joulebench.meters import Flag, preflight, preflight_flags, thermal_gate, warmup_converged, warmup_state
 from joulebench.meters.warmup import warmup_step

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from joulebench.devices import resolve_gpus
-from joulebench.devices.fake_nvml import FakeClock, FakeNVML, load_trace
+from joulebench.testing.fake_nvml import FakeClock, FakeNVML, load_trace
 from joulebench.meters import EnergyWindow, Flag, measure_idle_power, window_flags
 
 TRACE = Path(__file__).parent / "fixtures" / "nvml" / "h100_trace.json.gz"

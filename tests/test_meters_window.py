@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from joulebench.devices import resolve_gpus
-from joulebench.devices.fake_nvml import FakeClock, FakeNVML
+from joulebench.testing.fake_nvml import FakeClock, FakeNVML
 from joulebench.meters import EnergyWindow, Flag
 
 U0 = "GPU-aaaaaaaa-0000-0000-0000-000000000000"

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from joulebench.nightly import retention, study_folders
+from joulebench.study.nightly import retention, study_folders
 
 from .conftest import JOULEBENCH, run_cli, tiny_study
 

@@ -7,7 +7,7 @@ import pytest
 
 from joulebench.config import load_study
 from joulebench.errors import StudyError
-from joulebench.plan import build_plan, trial_id_for
+from joulebench.study.plan import build_plan, trial_id_for
 
 from .conftest import run_cli, tiny_study
 

@@ -237,7 +237,7 @@ def test_ctrl_c_cancels_the_task_and_its_worker(cluster, tmp_path):
     assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
 
     def workers_left():
-        return _pids_with(cluster.tmp, also="joulebench.runners.worker")
+        return _pids_with(cluster.tmp, also="joulebench.worker.main")
 
     deadline = time.monotonic() + 20
     while workers_left() and time.monotonic() < deadline:

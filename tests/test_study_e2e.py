@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from joulebench.orchestrator import resume_study, run_study
+from joulebench.study.orchestrator import resume_study, run_study
 from joulebench.errors import ResumeError
 from joulebench.results.store import StudyStore
 
@@ -80,9 +80,9 @@ def test_adaptive_repeats_run_to_max_when_the_target_is_out_of_reach(write_study
 def test_adaptive_rule_stops_a_configuration_once_its_ci_is_tight(write_study, tmp_path):
     """The decision itself, on records with known values (J/output-token, else tokens/s)."""
     from joulebench.config import load_study
-    from joulebench.display import Display
-    from joulebench.orchestrator import Orchestrator
-    from joulebench.plan import build_plan, trial_id_for
+    from joulebench.study.display import Display
+    from joulebench.study.orchestrator import Orchestrator
+    from joulebench.study.plan import build_plan, trial_id_for
     from joulebench.runners.process import ProcessRunner
 
     loaded = load_study(write_study(tiny_study("rule", sweep={"batch_size": [1, 2, 3]},
@@ -112,9 +112,9 @@ def test_adaptive_rule_bounds_the_metric_the_study_names(write_study, tmp_path):
     """repeats.metric: the marginal J/token (above loaded idle) can be tight while the gross one is not
     (host-bound decode on an H200: gross CV 11-15 %, marginal 1.3-2 %)."""
     from joulebench.config import load_study
-    from joulebench.display import Display
-    from joulebench.orchestrator import Orchestrator
-    from joulebench.plan import build_plan, trial_id_for
+    from joulebench.study.display import Display
+    from joulebench.study.orchestrator import Orchestrator
+    from joulebench.study.plan import build_plan, trial_id_for
     from joulebench.runners.process import ProcessRunner
 
     def needing(metric: str | None) -> list[str]:
@@ -171,7 +171,7 @@ def test_one_worker_serves_every_round_of_its_load_group(write_study, tmp_path):
 
 
 def test_worker_needs_a_spec_or_an_inbox(tmp_path):
-    r = subprocess.run([*JOULEBENCH[:1], "-m", "joulebench.runners.worker", "--out", str(tmp_path)],
+    r = subprocess.run([*JOULEBENCH[:1], "-m", "joulebench.worker.main", "--out", str(tmp_path)],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "--inbox" in r.stderr
 
@@ -179,7 +179,7 @@ def test_worker_needs_a_spec_or_an_inbox(tmp_path):
 def test_idle_worker_stops_when_its_dispatcher_stops_beating(tmp_path):
     """Containers cannot see their dispatcher die: an idle serving worker ends once the heartbeat file
     the dispatcher touches goes stale (or is gone), or on a stop file."""
-    from joulebench.runners.worker import next_spec
+    from joulebench.worker.main import next_spec
 
     inbox = tmp_path / "inbox"
     inbox.mkdir()
@@ -247,7 +247,7 @@ def test_reused_worker_crash_fails_one_trial_and_a_fresh_worker_continues(write_
     study = tiny_study("crash2", sweep={"batch_size": [1, 2, 3]}, repeats=2)
     path = write_study(study)
     from joulebench.config import load_study
-    from joulebench.plan import build_plan
+    from joulebench.study.plan import build_plan
 
     plan = build_plan(load_study(path))
     victim = f"{plan.round_order(1)[1].config_id}-r1"   # round 1, served by the worker of round 0
@@ -278,7 +278,7 @@ def test_crashing_worker_fails_one_trial_and_the_study_continues(write_study, tm
     study = tiny_study("crash", sweep={"batch_size": [1, 2, 3]})
     path = write_study(study)
     from joulebench.config import load_study
-    from joulebench.plan import build_plan
+    from joulebench.study.plan import build_plan
 
     plan = build_plan(load_study(path))
     victim = f"{plan.round_order(0)[1].config_id}-r0"  # the second trial of the worker
@@ -296,7 +296,7 @@ def test_resume_retry_failed_reruns_only_the_failed_trial(write_study, tmp_path,
     study = tiny_study("retry", sweep={"batch_size": [1, 2]})
     path = write_study(study)
     from joulebench.config import load_study
-    from joulebench.plan import build_plan
+    from joulebench.study.plan import build_plan
 
     victim = f"{build_plan(load_study(path)).round_order(0)[0].config_id}-r0"
     monkeypatch.setenv("JOULEBENCH_FAULT", f"error:{victim}")
@@ -318,7 +318,7 @@ def test_hanging_worker_is_timed_out(write_study, tmp_path, monkeypatch):
     study = tiny_study("hang", runner_options={"timeout_s": 60})
     path = write_study(study)
     from joulebench.config import load_study
-    from joulebench.plan import build_plan
+    from joulebench.study.plan import build_plan
 
     victim = f"{build_plan(load_study(path)).configs[0].config_id}-r0"
     monkeypatch.setenv("JOULEBENCH_FAULT", f"hang:{victim}")
@@ -340,7 +340,7 @@ def _live_workers(study_dir: Path) -> list[int]:
             cmd = (p / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if "joulebench.runners.worker" in cmd and str(study_dir) in cmd:
+        if "joulebench.worker.main" in cmd and str(study_dir) in cmd:
             pids.append(int(p.name))
     return pids
 

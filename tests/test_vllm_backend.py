@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from joulebench import engines
+from joulebench.runners import environments as engines
 from joulebench.backends import get_backend_class
 from joulebench.config.loader import parse_study_text
 from joulebench.errors import StudyError
-from joulebench.plan import build_plan
+from joulebench.study.plan import build_plan
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "synthetic:tiny-llama-hd64"   # vLLM CPU attention needs head_dim >= 32

@@ -17,11 +17,11 @@ import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from .devices import FAKE_ENV, cpu_devices, resolve_gpus
-from .meters.baselines import IdleBaseline, energy_above, measure_idle_power
-from .meters.flags import QualityFlag, window_flags
-from .meters.sampler import Sampler
-from .meters.window import EnergyWindow, WindowMeasurement
+from joulebench.devices import FAKE_ENV, cpu_devices, resolve_gpus
+from joulebench.meters.baselines import IdleBaseline, energy_above, measure_idle_power
+from joulebench.meters.flags import QualityFlag, window_flags
+from joulebench.meters.sampler import Sampler
+from joulebench.meters.window import EnergyWindow, WindowMeasurement
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd

@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats as _st
 
-from .stats import PrimaryMetric, primary_metric
+from joulebench.analysis.stats import PrimaryMetric, primary_metric
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from ..errors import StudyError, did_you_mean
+from joulebench.errors import StudyError, did_you_mean
 
 _REGISTRY: dict[str, str] = {
     "transformers": "joulebench.backends.transformers:TransformersBackend",

@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 
 from pydantic import model_validator
 
-from ..errors import BackendError
-from .served.params import ModeParams, runtime_value
-from .base import Backend, LoadInfo, Request, RequestResult
+from joulebench.errors import BackendError
+from joulebench.backends.served.params import ModeParams, runtime_value
+from joulebench.backends.base import Backend, LoadInfo, Request, RequestResult
 
 
 class LlamaCppParams(ModeParams):
@@ -87,7 +87,7 @@ def eog_token_ids(llm) -> list[int]:
 
 def _text_tokenizer(llm, name: str):
     """joulebench's tokenizer view of the GGUF vocabulary (builds synthetic prompts, counts tokens)."""
-    from ..models.tokenizer import TextTokenizer
+    from joulebench.models.tokenizer import TextTokenizer
 
     eos = llm.token_eos()
     return TextTokenizer(lambda t: llm.tokenize(t.encode("utf-8"), add_bos=False, special=False),
@@ -129,7 +129,7 @@ class LlamaCppBackend(Backend):
         notes: dict[str, Any] = {"mode": self.params.mode, "llama_cpp_version": llama_cpp.__version__,
                                  "gguf": path}
         if self.params.mode == "served":
-            from .served import ServedSession, get_recipe
+            from joulebench.backends.served import ServedSession, get_recipe
 
             # The vocabulary alone (no weights) gives the tokenizer and the end-of-generation ids.
             self.llm = Llama(model_path=path, vocab_only=True, verbose=False)

@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from ..errors import BackendError
-from .base import Backend, EngineParams, LoadInfo, Request, RequestResult
+from joulebench.errors import BackendError
+from joulebench.backends.base import Backend, EngineParams, LoadInfo, Request, RequestResult
 
 
 class TransformersParams(EngineParams):
@@ -90,7 +90,7 @@ class TransformersBackend(Backend):
     def load(self, model) -> LoadInfo:
         import torch
 
-        from ..models.tokenizer import builtin_tokenizer, hf_tokenizer
+        from joulebench.models.tokenizer import builtin_tokenizer, hf_tokenizer
 
         p: TransformersParams = self.params
         t0 = time.perf_counter()
@@ -102,7 +102,7 @@ class TransformersBackend(Backend):
         torch.manual_seed(p.seed)
         info_notes: dict[str, Any] = {"device": dev}
         if model.kind == "synthetic":
-            from ..models.synthetic import build_model
+            from joulebench.models.synthetic import build_model
 
             if len(ordinals) > 1:
                 self.model = self._synthetic_multi_gpu(model.arch, dtype, ordinals)
@@ -157,7 +157,7 @@ class TransformersBackend(Backend):
         import torch
         from accelerate import dispatch_model, infer_auto_device_map
 
-        from ..models.synthetic import build_model
+        from joulebench.models.synthetic import build_model
 
         model = build_model(arch, dtype=dtype, device="cpu", seed=self.options.get("weights_seed", 0),
                             attn_implementation=self.params.attn_implementation)

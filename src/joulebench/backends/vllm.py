@@ -24,9 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ..errors import BackendError
-from .served.params import ModeParams, runtime_value
-from .base import Backend, LoadInfo, Request, RequestResult
+from joulebench.errors import BackendError
+from joulebench.backends.served.params import ModeParams, runtime_value
+from joulebench.backends.base import Backend, LoadInfo, Request, RequestResult
 
 
 class VLLMParams(ModeParams):
@@ -110,7 +110,7 @@ class VLLMBackend(Backend):
     def _model_path(self, model) -> tuple[str, bool]:
         kind = getattr(model, "kind", None)
         if kind == "synthetic":
-            from ..models import materialize
+            from joulebench.models import materialize
 
             dtype = self.params.dtype if self.params.dtype not in ("auto", None) else "bfloat16"
             return str(materialize(model, dtype)), True
@@ -148,7 +148,7 @@ class VLLMBackend(Backend):
         self.model_path = path
         kwargs = self._engine_kwargs()
         if self.params.mode == "served":
-            from .served import ServedSession, get_recipe
+            from joulebench.backends.served import ServedSession, get_recipe
 
             log_dir = self.log_dir or self._private / "logs"
             self.session = ServedSession(get_recipe("vllm"), python=sys.executable, model=path,
@@ -156,7 +156,7 @@ class VLLMBackend(Backend):
                                          env=env, log_dir=log_dir, ready_timeout_s=self.params.server_ready_timeout_s)
             from transformers import AutoTokenizer
 
-            from ..models.tokenizer import hf_tokenizer
+            from joulebench.models.tokenizer import hf_tokenizer
 
             self._tokenizer = AutoTokenizer.from_pretrained(self.params.tokenizer or path,
                                                             trust_remote_code=self.params.trust_remote_code)
@@ -171,7 +171,7 @@ class VLLMBackend(Backend):
                 raise BackendError(f"vllm is not importable in {sys.executable}: {exc}. "
                                    "Run scripts/setup-vllm-env.sh and point the study's runner_options at it.") from exc
             self.llm = LLM(model=path, **kwargs)
-            from ..models.tokenizer import hf_tokenizer
+            from joulebench.models.tokenizer import hf_tokenizer
 
             self.tokenizer = hf_tokenizer(self.llm.get_tokenizer(), path)
             notes = {"mode": "offline", "engine_kwargs": {k: v for k, v in kwargs.items()}, "cpu": self._cpu}

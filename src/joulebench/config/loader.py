@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..errors import StudyError, StudyErrors, did_you_mean
-from .study import (MeasurementConfig, RepeatsConfig, RunnerOptions, StudyConfig, ThermalGateConfig,
+from joulebench.errors import StudyError, StudyErrors, did_you_mean
+from joulebench.config.study import (MeasurementConfig, RepeatsConfig, RunnerOptions, StudyConfig, ThermalGateConfig,
                     WarmupConfig, WorkloadConfig)
 
 MAX_STUDY_BYTES = 1 << 20

@@ -6,10 +6,10 @@ functions return [] / {} / None and never raise.
 """
 from __future__ import annotations
 
-from .base import SAMPLE_KEYS, Device, DeviceInfo
-from .nvml import (FAKE_ENV, THROTTLE_MASK, THROTTLE_NAMES, NvmlDevice, gpu_environment,
+from joulebench.devices.base import SAMPLE_KEYS, Device, DeviceInfo
+from joulebench.devices.nvml import (FAKE_ENV, THROTTLE_MASK, THROTTLE_NAMES, NvmlDevice, gpu_environment,
                    gpus_by_uuid, load_nvml, nvml_available, resolve_gpus)
-from .rapl import RaplDevice, cpu_devices
+from joulebench.devices.rapl import RaplDevice, cpu_devices
 
 __all__ = [
     "Device", "DeviceInfo", "SAMPLE_KEYS", "NvmlDevice", "RaplDevice", "resolve_gpus", "gpus_by_uuid",

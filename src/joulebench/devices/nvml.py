@@ -1,7 +1,7 @@
 """NVIDIA GPUs through NVML (``nvidia-ml-py``): a thin adapter, SI units out.
 
 * The NVML module is injectable (``nvml=``); by default it is the real
-  ``pynvml``, or the fake of :mod:`joulebench.devices.fake_nvml` when the
+  ``pynvml``, or the fake of :mod:`joulebench.testing.fake_nvml` when the
   environment variable ``JOULEBENCH_FAKE_NVML`` names a spec file.
 * Devices are mapped from the process's CUDA ordinals to NVML handles **by
   UUID** (``CUDA_VISIBLE_DEVICES`` may hold indices, UUIDs or UUID prefixes).
@@ -16,8 +16,8 @@ import threading
 import weakref
 from typing import Any
 
-from ..errors import DeviceError
-from .base import SAMPLE_KEYS, Device, DeviceInfo
+from joulebench.errors import DeviceError
+from joulebench.devices.base import SAMPLE_KEYS, Device, DeviceInfo
 
 FAKE_ENV = "JOULEBENCH_FAKE_NVML"
 _UNSET: Any = object()
@@ -54,7 +54,7 @@ def load_nvml():
     if path:
         with _lock:
             if path not in _fake_cache:
-                from .fake_nvml import FakeNVML
+                from joulebench.testing.fake_nvml import FakeNVML
 
                 try:
                     _fake_cache[path] = FakeNVML.from_spec(path)

@@ -16,7 +16,7 @@ import re
 import threading
 from pathlib import Path
 
-from .base import SAMPLE_KEYS, Device, DeviceInfo
+from joulebench.devices.base import SAMPLE_KEYS, Device, DeviceInfo
 
 DEFAULT_ROOT = "/sys/class/powercap"
 _TOP = re.compile(r"^intel-rapl:(\d+)$")

@@ -18,8 +18,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-from ..devices.base import Device
-from .window import EnergyWindow
+from joulebench.devices.base import Device
+from joulebench.meters.window import EnergyWindow
 
 
 @dataclass(frozen=True)

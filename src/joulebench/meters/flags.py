@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from .baselines import IdleBaseline
-    from .window import WindowMeasurement
+    from joulebench.meters.baselines import IdleBaseline
+    from joulebench.meters.window import WindowMeasurement
 
 
 class Flag(str, Enum):
@@ -150,7 +150,7 @@ def window_flags(window: "WindowMeasurement", timeline: "pd.DataFrame | None" = 
       sampled instant power differs from the counter by more than ``integral_tolerance_rel``.
     * SAMPLER_GAPS: timeline gaps > ``gap_factor`` / ``sampler_hz`` inside the window.
     """
-    from ..devices.nvml import THROTTLE_MASK, THROTTLE_NAMES
+    from joulebench.devices.nvml import THROTTLE_MASK, THROTTLE_NAMES
 
     flags: list[QualityFlag] = []
     mask = THROTTLE_MASK if throttle_mask is None else throttle_mask

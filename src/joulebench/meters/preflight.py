@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import os
 
-from ..devices.base import Device
-from ..errors import DeviceError
-from .flags import Flag, QualityFlag
+from joulebench.devices.base import Device
+from joulebench.errors import DeviceError
+from joulebench.meters.flags import Flag, QualityFlag
 
 RESIDUAL_MEMORY_BYTES = 1 << 30      # memory in use with no process listed, above which we warn
 

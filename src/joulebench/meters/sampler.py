@@ -28,8 +28,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..devices.base import SAMPLE_KEYS
-from ..errors import DeviceError
+from joulebench.devices.base import SAMPLE_KEYS
+from joulebench.errors import DeviceError
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -48,7 +48,7 @@ def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root
                   parent_pid: int, start_recording: bool = True) -> None:
     """Child process body. Only stdlib and joulebench.devices are imported here."""
     try:
-        from ..devices import cpu_devices, gpus_by_uuid
+        from joulebench.devices import cpu_devices, gpus_by_uuid
 
         devices = list(gpus_by_uuid(device_uuids))
         if cpu:

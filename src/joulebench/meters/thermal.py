@@ -10,7 +10,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Callable
 
-from ..devices.base import Device
+from joulebench.devices.base import Device
 
 
 @dataclass(frozen=True)

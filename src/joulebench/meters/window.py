@@ -16,8 +16,8 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from ..devices.base import Device, DeviceInfo
-from .flags import Flag, QualityFlag
+from joulebench.devices.base import Device, DeviceInfo
+from joulebench.meters.flags import Flag, QualityFlag
 
 GPU_SOURCE = "nvml-counter"
 INTEGRAL_SOURCE = "nvml-power-integral"

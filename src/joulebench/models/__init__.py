@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import StudyError, did_you_mean
+from joulebench.errors import StudyError, did_you_mean
 
 SYNTHETIC_PREFIX = "synthetic:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -79,7 +79,7 @@ def check_model_exists(source: ModelSource, *, yaml_path: str = "model", base_di
 def materialize(source: ModelSource, dtype: str = "bfloat16", *, seed: int = 0) -> Path:
     """A directory or file an engine can load from disk (synthetic models are written once and cached)."""
     if source.kind == "synthetic":
-        from .synthetic import materialize_synthetic
+        from joulebench.models.synthetic import materialize_synthetic
 
         return materialize_synthetic(source.arch, dtype=dtype, seed=seed)
     if source.kind in ("local", "gguf"):

@@ -14,8 +14,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from . import architectures
-from .tokenizer import BOS_ID, EOS_ID, PAD_ID, save_builtin_tokenizer
+from joulebench.models import architectures
+from joulebench.models.tokenizer import BOS_ID, EOS_ID, PAD_ID, save_builtin_tokenizer
 
 INIT_STD = 0.02
 

@@ -22,13 +22,13 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 import yaml
 
-from ..analysis.effects import EffectsResult, fit_effects, level_order
-from ..analysis.pareto import default_fronts, pareto_table
-from ..analysis.stats import (BOOTSTRAP_RESAMPLES, DEFAULT_CV_TARGET, MAD_MIN_REL_SCALE, MAD_THRESHOLD, METRIC_INFO, METRICS,
+from joulebench.analysis.effects import EffectsResult, fit_effects, level_order
+from joulebench.analysis.pareto import default_fronts, pareto_table
+from joulebench.analysis.stats import (BOOTSTRAP_RESAMPLES, DEFAULT_CV_TARGET, MAD_MIN_REL_SCALE, MAD_THRESHOLD, METRIC_INFO, METRICS,
                               mark_outliers, primary_metric, summarize_configs)
-from ..results.store import atomic_write_bytes
-from ..results.table import load_results, write_tables
-from . import plots
+from joulebench.results.store import atomic_write_bytes
+from joulebench.results.table import load_results, write_tables
+from joulebench.report import plots
 
 DEFAULT_CI_TARGET = 0.02
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -436,7 +436,7 @@ def _render(study_dir, plan, manifest, study, trials, summary, effects: EffectsR
 
 
 def plots_safe_contrast(c, label: str) -> str:
-    from ..analysis.effects import describe_contrast
+    from joulebench.analysis.effects import describe_contrast
 
     return describe_contrast(c, label)
 
@@ -453,7 +453,7 @@ _CONFIG_ADVICE = {
 
 def _advice(code: str) -> str:
     try:  # the protocol's typed flags carry the canonical advice text
-        from ..meters.flags import Flag
+        from joulebench.meters.flags import Flag
 
         return Flag(code).advice
     except (ImportError, ValueError, KeyError):
@@ -490,7 +490,7 @@ def _config_flags_table(summary: pd.DataFrame, axes) -> str:
 def _flags_table(study_dir: Path, axes, trials: pd.DataFrame) -> str:
     """One block per flag code: its advice once, how many trials raised it, then every trial with its
     detail (in a native <details> element, so long studies stay readable without a script)."""
-    from ..results.table import load_records
+    from joulebench.results.table import load_records
 
     by_id = {r["trial_id"]: r for r in load_records(study_dir)}
     groups: dict[str, dict[str, Any]] = {}
@@ -522,7 +522,7 @@ def _flags_table(study_dir: Path, axes, trials: pd.DataFrame) -> str:
 def _devices_table(study_dir: Path, axes, trials: pd.DataFrame) -> str:
     """Mean energy of each measured device per configuration and its share of the total; visible GPUs
     that the trials did not use are listed apart (their energy is never part of the total)."""
-    from ..results.table import load_records
+    from joulebench.results.table import load_records
 
     by_id = {r["trial_id"]: r for r in load_records(study_dir)}
     per: dict[tuple[str, str], dict[str, Any]] = {}
@@ -561,7 +561,7 @@ def _devices_table(study_dir: Path, axes, trials: pd.DataFrame) -> str:
 
 
 def _environment(trials: pd.DataFrame, study_dir: Path, manifest: dict[str, Any]) -> str:
-    from ..results.table import load_records
+    from joulebench.results.table import load_records
 
     recs = load_records(study_dir)
     envs = [r.get("environment") or {} for r in recs]

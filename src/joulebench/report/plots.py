@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from ..analysis.pareto import Objective, pareto_table  # noqa: E402
-from ..analysis.stats import METRIC_INFO  # noqa: E402
+from joulebench.analysis.pareto import Objective, pareto_table  # noqa: E402
+from joulebench.analysis.stats import METRIC_INFO  # noqa: E402
 
 DPI = 110
 _FRONT = "#1f6fb4"

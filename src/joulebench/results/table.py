@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from .store import StudyStore, atomic_write_bytes
+from joulebench.results.store import StudyStore, atomic_write_bytes
 
 LATENCY_FIELDS = ("ttft_s", "itl_s", "tpot_s", "latency_s")
 LATENCY_STATS = ("median", "p90", "p99", "mean", "n")

@@ -8,7 +8,7 @@ record per trial under ``<out>/trials/<id>.json`` and a timeline under
 
 Worker command line (identical in every runner)::
 
-    python -m joulebench.runners.worker EXPERIMENT.json --out OUTDIR
+    python -m joulebench.worker.main EXPERIMENT.json --out OUTDIR
 
 Events, one JSON object per line, prefixed with ``EVENT_PREFIX`` so they can be
 told apart from engine chatter on the same stream::

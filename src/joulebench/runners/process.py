@@ -1,6 +1,6 @@
 """Process runner: each experiment in a freshly spawned local worker process.
 
-Never forked: the worker is a new interpreter (``python -m joulebench.runners.worker``),
+Never forked: the worker is a new interpreter (``python -m joulebench.worker.main``),
 optionally another interpreter (an engine environment's venv), so CUDA state and
 engine globals never leak between experiments. The worker runs in its own process
 group and gets SIGTERM if the orchestrator dies (Linux parent-death signal), so a
@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..locks import descendants
-from ..results.store import atomic_write_json
-from .base import EventCallback, Experiment, ExperimentOutcome, ReusingRunner, parse_event
+from joulebench.study.locks import descendants
+from joulebench.results.store import atomic_write_json
+from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, ReusingRunner, parse_event
 
 TERM_GRACE_S = 10.0
 
@@ -102,7 +102,7 @@ class ProcessRunner(ReusingRunner):
         """A worker process (not started yet); with ``key``, an inbox for the experiments after its first."""
         study_dir = Path(study_dir)
         (study_dir / "logs").mkdir(parents=True, exist_ok=True)
-        cmd = [python or self.python or sys.executable, "-m", "joulebench.runners.worker"]
+        cmd = [python or self.python or sys.executable, "-m", "joulebench.worker.main"]
         cmd += [str(spec_path)] if spec_path is not None else []
         cmd += ["--out", str(study_dir)]
         inbox = None

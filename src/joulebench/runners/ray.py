@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import JoulebenchError
-from ..results.store import StudyStore, atomic_write_bytes, atomic_write_json
-from .base import EventCallback, Experiment, ExperimentOutcome, Runner
+from joulebench.errors import JoulebenchError
+from joulebench.results.store import StudyStore, atomic_write_bytes, atomic_write_json
+from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, Runner
 
 # Ray exceptions that mean "the node or the task's worker process went away", not "the
 # experiment failed": the trial in flight is retried on resume.
@@ -149,7 +149,7 @@ def run_on_node(experiment_id: str, study_name: str, spec: dict[str, Any], trial
     Yields ``{"kind": "node"}`` first, then ``event`` items, a ``trial`` item (record +
     timeline bytes) for each finished trial, and one final ``outcome``.
     """
-    from .process import ProcessRunner
+    from joulebench.runners.process import ProcessRunner
 
     node = node_identity()
     yield {"kind": "node", "node": node}
@@ -165,7 +165,7 @@ def run_on_node(experiment_id: str, study_name: str, spec: dict[str, Any], trial
     store = StudyStore(tmp)
     store.create()
     if node_runner == "docker":
-        from .docker import DockerRunner
+        from joulebench.runners.docker.runner import DockerRunner
 
         runner: Any = DockerRunner(image=image)
         runner.prepare(tmp, study_name)

@@ -14,8 +14,8 @@ import random
 from pathlib import Path
 from typing import Any
 
-from ..backends.base import Request
-from ..errors import StudyError
+from joulebench.backends.base import Request
+from joulebench.errors import StudyError
 
 AIENERGYSCORE_HUB_ID = "AIEnergyScore/text_generation"
 AIENERGYSCORE_FILE = "aienergyscore_text_generation.jsonl"
@@ -58,7 +58,7 @@ def _aienergyscore_candidates(dataset_path: str | None) -> list[Path]:
         if p:
             p = Path(p).expanduser()
             cands.append(p / AIENERGYSCORE_FILE if p.is_dir() else p)
-    from ..models.synthetic import cache_root
+    from joulebench.models.synthetic import cache_root
 
     cands.append(cache_root() / "datasets" / AIENERGYSCORE_FILE)
     return cands
@@ -83,7 +83,7 @@ def load_aienergyscore(dataset_path: str | None, *, limit: int | None) -> list[s
     prompts = [str(x) for x in ds[col]]
     dest = _aienergyscore_candidates(None)[-1]
     dest.parent.mkdir(parents=True, exist_ok=True)
-    from ..results.store import atomic_write_bytes
+    from joulebench.results.store import atomic_write_bytes
 
     atomic_write_bytes(dest, "".join(json.dumps({"prompt": p}) + "\n" for p in prompts).encode())
     return prompts[:limit] if limit else prompts

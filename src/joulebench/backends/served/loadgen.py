@@ -32,8 +32,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from ...errors import BackendError
-from ..base import Request, RequestResult
+from joulebench.errors import BackendError
+from joulebench.backends.base import Request, RequestResult
 
 WindowHook = Callable[[float], None]
 

@@ -5,7 +5,7 @@ from typing import Any, Literal
 
 from pydantic import model_validator
 
-from ..base import EngineParams
+from joulebench.backends.base import EngineParams
 
 SERVED_ONLY = ("concurrency", "request_rate")
 

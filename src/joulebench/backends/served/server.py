@@ -24,7 +24,7 @@ import weakref
 from pathlib import Path
 from typing import Callable
 
-from ...errors import BackendError
+from joulebench.errors import BackendError
 
 _LIVE: "weakref.WeakSet[ServerProcess]" = weakref.WeakSet()
 _HANDLERS_INSTALLED = False

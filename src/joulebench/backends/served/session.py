@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from ...errors import BackendError
-from ..base import Request, RequestResult
-from .loadgen import LoadGenerator, LoadSpec, SteadyState, WindowHook, steady_state
-from .recipes import ServerRecipe
-from .server import ServerProcess, free_port
+from joulebench.errors import BackendError
+from joulebench.backends.base import Request, RequestResult
+from joulebench.backends.served.loadgen import LoadGenerator, LoadSpec, SteadyState, WindowHook, steady_state
+from joulebench.backends.served.recipes import ServerRecipe
+from joulebench.backends.served.server import ServerProcess, free_port
 
 HOST = "127.0.0.1"
 

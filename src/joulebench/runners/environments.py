@@ -2,7 +2,7 @@
 
 vLLM, SGLang, TensorRT-LLM and transformers pin conflicting torch versions, so an
 engine may live in its own virtual environment. joulebench then starts its worker
-with that interpreter (``python -m joulebench.runners.worker ...``) and talks to it
+with that interpreter (``python -m joulebench.worker.main ...``) and talks to it
 over JSON lines; the environment needs the engine and joulebench itself
 (``pip install -e <repo> --no-deps`` plus joulebench's light dependencies).
 
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import StudyError
+from joulebench.errors import StudyError
 
 # Importable module and distribution names of each engine (the first module decides).
 ENGINE_MODULES: dict[str, tuple[str, ...]] = {
@@ -204,7 +204,7 @@ def require_environment(python: str | None, backend: str, **kw) -> dict[str, Any
 def list_environments(backends: list[str] | None = None, runner_options: Mapping[str, Any] | None = None,
                       *, check: bool = True) -> list[dict[str, Any]]:
     """One row per backend for ``joulebench env``: where its worker would run and whether the engine imports."""
-    from .backends import backend_names
+    from joulebench.backends import backend_names
 
     rows = []
     for name in backends or backend_names():

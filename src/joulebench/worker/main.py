@@ -1,20 +1,20 @@
 """The worker: the side that runs inside a spawned process, a container or a Ray task.
 
-    python -m joulebench.runners.worker EXPERIMENT.json --out OUTDIR
+    python -m joulebench.worker.main EXPERIMENT.json --out OUTDIR
 
 It reads the experiment spec, runs the protocol for each of its trials and writes
 records under OUTDIR. Events go to stdout as JSON lines (see runners/base.py);
 engine chatter goes wherever the engine prints it. SIGTERM and SIGINT end the worker
 promptly (the trial in flight is not recorded: the orchestrator marks it).
 
-    python -m joulebench.runners.worker EXPERIMENT.json --out OUTDIR --inbox DIR
+    python -m joulebench.worker.main EXPERIMENT.json --out OUTDIR --inbox DIR
 
 With ``--inbox`` the worker stays after its first experiment, model loaded, and serves
 the experiments that appear in DIR (``*.json`` specs of the same load group, written
 atomically, taken in name order) until a file named ``stop`` appears, its parent dies,
 or it has been idle for ``--idle-timeout-s``.
 
-    python -m joulebench.runners.worker --out OUTDIR --inbox DIR --preload BACKEND
+    python -m joulebench.worker.main --out OUTDIR --inbox DIR --preload BACKEND
 
 starts a worker early: it imports the engine's libraries (no device touched) and takes
 its first experiment from the inbox too, so the dispatcher can measure the device idle
@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from .base import format_event
+from joulebench.runners.base import format_event
 
 
 def _emit_to(stream):
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.experiment is None:
         try:
             if args.preload:
-                from ..backends import get_backend_class
+                from joulebench.backends import get_backend_class
 
                 get_backend_class(args.preload).preload()
             emit({"event": "ready", "preloaded": args.preload})
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = json.loads(Path(args.experiment).read_text())
     for k, v in (spec.get("env") or {}).items():
         os.environ.setdefault(k, str(v))
-    from ..protocol import ExperimentSession
+    from joulebench.worker.session import ExperimentSession
 
     session = ExperimentSession(spec, Path(args.out), emit)
     try:

@@ -1,6 +1,6 @@
 """The container runner: each experiment in a short-lived container of its engine's image.
 
-The worker is the same as the process runner's (``python -m joulebench.runners.worker
+The worker is the same as the process runner's (``python -m joulebench.worker.main
 EXPERIMENT.json --out OUTDIR``). For each experiment the dispatcher
 
 1. writes the experiment JSON into a private staging folder of the study directory
@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from ..locks import pid_alive
-from ..results.store import atomic_copy, atomic_write_bytes, atomic_write_json
-from .base import EventCallback, Experiment, ExperimentOutcome, ReusingRunner, parse_event
+from joulebench.study.locks import pid_alive
+from joulebench.results.store import atomic_copy, atomic_write_bytes, atomic_write_json
+from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, ReusingRunner, parse_event
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def connect(timeout_s: float = 600):
     try:
         return docker.from_env(timeout=int(timeout_s))
     except docker.errors.DockerException as exc:
-        from ..errors import JoulebenchError
+        from joulebench.errors import JoulebenchError
 
         raise JoulebenchError(
             f"no container engine answers at {docker_host()}: {exc}\n"
@@ -366,7 +366,7 @@ class DockerRunner(ReusingRunner):
             return env_ref
         if engine in self._image_errors:   # a failed build is not retried for every experiment
             raise self._image_errors[engine]
-        from .. import images as images_mod
+        from joulebench import images as images_mod
 
         try:
             info = images_mod.image_status([engine], client=self.client)[0]
@@ -477,7 +477,7 @@ class DockerRunner(ReusingRunner):
         kwargs: dict[str, Any] = dict(
             image=image,
             command=list(self.command) if self.command else
-            ["python", "-m", "joulebench.runners.worker", CONTAINER_EXPERIMENT, "--out", CONTAINER_OUT],
+            ["python", "-m", "joulebench.worker.main", CONTAINER_EXPERIMENT, "--out", CONTAINER_OUT],
             name=f"joulebench-{_slug(experiment.study_name, 30)}-{_study_dir_key(experiment.study_dir)[:8]}-"
                  f"{_slug(experiment.experiment_id, 24)}",
             labels=self.labels_for(experiment),
@@ -609,7 +609,7 @@ class DockerRunner(ReusingRunner):
             self._discard(live)
             return None, outcome
         except Exception as exc:
-            from ..errors import JoulebenchError
+            from joulebench.errors import JoulebenchError
 
             self._discard(live)
             if not isinstance(exc, JoulebenchError):
@@ -720,7 +720,7 @@ class DockerRunner(ReusingRunner):
         except docker.errors.APIError:
             return
         if not _orphaned(old):
-            from ..errors import JoulebenchError
+            from joulebench.errors import JoulebenchError
 
             raise JoulebenchError(f"container {name} belongs to a running dispatcher "
                                   f"(pid {(old.labels or {}).get(LABEL_PID)}): is this study running twice?")

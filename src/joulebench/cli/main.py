@@ -10,8 +10,8 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from .errors import EXIT_INTERRUPTED, EXIT_INVALID, JoulebenchError, StudyErrors
+from joulebench import __version__
+from joulebench.errors import EXIT_INTERRUPTED, EXIT_INVALID, JoulebenchError, StudyErrors
 
 console = Console()
 err_console = Console(stderr=True)
@@ -70,8 +70,8 @@ def main() -> None:
 def run(study, out, dry_run, runner, quiet, no_report, on_busy_lock, lock_wait_s, nightly, results_root, keep,
         keep_days, notify_command, notify_webhook):
     """Run a study (with no file: the built-in quickstart study)."""
-    from .locks import LockSkipped
-    from .orchestrator import run_study
+    from joulebench.study.locks import LockSkipped
+    from joulebench.study.orchestrator import run_study
 
     path = Path(study) if study else quickstart_path()
     if dry_run:
@@ -82,7 +82,7 @@ def run(study, out, dry_run, runner, quiet, no_report, on_busy_lock, lock_wait_s
     if nightly:
         if not study or out:
             raise click.UsageError("--nightly needs a STUDY file and takes --results-root instead of --out")
-        from .nightly import run_nightly
+        from joulebench.study.nightly import run_nightly
 
         summary = run_nightly(path, results_root=results_root, keep=keep, keep_days=keep_days,
                               on_busy_lock=on_busy_lock, lock_wait_s=lock_wait_s, notify_command=notify_command,
@@ -111,8 +111,8 @@ def plan(study, as_json):
 
 
 def _print_plan(path: Path, as_json: bool = False) -> None:
-    from .config import load_study
-    from .plan import build_plan
+    from joulebench.config import load_study
+    from joulebench.study.plan import build_plan
 
     loaded = load_study(path)
     p = build_plan(loaded)
@@ -163,7 +163,7 @@ def _print_plan(path: Path, as_json: bool = False) -> None:
 @click.option("--no-report", is_flag=True)
 def resume(study_dir, runner, quiet, retry_failed, no_report):
     """Continue an interrupted study: finished trials are kept, nothing runs twice."""
-    from .orchestrator import resume_study
+    from joulebench.study.orchestrator import resume_study
 
     result = resume_study(study_dir, runner=runner, quiet=quiet, retry_failed=retry_failed,
                           report=not no_report)
@@ -175,7 +175,7 @@ def resume(study_dir, runner, quiet, retry_failed, no_report):
 @click.argument("study_dir", type=click.Path(file_okay=False, exists=True))
 def report(study_dir):
     """Write report.html, results.parquet, results.csv and summary.csv."""
-    from .report.html import build_report
+    from joulebench.report.html import build_report
 
     path = build_report(Path(study_dir))
     print_results(Path(study_dir))
@@ -186,7 +186,7 @@ def report(study_dir):
 @click.option("--json", "as_json", is_flag=True)
 def env(as_json):
     """Devices, meters, container engine, images, installed backends, versions."""
-    from .envinfo import environment_report, print_environment
+    from joulebench.cli.envinfo import environment_report, print_environment
 
     rep = environment_report()
     if as_json:
@@ -197,8 +197,8 @@ def env(as_json):
 
 def print_results(study_dir: Path) -> None:
     """A compact per-configuration table straight from the trial records."""
-    from .analysis.stats import mean_ci_t
-    from .results.store import StudyStore
+    from joulebench.analysis.stats import mean_ci_t
+    from joulebench.results.store import StudyStore
 
     store = StudyStore(study_dir)
     try:
@@ -237,7 +237,7 @@ def print_results(study_dir: Path) -> None:
 
 def _register_optional() -> None:
     try:
-        from .cli_containers import register
+        from joulebench.cli.containers import register
 
         register(main)
     except ImportError:

@@ -17,7 +17,7 @@ def _safe(fn, *args, **kwargs):
 
 
 def _backends() -> list[dict[str, Any]]:
-    from .backends import ENGINE_PACKAGES, backend_names
+    from joulebench.backends import ENGINE_PACKAGES, backend_names
 
     out = []
     for name in backend_names():
@@ -36,7 +36,7 @@ def _backends() -> list[dict[str, Any]]:
 
 
 def _meters() -> list[dict[str, Any]]:
-    from .devices import cpu_devices, nvml_available, resolve_gpus
+    from joulebench.devices import cpu_devices, nvml_available, resolve_gpus
 
     meters = []
     gpus = _safe(resolve_gpus, None)
@@ -56,26 +56,26 @@ def _meters() -> list[dict[str, Any]]:
 
 
 def environment_report() -> dict[str, Any]:
-    from .environment import collect_environment
+    from joulebench.system.snapshot import collect_environment
 
     rep: dict[str, Any] = {"environment": _safe(collect_environment)}
     rep["meters"] = _safe(_meters)
     rep["backends"] = _safe(_backends)
     try:
-        from .runners.docker import engine_available
+        from joulebench.runners.docker.runner import engine_available
 
         rep["container_engine"] = {"available": bool(_safe(engine_available) is True)}
     except ImportError:
         rep["container_engine"] = {"available": False, "detail": "docker runner not installed"}
     try:
-        from .images import image_status
+        from joulebench.runners.docker.images import image_status
 
         st = _safe(image_status)
         rep["images"] = st if isinstance(st, dict) else [getattr(i, "__dict__", i) for i in st]
     except ImportError:
         rep["images"] = []
     try:
-        from .engines import list_environments
+        from joulebench.runners.environments import list_environments
 
         rep["engine_environments"] = _safe(list_environments)
     except ImportError:

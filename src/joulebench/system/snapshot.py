@@ -9,7 +9,7 @@ from functools import lru_cache
 from importlib import metadata
 from typing import Any
 
-from . import __version__
+from joulebench import __version__
 
 LIBRARIES = ("torch", "transformers", "vllm", "llama_cpp_python", "accelerate", "nvidia-ml-py", "pydantic",
              "numpy", "ray")
@@ -62,7 +62,7 @@ def collect_environment() -> dict[str, Any]:
         env["torch_cuda"] = torch.version.cuda
         env["torch_cuda_available"] = torch.cuda.is_available()
     try:
-        from .devices import gpu_environment
+        from joulebench.devices import gpu_environment
 
         env["gpu"] = gpu_environment()
     except Exception as e:  # noqa: BLE001 - the snapshot never fails a trial

@@ -29,14 +29,14 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-from .backends import get_backend_class
-from .backends.base import Backend, RequestResult
-from .environment import collect_environment
-from .meters.flags import Flag, QualityFlag
-from .models import parse_model
-from .results.schema import SCHEMA_VERSION, TrialRecord
-from .results.store import StudyStore
-from .workloads import build_requests
+from joulebench.backends import get_backend_class
+from joulebench.backends.base import Backend, RequestResult
+from joulebench.system.snapshot import collect_environment
+from joulebench.meters.flags import Flag, QualityFlag
+from joulebench.models import parse_model
+from joulebench.results.schema import SCHEMA_VERSION, TrialRecord
+from joulebench.results.store import StudyStore
+from joulebench.workloads import build_requests
 
 Emit = Callable[[dict[str, Any]], None]
 
@@ -165,7 +165,7 @@ class ExperimentSession:
         self._measure_loaded_idle()
 
     def _measure_loaded_idle(self) -> None:
-        from .meters.baselines import measure_idle_power
+        from joulebench.meters.baselines import measure_idle_power
 
         self._phase("loaded_idle")
         self.loaded_idle = measure_idle_power(self.devices, self.m["loaded_idle_s"], sync=self.backend.synchronize)
@@ -174,8 +174,8 @@ class ExperimentSession:
         self.emit({"event": "phase", "phase": phase, "trial_id": trial_id, **extra})
 
     def _load(self) -> None:
-        from .devices import cpu_devices, resolve_gpus
-        from .meters.window import EnergyWindow
+        from joulebench.devices import cpu_devices, resolve_gpus
+        from joulebench.meters.window import EnergyWindow
 
         first = self.spec["trials"][0]["params"]
         backend_cls = get_backend_class(first["backend"])
@@ -221,10 +221,10 @@ class ExperimentSession:
 
     # ------------------------------------------------------------------ trial
     def _run_trial(self, trial: dict[str, Any]) -> dict[str, Any]:
-        from .meters.preflight import preflight
-        from .meters.thermal import thermal_gate
-        from .meters.warmup import cv_of, warmup_step
-        from .meters.window import EnergyWindow
+        from joulebench.meters.preflight import preflight
+        from joulebench.meters.thermal import thermal_gate
+        from joulebench.meters.warmup import cv_of, warmup_step
+        from joulebench.meters.window import EnergyWindow
 
         tid, params = trial["trial_id"], trial["params"]
         backend = self.backend
@@ -237,7 +237,7 @@ class ExperimentSession:
         pre = preflight(self.devices, allow_foreign=bool(self.m.get("allow_foreign_processes")),
                         own_pids=self._own_pids()) if self.devices else {}
         if pre:
-            from .meters.preflight import preflight_flags
+            from joulebench.meters.preflight import preflight_flags
 
             flags.extend(preflight_flags(pre))
 
@@ -329,13 +329,13 @@ class ExperimentSession:
         win = w.result
         ts_rel = None
         if timeline is not None and len(timeline):
-            from .meters.sampler import write_timeseries
+            from joulebench.meters.sampler import write_timeseries
 
             ts_rel = f"timeseries/{tid}.parquet"
             write_timeseries(timeline, self.out.root / ts_rel)
 
         # Flags from the window and the timeline.
-        from .meters.flags import window_flags
+        from joulebench.meters.flags import window_flags
 
         limits = {d.info.uuid: d.info.power_limit_w for d in self.devices}
         flags.extend(window_flags(win, timeline, counter_period_s=self.m.get("counter_period_s", 0.1),
@@ -368,7 +368,7 @@ class ExperimentSession:
             self.sampler.close()
             self.sampler = None
         if self.sampler is None:
-            from .meters.sampler import Sampler
+            from joulebench.meters.sampler import Sampler
 
             s = Sampler([d.info.uuid for d in self.devices], hz=hz, cpu=bool(self.cpu_devs))
             s.open()
@@ -377,7 +377,7 @@ class ExperimentSession:
 
     def _own_pids(self) -> set[int]:
         """This worker and everything below it (engine processes, the sampler)."""
-        from .locks import descendants
+        from joulebench.study.locks import descendants
 
         return descendants(os.getpid())
 
@@ -385,7 +385,7 @@ class ExperimentSession:
         d = self.spec.get("device_idle")
         if not d:
             return None
-        from .meters.baselines import IdleBaseline
+        from joulebench.meters.baselines import IdleBaseline
 
         return IdleBaseline(**d)
 
@@ -540,7 +540,7 @@ class SteadyMarks:
 
 def load_identity(spec: dict[str, Any]) -> dict[str, Any]:
     """What a worker's model load depends on: the first trial's load-time parameters."""
-    from .backends import load_parameters
+    from joulebench.backends import load_parameters
 
     return load_parameters(spec["trials"][0]["params"]) if spec.get("trials") else {}
 
@@ -572,7 +572,7 @@ def _intended_ordinals(device: str) -> list[int] | None:
 
 
 def _cuda_present() -> bool:
-    from .devices import resolve_gpus
+    from joulebench.devices import resolve_gpus
 
     try:
         return bool(resolve_gpus(None))

@@ -23,11 +23,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .backends import get_backend_class, load_parameters
-from .config.loader import LoadedStudy, errors_from_validation
-from .config.study import COMMON_KEYS, WORKLOAD_KEYS, StudyConfig, WorkloadConfig
-from .errors import StudyError, StudyErrors, did_you_mean
-from .models import check_model_exists, parse_model
+from joulebench.backends import get_backend_class, load_parameters
+from joulebench.config.loader import LoadedStudy, errors_from_validation
+from joulebench.config.study import COMMON_KEYS, WORKLOAD_KEYS, StudyConfig, WorkloadConfig
+from joulebench.errors import StudyError, StudyErrors, did_you_mean
+from joulebench.models import check_model_exists, parse_model
 
 PLAN_SCHEMA_VERSION = 1
 

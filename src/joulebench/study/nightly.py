@@ -33,10 +33,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .display import Display
-from .errors import EXIT_INTERRUPTED, JoulebenchError, ResumeError
-from .locks import LockSkipped
-from .results.store import StudyStore, sha256_bytes
+from joulebench.study.display import Display
+from joulebench.errors import EXIT_INTERRUPTED, JoulebenchError, ResumeError
+from joulebench.study.locks import LockSkipped
+from joulebench.results.store import StudyStore, sha256_bytes
 
 LATEST = "latest"
 
@@ -280,14 +280,14 @@ def prebuild_images(plan, cfg, runner: str | None, log) -> None:
     kind = runner or cfg.runner
     if kind == "auto":
         try:
-            from .runners.docker import engine_available
+            from joulebench.runners.docker.runner import engine_available
 
             kind = "docker" if engine_available() else "process"
         except ImportError:
             kind = "process"
     if kind != "docker" or cfg.runner_options.image:
         return
-    from . import images
+    from joulebench.runners.docker import images
 
     engines = sorted({c.params["backend"] for c in plan.configs})
     try:
@@ -307,9 +307,9 @@ def run_nightly(study_path: str | Path, *, results_root: str | Path | None = Non
                 lock_wait_s: float | None = None, notify_command: str | None = None,
                 notify_webhook: str | None = None, runner: str | None = None, report: bool = True,
                 display: TeeDisplay | None = None) -> Summary:
-    from .config import load_study
-    from .orchestrator import DEFAULT_RESULTS_ROOT, default_study_dir, resume_study, run_study
-    from .plan import build_plan
+    from joulebench.config import load_study
+    from joulebench.study.orchestrator import DEFAULT_RESULTS_ROOT, default_study_dir, resume_study, run_study
+    from joulebench.study.plan import build_plan
 
     disp = display or TeeDisplay()
     t0 = time.time()
@@ -383,7 +383,7 @@ def run_nightly(study_path: str | Path, *, results_root: str | Path | None = Non
     for line in summary.lines():
         disp.log(line)
     if summary.study_dir:
-        from .results.store import atomic_write_json
+        from joulebench.results.store import atomic_write_json
 
         atomic_write_json(Path(summary.study_dir) / "summary.json", summary.to_dict())
     notify(summary.to_dict(), command=notify_command, webhook=notify_webhook, log=disp.log)

@@ -29,16 +29,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from .analysis.stats import ci_halfwidth_rel
-from .config.loader import LoadedStudy, load_study, parse_study_text
-from .display import Display
-from .errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIALS_FAILED, JoulebenchError, ResumeError)
-from .locks import EXIT_BUSY, BusyGpuGate, GpuBusy, experiment_gpus, study_lock
-from .plan import Configuration, Plan, build_plan, trial_id_for
-from .results.schema import SCHEMA_VERSION, TrialRecord
-from .results.store import StudyStore, atomic_write_bytes, atomic_write_json, sha256_bytes
-from .runners.base import Experiment, ExperimentOutcome, Runner
+from joulebench import __version__
+from joulebench.analysis.stats import ci_halfwidth_rel
+from joulebench.config.loader import LoadedStudy, load_study, parse_study_text
+from joulebench.study.display import Display
+from joulebench.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIALS_FAILED, JoulebenchError, ResumeError)
+from joulebench.study.locks import EXIT_BUSY, BusyGpuGate, GpuBusy, experiment_gpus, study_lock
+from joulebench.study.plan import Configuration, Plan, build_plan, trial_id_for
+from joulebench.results.schema import SCHEMA_VERSION, TrialRecord
+from joulebench.results.store import StudyStore, atomic_write_bytes, atomic_write_json, sha256_bytes
+from joulebench.runners.base import Experiment, ExperimentOutcome, Runner
 
 DEFAULT_RESULTS_ROOT = Path("joulebench-results")
 
@@ -96,7 +96,7 @@ def make_runner(kind: str, loaded: LoadedStudy, display: Display) -> Runner:
     if kind == "auto":
         kind = "process"
         try:
-            from .runners.docker import engine_available
+            from joulebench.runners.docker.runner import engine_available
 
             if engine_available():
                 kind = "docker"
@@ -104,15 +104,15 @@ def make_runner(kind: str, loaded: LoadedStudy, display: Display) -> Runner:
             pass
         display.log(f"runner: {kind} (auto)")
     if kind == "process":
-        from .runners.process import ProcessRunner
+        from joulebench.runners.process import ProcessRunner
 
         return ProcessRunner(python=opts.python)
     if kind == "docker":
-        from .runners.docker import DockerRunner
+        from joulebench.runners.docker.runner import DockerRunner
 
         return DockerRunner(image=opts.image)
     if kind == "ray":
-        from .runners.ray import RayRunner
+        from joulebench.runners.ray import RayRunner
 
         return RayRunner(address=opts.address, resources=opts.resources, node_runner=opts.ray_node_runner,
                          image=opts.image, python=opts.python)
@@ -215,9 +215,9 @@ class Orchestrator:
         import importlib.util
         import sys
 
-        from .backends import ENGINE_PACKAGES
-        from .engines import require_environment, resolve_python
-        from .errors import StudyError
+        from joulebench.backends import ENGINE_PACKAGES
+        from joulebench.runners.environments import require_environment, resolve_python
+        from joulebench.errors import StudyError
 
         for backend in sorted({c.params["backend"] for c in self.plan.configs}):
             python = resolve_python(backend, self.cfg.runner_options.model_dump(), base_dir=self.loaded.base_dir)
@@ -235,7 +235,7 @@ class Orchestrator:
 
     def _worker_key(self, c: Configuration) -> tuple[str | None, str | None]:
         """(worker key, interpreter) of the worker that serves configuration ``c``; key None: no reuse."""
-        from .engines import resolve_python   # study map, python, JOULEBENCH_<B>_PYTHON, user file, ./.venvs
+        from joulebench.runners.environments import resolve_python   # study map, python, JOULEBENCH_<B>_PYTHON, user file, ./.venvs
 
         opts = self.cfg.runner_options
         python = resolve_python(c.params["backend"], opts.model_dump(), base_dir=self.loaded.base_dir)
@@ -267,8 +267,8 @@ class Orchestrator:
 
     # ------------------------------------------------------------------ baselines
     def _study_gpus(self):
-        from .devices import resolve_gpus
-        from .protocol import _intended_ordinals
+        from joulebench.devices import resolve_gpus
+        from joulebench.worker.session import _intended_ordinals
 
         ordinals: set[int] = set()
         for c in self.plan.configs:
@@ -288,7 +288,7 @@ class Orchestrator:
             return
         if not gpus or secs <= 0:
             return
-        from .meters.baselines import IdleBaseline, baseline_drifted, baseline_is_stale, measure_idle_power
+        from joulebench.meters.baselines import IdleBaseline, baseline_drifted, baseline_is_stale, measure_idle_power
 
         manifest = self.store.read_manifest()
         prev = manifest.get("device_idle")
@@ -644,7 +644,7 @@ def _device_lock(loaded: LoadedStudy, plan: Plan, study_dir: Path, runner: str |
 
 def _report(study_dir: Path, display: Display) -> None:
     try:
-        from .report.html import build_report
+        from joulebench.report.html import build_report
     except ImportError:
         return
     try:

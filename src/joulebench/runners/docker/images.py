@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from . import __version__
-from .errors import JoulebenchError
+from joulebench import __version__
+from joulebench.errors import JoulebenchError
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def project_root() -> Path:
     env = os.environ.get("JOULEBENCH_PROJECT_ROOT")
     candidates = [Path(env)] if env else []
     here = Path(__file__).resolve()
-    candidates += [here.parents[2], Path.cwd()]
+    candidates += [here.parents[4], Path.cwd()]
     for c in candidates:
         if (c / "docker").is_dir() and (c / "pyproject.toml").is_file() and (c / "src" / "joulebench").is_dir():
             return c
@@ -242,7 +242,7 @@ def build_context(engine: str, *, root: Path | None = None, build_args: dict[str
 def _client(client=None):
     if client is not None:
         return client
-    from .runners.docker import connect
+    from joulebench.runners.docker.runner import connect
 
     return connect()
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import JoulebenchError
+from joulebench.errors import JoulebenchError
 
 EXIT_BUSY = 75                   # sysexits EX_TEMPFAIL: "try again later"
 LOCK_DIR_ENV = "JOULEBENCH_LOCK_DIR"
@@ -264,8 +264,8 @@ class DeviceLock:
 # ---------------------------------------------------------------------- which devices
 def experiment_gpus(params: dict[str, Any]) -> list:
     """The NVML devices an experiment with these parameters will use (host view)."""
-    from .devices import resolve_gpus
-    from .protocol import _intended_ordinals
+    from joulebench.devices import resolve_gpus
+    from joulebench.worker.session import _intended_ordinals
 
     ordinals = _intended_ordinals(params.get("device", "auto"))
     return resolve_gpus(ordinals) if ordinals else []

@@ -75,7 +75,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from ..locks import pid_alive
+from joulebench.study.locks import pid_alive
 
 # --- constants (same values as pynvml) ---------------------------------------------------------
 NVML_SUCCESS = 0

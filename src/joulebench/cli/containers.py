@@ -52,8 +52,8 @@ def images_build(engines, base_image, cpu, build_args, wheels_dir, ca_bundle, fo
     """Build the images of ENGINES (default: every docker/<engine>/Dockerfile); unchanged ones are skipped."""
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from . import images
-    from .errors import JoulebenchError
+    from joulebench.runners.docker import images
+    from joulebench.errors import JoulebenchError
 
     console = _console()
     try:
@@ -62,7 +62,7 @@ def images_build(engines, base_image, cpu, build_args, wheels_dir, ca_bundle, fo
         raise _engine_error(exc) from None
     for e in engines:
         if e not in known:
-            from .errors import did_you_mean
+            from joulebench.errors import did_you_mean
 
             hint = did_you_mean(e, known)
             raise click.BadParameter(f"no docker/{e}/Dockerfile" + (f"; {hint}" if hint else "")
@@ -94,8 +94,8 @@ def images_list(as_json: bool) -> None:
     """Each engine's image: the tag its current inputs hash to, and whether it exists or is stale."""
     from rich.table import Table
 
-    from . import images
-    from .errors import JoulebenchError
+    from joulebench.runners.docker import images
+    from joulebench.errors import JoulebenchError
 
     try:
         infos = images.image_status()
@@ -121,7 +121,7 @@ def doctor_cmd(as_json: bool, image: str | None) -> None:
     """Pre-flight: container engine, images, GPUs inside a container, driver/CUDA, free GPUs."""
     from rich.table import Table
 
-    from . import doctor
+    from joulebench.cli import doctor
 
     checks = doctor.run_checks(probe_image=image)
     if as_json:

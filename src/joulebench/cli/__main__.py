@@ -1,0 +1,3 @@
+from joulebench.cli.main import main
+
+main()
