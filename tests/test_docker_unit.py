@@ -15,10 +15,11 @@ import pytest
 from docker.models.containers import ContainerCollection, _create_container_args
 
 from joulebench.runners.base import Experiment
-from joulebench.runners.docker.runner import (
-    CONTAINER_EXPERIMENT, CONTAINER_HF_CACHE, CONTAINER_OUT, CONTAINER_TOKEN, IMAGE_UID, LABEL_EXPERIMENT,
-    LABEL_STUDY, ContainerSettings, DockerRunner, backend_of, engine_available, local_paths,
-)
+from joulebench.runners.docker.client import engine_available
+from joulebench.runners.docker.mounts import (CONTAINER_EXPERIMENT, CONTAINER_HF_CACHE, CONTAINER_OUT, CONTAINER_TOKEN,
+                                              local_paths)
+from joulebench.runners.docker.request import IMAGE_UID, LABEL_EXPERIMENT, LABEL_STUDY, ContainerSettings, backend_of
+from joulebench.runners.docker.runner import DockerRunner
 
 GPU_UUIDS = ["GPU-3b0a7c1e-51a4-4e0c-9f3e-0d1c2b3a4f50", "GPU-8c1d2e3f-4a5b-6c7d-8e9f-0a1b2c3d4e5f"]
 
@@ -197,7 +198,7 @@ def test_engine_available_is_false_fast_for_a_dead_socket(tmp_path, monkeypatch)
 def test_transient_errors_are_retried_a_bounded_number_of_times(caplog):
     import requests
 
-    from joulebench.runners.docker.runner import _call
+    from joulebench.runners.docker.client import call as _call
 
     calls = []
 
