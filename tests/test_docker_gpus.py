@@ -80,3 +80,47 @@ def test_cpu_docker_study_requests_no_gpu(fake_gpus, write_study, tmp_path, monk
     for c in created:
         assert not c.body["HostConfig"].get("DeviceRequests")
         assert "worker_device" not in c.experiment_spec
+
+
+def test_container_spec_numbers_the_passed_gpus_from_zero():
+    from joulebench.runners.docker.request import container_spec, worker_device
+
+    assert worker_device("cuda:1", 1) == "cuda:0"
+    assert worker_device("cuda:2,5", 2) == "cuda:0,1"
+    assert worker_device("auto", 1) == worker_device("cuda", 1) == "cuda:0"
+    assert worker_device("cpu", 1) is None and worker_device("cuda:1", 0) is None
+    spec = {"experiment_id": "e", "trials": [{"trial_id": "t", "params": {"device": "cuda:3"}}]}
+    assert container_spec(spec, ["GPU-x"]) == {**spec, "worker_device": "cuda:0"}
+    assert container_spec(spec, []) is spec
+    assert "worker_device" not in spec   # the experiment's own spec is left as it was
+
+
+def test_worker_told_of_a_gpu_it_does_not_have_fails_instead_of_running_on_cpu(tmp_path, monkeypatch):
+    """The worker in a container whose GPU did not arrive (engine without the NVIDIA runtime) must fail
+    the trial, not measure on the CPU: ``device: auto`` alone would quietly fall back."""
+    import subprocess
+    import sys
+
+    from joulebench.config import load_study
+    from joulebench.runners.docker.request import container_spec
+    from joulebench.study.display import Display
+    from joulebench.study.orchestrator import Orchestrator
+    from joulebench.study.plan import build_plan
+    from joulebench.results.store import StudyStore
+
+    no_gpus = tmp_path / "no-gpus.json"
+    no_gpus.write_text(json.dumps({"gpus": []}))
+    monkeypatch.setenv("JOULEBENCH_FAKE_NVML", str(no_gpus))
+    loaded = load_study(tiny_study("nogpu", device="auto"))
+    plan = build_plan(loaded)
+    store = StudyStore(tmp_path / "study")
+    store.create()
+    orch = Orchestrator(loaded, plan, store.root, None, Display(quiet=True))
+    spec = container_spec(orch._experiment_spec("e1", 0, plan.configs), ["GPU-passed-but-absent"])
+    (tmp_path / "experiment.json").write_text(json.dumps(spec))
+    proc = subprocess.run([sys.executable, "-m", "joulebench.worker.main", str(tmp_path / "experiment.json"),
+                           "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
+    (rec_path,) = (tmp_path / "out" / "trials").glob("*.json")
+    rec = json.loads(rec_path.read_text())
+    assert rec["status"] == "failed", proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "GPU" in rec["error"] and rec["params"]["device"] == "auto"
