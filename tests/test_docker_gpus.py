@@ -36,9 +36,9 @@ def fake_gpus(tmp_path, monkeypatch):
     return UUIDS
 
 
-def _run_docker_study(device: str, write_study, tmp_path, monkeypatch):
+def _run_docker_study(device: str, write_study, tmp_path, monkeypatch, *, reuse_workers: bool = False):
     study = tiny_study("dockergpu", device=device, runner="docker",
-                       runner_options={"image": IMAGE, "reuse_workers": False})
+                       runner_options={"image": IMAGE, "reuse_workers": reuse_workers})
     out = tmp_path / "results"
     with FakeDockerApi() as api:
         monkeypatch.setenv("DOCKER_HOST", api.docker_host)
@@ -76,10 +76,12 @@ def test_docker_study_requests_exactly_the_experiments_gpus(device, host_ordinal
 
 
 def test_cpu_docker_study_requests_no_gpu(fake_gpus, write_study, tmp_path, monkeypatch):
-    res, created, _ = _run_docker_study("cpu", write_study, tmp_path, monkeypatch)
+    res, created, _ = _run_docker_study("cpu", write_study, tmp_path, monkeypatch, reuse_workers=True)
     for c in created:
         assert not c.body["HostConfig"].get("DeviceRequests")
         assert "worker_device" not in c.experiment_spec
+        assert "--inbox" in c.body["Cmd"]   # a serving container: its load group's next experiment reuses it
+    assert res.exit_code != 0
 
 
 def test_container_spec_numbers_the_passed_gpus_from_zero():
