@@ -197,9 +197,9 @@ def run_checks(*, client=None, probe_image: str | None = None) -> list[Check]:
         try:
             code, output = probe_in_container(client, image, [g["uuid"] for g in gpus])
         except Exception as exc:   # the engine refused the GPU request (no NVIDIA runtime, no CDI spec)
-            from joulebench.runners.docker.client import api_message as _api_message
+            from joulebench.runners.docker.client import api_message
 
-            code, output = None, f"the engine refused the container: {_api_message(exc)}"
+            code, output = None, f"the engine refused the container: {api_message(exc)}"
         try:
             probe = json.loads(output.strip().splitlines()[-1])
         except (ValueError, IndexError):
