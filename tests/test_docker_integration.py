@@ -21,7 +21,9 @@ from pathlib import Path
 import pytest
 
 from joulebench.runners.base import EVENT_PREFIX, Experiment
-from joulebench.runners.docker.runner import LABEL_STUDY, DockerRunner, connect, engine_available
+from joulebench.runners.docker.client import connect, engine_available
+from joulebench.runners.docker.request import LABEL_STUDY
+from joulebench.runners.docker.runner import DockerRunner
 
 pytestmark = pytest.mark.containers
 

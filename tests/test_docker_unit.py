@@ -15,10 +15,11 @@ import pytest
 from docker.models.containers import ContainerCollection, _create_container_args
 
 from joulebench.runners.base import Experiment
-from joulebench.runners.docker.runner import (
-    CONTAINER_EXPERIMENT, CONTAINER_HF_CACHE, CONTAINER_OUT, CONTAINER_TOKEN, IMAGE_UID, LABEL_EXPERIMENT,
-    LABEL_STUDY, ContainerSettings, DockerRunner, backend_of, engine_available, local_paths,
-)
+from joulebench.runners.docker.client import engine_available
+from joulebench.runners.docker.mounts import (CONTAINER_EXPERIMENT, CONTAINER_HF_CACHE, CONTAINER_OUT, CONTAINER_TOKEN,
+                                              local_paths)
+from joulebench.runners.docker.request import IMAGE_UID, LABEL_EXPERIMENT, LABEL_STUDY, ContainerSettings, backend_of
+from joulebench.runners.docker.runner import DockerRunner
 
 GPU_UUIDS = ["GPU-3b0a7c1e-51a4-4e0c-9f3e-0d1c2b3a4f50", "GPU-8c1d2e3f-4a5b-6c7d-8e9f-0a1b2c3d4e5f"]
 
@@ -197,7 +198,7 @@ def test_engine_available_is_false_fast_for_a_dead_socket(tmp_path, monkeypatch)
 def test_transient_errors_are_retried_a_bounded_number_of_times(caplog):
     import requests
 
-    from joulebench.runners.docker.runner import _call
+    from joulebench.runners.docker.client import call as _call
 
     calls = []
 
@@ -229,3 +230,28 @@ def test_transient_errors_are_retried_a_bounded_number_of_times(caplog):
     with pytest.raises(docker.errors.ImageNotFound):
         _call(permanent)
     assert len(calls) == 1
+
+
+def test_progress_follows_the_workers_events_and_judges_the_end():
+    from joulebench.runners.docker.live import Progress, failure
+
+    p = Progress("e1")
+    assert p.take({"event": "experiment_start", "experiment_id": "other"}) is None and not p.started
+    p.take({"event": "experiment_start", "experiment_id": "e1"})
+    p.take({"event": "trial_start", "trial_id": "t1"})
+    assert p.started and p.in_flight == "t1"
+    assert p.take({"event": "trial_end", "trial_id": "t1", "status": "ok"}) == "t1"
+    assert p.in_flight is None and p.ended == {"t1"}
+    p.take({"event": "trial_start", "trial_id": "t2"})
+    assert p.in_flight == "t2" and not p.ended_cleanly
+    # the container died mid-trial
+    assert failure(p, exit_code=137, ended=True, until_end=True) == ("worker exited with code 137", "crash")
+    assert failure(p, exit_code=0, ended=True, until_end=True) == (
+        "the container ended before it finished the experiment", "crash")
+    assert failure(p, exit_code=0, ended=True, until_end=False) is None
+    p.take({"event": "experiment_end", "experiment_id": "e1"})
+    assert p.ended_cleanly
+    assert failure(p, exit_code=None, ended=False, until_end=True) is None
+    # exit 3 after the end event: the load failed and the worker recorded it in the trials
+    assert failure(p, exit_code=3, ended=True, until_end=True) is None
+    assert failure(p, exit_code=3, ended=True, until_end=False) == ("worker exited with code 3", "crash")

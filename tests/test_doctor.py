@@ -88,7 +88,7 @@ def test_cli_doctor_json(tmp_path):
 def test_probe_in_the_real_image_finds_no_gpu_without_the_toolkit(fake_gpus, monkeypatch):
     """The probe container really runs (with the NVIDIA device request); here nothing provides the GPUs."""
     from joulebench.runners.docker import images
-    from joulebench.runners.docker.runner import connect, engine_available
+    from joulebench.runners.docker.client import connect, engine_available
 
     host = os.environ.get("JOULEBENCH_TEST_DOCKER_HOST") or os.environ.get("DOCKER_HOST")
     if host:

@@ -97,14 +97,14 @@ def host_gpus() -> dict[str, Any]:
 
 
 def check_engine() -> tuple[Check, Any]:
-    from joulebench.runners.docker.runner import docker_host, engine_available
+    from joulebench.runners.docker.client import docker_host, engine_available
 
     host = docker_host()
     if not engine_available(timeout_s=2.0):
         return Check("container engine", False, f"nothing answers at {host}",
                      "start Docker, or run scripts/podman-setup.sh and export the DOCKER_HOST it prints; "
                      "without an engine, studies run with runner: process"), None
-    from joulebench.runners.docker.runner import connect
+    from joulebench.runners.docker.client import connect
 
     client = connect(timeout_s=30)
     try:
@@ -147,7 +147,7 @@ def check_images(client) -> list[Check]:
 
 def probe_in_container(client, image: str, gpus: list[str] | None) -> tuple[int | None, str]:
     """Run the NVML probe in ``image`` with the runner's isolation and GPU request; (exit code, output)."""
-    from joulebench.runners.docker.runner import run_probe
+    from joulebench.runners.docker.client import run_probe
 
     return run_probe(client, image, ["python", "-c", NVML_PROBE], gpus=gpus, timeout_s=120)
 
@@ -197,9 +197,9 @@ def run_checks(*, client=None, probe_image: str | None = None) -> list[Check]:
         try:
             code, output = probe_in_container(client, image, [g["uuid"] for g in gpus])
         except Exception as exc:   # the engine refused the GPU request (no NVIDIA runtime, no CDI spec)
-            from joulebench.runners.docker.runner import _api_message
+            from joulebench.runners.docker.client import api_message
 
-            code, output = None, f"the engine refused the container: {_api_message(exc)}"
+            code, output = None, f"the engine refused the container: {api_message(exc)}"
         try:
             probe = json.loads(output.strip().splitlines()[-1])
         except (ValueError, IndexError):

@@ -62,7 +62,7 @@ def environment_report() -> dict[str, Any]:
     rep["meters"] = _safe(_meters)
     rep["backends"] = _safe(_backends)
     try:
-        from joulebench.runners.docker.runner import engine_available
+        from joulebench.runners.docker.client import engine_available
 
         rep["container_engine"] = {"available": bool(_safe(engine_available) is True)}
     except ImportError:

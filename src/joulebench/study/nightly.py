@@ -280,7 +280,7 @@ def prebuild_images(plan, cfg, runner: str | None, log) -> None:
     kind = runner or cfg.runner
     if kind == "auto":
         try:
-            from joulebench.runners.docker.runner import engine_available
+            from joulebench.runners.docker.client import engine_available
 
             kind = "docker" if engine_available() else "process"
         except ImportError:

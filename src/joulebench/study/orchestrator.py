@@ -96,7 +96,7 @@ def make_runner(kind: str, loaded: LoadedStudy, display: Display) -> Runner:
     if kind == "auto":
         kind = "process"
         try:
-            from joulebench.runners.docker.runner import engine_available
+            from joulebench.runners.docker.client import engine_available
 
             if engine_available():
                 kind = "docker"
@@ -117,6 +117,16 @@ def make_runner(kind: str, loaded: LoadedStudy, display: Display) -> Runner:
         return RayRunner(address=opts.address, resources=opts.resources, node_runner=opts.ray_node_runner,
                          image=opts.image, python=opts.python)
     raise JoulebenchError(f"unknown runner '{kind}'")
+
+
+def _gpu_ids(params: dict[str, Any]) -> list[str]:
+    """The GPUs an experiment's runner must give its worker: NVML UUIDs, else the host ordinals asked for."""
+    try:
+        return [d.info.uuid for d in experiment_gpus(params)]
+    except JoulebenchError:
+        from joulebench.worker.session import _intended_ordinals
+
+        return [str(o) for o in _intended_ordinals(params.get("device", "auto")) or []]
 
 
 class Orchestrator:
@@ -493,7 +503,7 @@ class Orchestrator:
         exp = Experiment(experiment_id=eid, study_name=self.cfg.name, study_dir=self.store.root, spec=spec,
                          trial_ids=[t["trial_id"] for t in spec["trials"]],
                          label=f"{configs[0].params['backend']} {configs[0].params['model']}", python=python,
-                         worker_key=key)
+                         worker_key=key, gpus=_gpu_ids(configs[0].params))
         labels = {t["trial_id"]: c.label(self.axes) for t, c in zip(spec["trials"], configs)}
 
         def on_event(ev: dict[str, Any]) -> None:

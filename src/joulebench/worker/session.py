@@ -180,14 +180,16 @@ class ExperimentSession:
         first = self.spec["trials"][0]["params"]
         backend_cls = get_backend_class(first["backend"])
         engine = {k: v for k, v in first.items() if k in backend_cls.Params.model_fields}
-        options = {"device": first.get("device", "auto"),
+        # A container numbers its passed GPUs from 0: its runner says so in ``worker_device``.
+        device = self.spec.get("worker_device") or first.get("device", "auto")
+        options = {"device": device,
                    "trust_remote_code": self.spec.get("trust_remote_code", False),
                    "seed": self.spec.get("seed", 0), "weights_seed": 0}
         self.backend = backend_cls(backend_cls.Params.model_validate(engine), options)
         self.load_identity = load_identity(self.spec)
         self.env = collect_environment()
         model = parse_model(first["model"])
-        intended = _intended_ordinals(first.get("device", "auto"))
+        intended = _intended_ordinals(device)
         self.devices = resolve_gpus(intended) if intended != [] else []
         self.cpu_devs = cpu_devices()
         self._phase("load")

@@ -242,7 +242,7 @@ def build_context(engine: str, *, root: Path | None = None, build_args: dict[str
 def _client(client=None):
     if client is not None:
         return client
-    from joulebench.runners.docker.runner import connect
+    from joulebench.runners.docker.client import connect
 
     return connect()
 
