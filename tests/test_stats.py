@@ -189,3 +189,49 @@ def test_t_ci_brackets_mean_and_matches_scipy(x):
     assert lo <= m <= hi
     ref = st.t.interval(0.95, len(x) - 1, loc=np.mean(x), scale=st.sem(x))
     assert (lo, hi) == pytest.approx(ref, rel=1e-9, abs=1e-12)
+
+
+def test_intervals_of_positive_quantities_stay_positive():
+    from joulebench.analysis.stats import mean_ci, mean_ci_log
+
+    # two repeats that disagree (the tokens/s of a newcomer's 2-repeat study): t goes negative
+    m, lo, hi = mean_ci_t([4.9, 12.9])
+    assert lo < 0
+    m2, lo2, hi2, method = mean_ci([4.9, 12.9])
+    assert method == "log-t" and m2 == m and 0 < lo2 < m2 < hi2
+    # the log-scale interval by hand (modified Cox): y = log x, s^2, t(1) = 12.706
+    import math
+    y = [math.log(4.9), math.log(12.9)]
+    s2 = (y[0] - y[1]) ** 2 / 2
+    h = 12.706204736 * math.sqrt(s2 / 2 + s2 ** 2 / 2)
+    centre = sum(y) / 2 + s2 / 2
+    assert lo2 == pytest.approx(math.exp(centre - h), rel=1e-6) and hi2 == pytest.approx(math.exp(centre + h), rel=1e-6)
+    assert mean_ci_log([1.0, 2.0, 3.0])[1] > 0
+    # repeats that agree keep their t interval; a quantity that can be negative keeps t too
+    assert mean_ci([10.0, 10.1, 9.9])[3] == "t"
+    assert mean_ci([-1.0, 2.0])[3] == "t"
+    assert mean_ci([1.0])[3] == "none"
+
+
+def test_repeats_for_ci_target():
+    from joulebench.analysis.stats import repeats_for_ci_target
+
+    # CV 5 %, target 2 %: t(n-1) * 0.05 / sqrt(n) <= 0.02 first at n = 27 (t(26) = 2.056, 2.056*0.05/5.196 = 0.0198)
+    assert repeats_for_ci_target(0.05, 0.02) == 27
+    assert repeats_for_ci_target(0.01, 0.02) == 4       # t(3) = 3.182: 3.182*0.01/2 = 0.0159; n=3: 4.303*0.01/1.732 = 0.0248
+    assert repeats_for_ci_target(0.0, 0.02) == 2
+    assert repeats_for_ci_target(float("nan"), 0.02) is None
+    assert repeats_for_ci_target(5.0, 0.0001) is None
+
+
+def test_summary_says_when_there_are_too_few_repeats():
+    import pandas as pd
+
+    rows = [{"config_id": "a", "status": "ok", "energy_per_output_token_j": e, "throughput_tok_s": t}
+            for e, t in ((1.0, 4.9), (1.3, 12.9))]
+    rows += [{"config_id": "b", "status": "ok", "energy_per_output_token_j": e, "throughput_tok_s": 10.0}
+             for e in (1.0, 1.001, 0.999, 1.0)]
+    s = summarize_configs(pd.DataFrame(rows), ci_target=0.02).set_index("config_id")
+    assert bool(s.loc["a", "too_few_repeats"]) and not bool(s.loc["b", "too_few_repeats"])
+    assert s.loc["a", "throughput_tok_s_ci95_t_low"] > 0
+    assert s.loc["a", "repeats_for_ci_target"] > 2 and s.loc["b", "repeats_for_ci_target"] == 2

@@ -30,9 +30,52 @@ def mean_ci_t(values: Sequence[float | None], confidence: float = 0.95) -> tuple
     return (m, m - h, m + h)
 
 
+def mean_ci_log(values: Sequence[float | None], confidence: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of the mean of a strictly positive sample on the log scale: the modified
+    Cox interval for a log-normal mean (Olsson 2005, "Confidence intervals for the mean of a
+    log-normal distribution", J. Stat. Educ. 13(1)): with y = log x,
+    exp(ybar + s^2/2 -/+ t * sqrt(s^2/n + s^4 / (2 (n - 1)))). Both bounds are positive."""
+    x = _clean(values)
+    if x.size < 2 or (x <= 0).any():
+        return mean_ci_t(x, confidence) if x.size else (math.nan, math.nan, math.nan)
+    y = np.log(x)
+    n, s2 = x.size, float(y.var(ddof=1))
+    centre = float(y.mean()) + s2 / 2
+    h = float(_st.t.ppf(0.5 + confidence / 2, df=n - 1)) * math.sqrt(s2 / n + s2 ** 2 / (2 * (n - 1)))
+    return (float(x.mean()), math.exp(centre - h), math.exp(centre + h))
+
+
+def mean_ci(values: Sequence[float | None], confidence: float = 0.95) -> tuple[float, float, float, str]:
+    """(mean, low, high, method): Student's t, except for a positive quantity (every value > 0) whose
+    t interval reaches zero or below, where the log-scale interval (``mean_ci_log``) keeps it
+    positive and honest. Method: "t", "log-t", or "none" (fewer than 2 values)."""
+    x = _clean(values)
+    m, lo, hi = mean_ci_t(x, confidence)
+    if not math.isfinite(lo):
+        return (m, lo, hi, "none")
+    if lo <= 0 < x.min():
+        return (*mean_ci_log(x, confidence), "log-t")
+    return (m, lo, hi, "t")
+
+
+def repeats_for_ci_target(cv_value: float, ci_target: float, confidence: float = 0.95,
+                          max_n: int = 10_000) -> int | None:
+    """Smallest number of repeats n whose t interval half-width, t(n-1) * cv / sqrt(n), is within
+    ``ci_target`` of the mean, for a sample with coefficient of variation ``cv_value``
+    (None when the CV is unknown or more than ``max_n`` repeats would be needed)."""
+    if not (math.isfinite(cv_value) and ci_target > 0):
+        return None
+    if cv_value == 0:
+        return 2
+    for n in range(2, max_n + 1):
+        if float(_st.t.ppf(0.5 + confidence / 2, df=n - 1)) * cv_value / math.sqrt(n) <= ci_target:
+            return n
+    return None
+
+
 def ci_halfwidth_rel(values: Sequence[float | None], confidence: float = 0.95) -> float:
     """Half-width of the t confidence interval of the mean, relative to the mean."""
-    m, lo, hi = mean_ci_t(values, confidence)
+    m, lo, hi, _ = mean_ci(values, confidence)
     if not math.isfinite(lo) or m == 0:
         return math.inf
     return (hi - lo) / 2 / abs(m)
@@ -156,6 +199,7 @@ class MetricSummary:
     ci95_rel_halfwidth: float
     boot_method: str
     n_outliers: int
+    ci95_method: str = "t"     # t | log-t (a positive quantity whose t interval reached zero) | none
 
     def as_dict(self, prefix: str = "") -> dict[str, float | int | str]:
         return {f"{prefix}{k}": v for k, v in asdict(self).items()}
@@ -168,15 +212,15 @@ def summarize(values: Sequence[float | None], confidence: float = 0.95, *,
     n = int(x.size)
     nan = math.nan
     if n == 0:
-        return MetricSummary(0, nan, nan, nan, nan, nan, nan, nan, nan, math.inf, "none", 0)
-    m, lo, hi = mean_ci_t(x, confidence)
+        return MetricSummary(0, nan, nan, nan, nan, nan, nan, nan, nan, math.inf, "none", 0, "none")
+    m, lo, hi, ci_method = mean_ci(x, confidence)
     blo, bhi, meth = bootstrap_ci(x, confidence, seed=seed, n_resamples=n_resamples)
     return MetricSummary(
         n=n, mean=m, median=float(np.median(x)),
         std=float(x.std(ddof=1)) if n > 1 else nan,
         cv=cv(x), ci95_t_low=lo, ci95_t_high=hi, ci95_boot_low=blo, ci95_boot_high=bhi,
         ci95_rel_halfwidth=ci_halfwidth_rel(x, confidence), boot_method=meth,
-        n_outliers=int(mad_outliers(x).sum()),
+        n_outliers=int(mad_outliers(x).sum()), ci95_method=ci_method,
     )
 
 
@@ -287,6 +331,12 @@ def summarize_configs(trials, *, axes: Sequence[str] | None = None, cv_target: f
         row["ci_target"] = ci_target if ci_target is not None else math.nan
         row["ci_above_target"] = bool(ci_target is not None and (not math.isfinite(rel) or rel > ci_target)
                                       and row["n_ok"] > 0)
+        # too few repeats to say anything: fewer than 3 (no bootstrap), or a t interval that reached zero
+        row["too_few_repeats"] = bool(row["n_ok"] > 0 and (row["n_ok"] < 3
+                                                           or row.get(f"{ci_col}_ci95_method") == "log-t"))
+        target = ci_target if ci_target is not None else 0.02
+        need = repeats_for_ci_target(row.get(f"{ci_col}_cv", math.nan), target, confidence)
+        row["repeats_for_ci_target"] = need if need is not None else math.nan
         # CV(J/token)^2 ~ CV(W)^2 + CV(tok/s)^2 (METHODOLOGY.md section 1): which one dominates the spread?
         cv_tok, cv_pow = row.get("throughput_tok_s_cv", math.nan), row.get("mean_power_w_cv", math.nan)
         row["cv_share_throughput"] = (cv_tok ** 2 / (cv_tok ** 2 + cv_pow ** 2)

@@ -32,6 +32,37 @@ class LoadedStudy:
     lines: dict[tuple, int]   # YAML path -> line number (1-based)
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    def __init__(self, key: str, first_line: int, second_line: int):
+        self.key, self.first_line, self.second_line = key, first_line, second_line
+        super().__init__(f"key '{key}' is given twice (line {first_line} and line {second_line})")
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a mapping with the same key twice (plain YAML keeps the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:      # an unhashable key: SafeLoader reports it itself
+                    continue
+                if first != line:
+                    raise DuplicateKeyError(str(key), first, line)
+        return super().construct_mapping(node, deep=deep)
+
+
+def safe_load_unique(text: str) -> Any:
+    """yaml.safe_load, except that a key given twice in one mapping is an error."""
+    return yaml.load(text, Loader=UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+
+
 def format_path(loc) -> str:
     out = ""
     for part in loc:
@@ -143,7 +174,10 @@ def load_study(source: str | Path | dict | StudyConfig) -> LoadedStudy:
 
 def parse_study_text(text: str, *, file: str = "<study>", base_dir: Path | None = None) -> LoadedStudy:
     try:
-        data = yaml.safe_load(text)
+        data = safe_load_unique(text)
+    except DuplicateKeyError as e:
+        raise StudyError(str(e), file=file,
+                         hint="keep one of them: YAML would silently use the last") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""

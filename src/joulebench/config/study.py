@@ -77,7 +77,7 @@ class ThermalGateConfig(Strict):
 
 
 class MeasurementConfig(Strict):
-    min_window_s: float = Field(10.0, gt=0)
+    min_window_s: float = Field(10.0, gt=0, le=86400, description="shortest measurement window (s)")
     warmup: WarmupConfig = WarmupConfig()
     thermal_gate: ThermalGateConfig | None = None
     device_idle_s: float = Field(10.0, ge=0, description="device idle reference length (0: skip)")

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from joulebench.backends import get_backend_class, load_parameters
 from joulebench.config.loader import LoadedStudy, errors_from_validation
 from joulebench.config.study import COMMON_KEYS, WORKLOAD_KEYS, StudyConfig, WorkloadConfig
+from joulebench.study.checks import check_configurations, check_sweep_size
 from joulebench.errors import StudyError, StudyErrors, did_you_mean
 from joulebench.models import check_model_exists, parse_model
 
@@ -247,6 +248,7 @@ def build_plan(loaded: LoadedStudy) -> Plan:
                                  file=loaded.file, path=f"experiments[{i}]")
             variants.append((f"experiments[{i}]", exp))
     names = list(axes)
+    check_sweep_size(axes, len(variants), file=loaded.file)
     combos = list(itertools.product(*[axes[n] for n in names])) if names else [()]
     configs: list[Configuration] = []
     seen: dict[str, str] = {}
@@ -295,4 +297,5 @@ def build_plan(loaded: LoadedStudy) -> Plan:
     for c in {c.params["model"] for c in configs}:
         src = parse_model(c)
         check_model_exists(src, base_dir=loaded.base_dir)
+    check_configurations(configs, base_dir=loaded.base_dir, file=loaded.file)
     return Plan(study=cfg.name, config=cfg, configs=configs, axes=axes, skipped=skipped)

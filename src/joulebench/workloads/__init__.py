@@ -21,35 +21,53 @@ AIENERGYSCORE_HUB_ID = "AIEnergyScore/text_generation"
 AIENERGYSCORE_FILE = "aienergyscore_text_generation.jsonl"
 
 
-def _read_jsonl(path: Path, *, limit: int | None, yaml_path: str) -> list[str]:
+def read_prompts_jsonl(path: Path, *, limit: int | None, yaml_path: str) -> list[str]:
+    """The prompts of a .jsonl file (one JSON object with a ``prompt`` field per line).
+    Every problem is a StudyError naming the file, the line and the fix."""
+    if path.is_dir():
+        raise StudyError(f"prompts file '{path}' is a directory", path=yaml_path,
+                         hint="point to the .jsonl file inside it")
     prompts: list[str] = []
     try:
         fh = open(path, encoding="utf-8")
     except OSError as e:
         raise StudyError(f"cannot read prompts file '{path}': {e.strerror}", path=yaml_path) from None
     with fh:
-        for lineno, line in enumerate(fh, 1):
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise StudyError(f"{path}:{lineno}: not valid JSON ({e.msg})", path=yaml_path) from None
-            text = obj.get("prompt") if isinstance(obj, dict) else None
-            if text is None and isinstance(obj, dict) and obj and all(str(k).startswith("_") for k in obj):
-                continue  # a metadata line (provenance, licence)
-            if text is None and isinstance(obj, dict):
-                text = obj.get("text")
-            if not isinstance(text, str):
-                raise StudyError(f"{path}:{lineno}: no 'prompt' string field", path=yaml_path,
-                                 hint="each line must be a JSON object with a \"prompt\" field")
-            prompts.append(text)
-            if limit is not None and len(prompts) >= limit:
-                break
+        lineno = 0
+        try:
+            for lineno, line in enumerate(fh, 1):
+                if _take_prompt(line, path, lineno, yaml_path, prompts) and limit is not None \
+                        and len(prompts) >= limit:
+                    break
+        except UnicodeDecodeError:
+            raise StudyError(f"{path}:{lineno + 1}: not UTF-8 text (is it a binary file?)", path=yaml_path,
+                             hint="a prompts file is UTF-8 JSON Lines: one {\"prompt\": \"...\"} object per line") \
+                from None
     if not prompts:
         raise StudyError(f"prompts file '{path}' holds no prompts", path=yaml_path)
     return prompts
+
+
+def _take_prompt(line: str, path: Path, lineno: int, yaml_path: str, prompts: list[str]) -> bool:
+    """Append the prompt of one line; False for a blank or metadata line."""
+    line = line.strip()
+    if not line:
+        return False
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise StudyError(f"{path}:{lineno}: not valid JSON ({e.msg})", path=yaml_path,
+                         hint="each line must be one JSON object, e.g. {\"prompt\": \"Hello\"}") from None
+    text = obj.get("prompt") if isinstance(obj, dict) else None
+    if text is None and isinstance(obj, dict) and obj and all(str(k).startswith("_") for k in obj):
+        return False  # a metadata line (provenance, licence)
+    if text is None and isinstance(obj, dict):
+        text = obj.get("text")
+    if not isinstance(text, str):
+        raise StudyError(f"{path}:{lineno}: no 'prompt' string field", path=yaml_path,
+                         hint="each line must be a JSON object with a \"prompt\" field")
+    prompts.append(text)
+    return True
 
 
 def _aienergyscore_candidates(dataset_path: str | None) -> list[Path]:
@@ -64,10 +82,15 @@ def _aienergyscore_candidates(dataset_path: str | None) -> list[Path]:
     return cands
 
 
+def aienergyscore_local_file(dataset_path: str | None) -> Path | None:
+    """The local copy of the AI Energy Score prompts, if there is one."""
+    return next((c for c in _aienergyscore_candidates(dataset_path) if c.is_file()), None)
+
+
 def load_aienergyscore(dataset_path: str | None, *, limit: int | None) -> list[str]:
-    for cand in _aienergyscore_candidates(dataset_path):
-        if cand.is_file():
-            return _read_jsonl(cand, limit=limit, yaml_path="workload.dataset_path")
+    local = aienergyscore_local_file(dataset_path)
+    if local is not None:
+        return read_prompts_jsonl(local, limit=limit, yaml_path="workload.dataset_path")
     if os.environ.get("HF_HUB_OFFLINE") == "1":
         raise StudyError("the AI Energy Score prompt set is not available offline", path="workload.dataset",
                          hint="set workload.dataset_path (or JOULEBENCH_AIENERGYSCORE) to a local copy of "
@@ -117,7 +140,7 @@ def build_requests(workload: dict[str, Any], tokenizer, *, base_dir: Path | None
         path = Path(dataset).expanduser()
         if not path.is_absolute() and base_dir is not None and not path.exists():
             path = base_dir / path
-        prompts = _read_jsonl(path, limit=n, yaml_path="workload.dataset")
+        prompts = read_prompts_jsonl(path, limit=n, yaml_path="workload.dataset")
     if len(prompts) < n:  # cycle so `prompts: N` always means N requests
         prompts = [prompts[i % len(prompts)] for i in range(n)]
     reqs = []
