@@ -102,15 +102,19 @@ def run(study, out, dry_run, runner, quiet, no_report, on_busy_lock, lock_wait_s
     sys.exit(result.exit_code)
 
 
+PLAN_ROWS = 100      # trials `plan` lists without --all
+
+
 @main.command()
 @click.argument("study", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print plan.json instead of a table")
-def plan(study, as_json):
+@click.option("--all", "show_all", is_flag=True, help=f"list every trial (default: the first {PLAN_ROWS})")
+def plan(study, as_json, show_all):
     """Print the expanded trials (ids, parameters, order) and counts; runs nothing."""
-    _print_plan(Path(study), as_json=as_json)
+    _print_plan(Path(study), as_json=as_json, show_all=show_all)
 
 
-def _print_plan(path: Path, as_json: bool = False) -> None:
+def _print_plan(path: Path, as_json: bool = False, show_all: bool = False) -> None:
     from joulebench.config import load_study
     from joulebench.study.plan import build_plan
 
@@ -130,11 +134,14 @@ def _print_plan(path: Path, as_json: bool = False) -> None:
         table.add_column(a)
     rows = [t for t in doc["trials"] if not t["conditional"]]
     cfgs = {c["config_id"]: c for c in doc["configs"]}
-    for t in rows:
+    hidden = 0 if show_all else max(0, len(rows) - PLAN_ROWS)
+    for t in rows[: len(rows) - hidden]:
         c = cfgs[t["config_id"]]
         table.add_row(str(t["round"]), str(t["position"]), t["trial_id"], c["load_group"],
                       *[str(c["params"].get(a)) for a in (axes or ["backend", "model"])])
     console.print(table)
+    if hidden:
+        console.print(f"... and {hidden:,} more trials (`joulebench plan --all` lists them, --json prints plan.json)")
     counts = doc["counts"]
     rep = doc["repeats"]
     adaptive = rep["ci_target"] is not None and rep["max"] > rep["min"]
