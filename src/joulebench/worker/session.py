@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from joulebench.backends import get_backend_class
 from joulebench.backends.base import Backend, RequestResult
+from joulebench.config.device import DeviceSpec
 from joulebench.system.snapshot import collect_environment
 from joulebench.meters.flags import Flag, QualityFlag
 from joulebench.models import parse_model
@@ -180,15 +181,15 @@ class ExperimentSession:
         first = self.spec["trials"][0]["params"]
         backend_cls = get_backend_class(first["backend"])
         engine = {k: v for k, v in first.items() if k in backend_cls.Params.model_fields}
-        options = {"device": first.get("device", "auto"),
+        options = {"device": str(DeviceSpec.of(first)),
                    "trust_remote_code": self.spec.get("trust_remote_code", False),
                    "seed": self.spec.get("seed", 0), "weights_seed": 0}
         self.backend = backend_cls(backend_cls.Params.model_validate(engine), options)
         self.load_identity = load_identity(self.spec)
         self.env = collect_environment()
         model = parse_model(first["model"])
-        intended = _intended_ordinals(first.get("device", "auto"))
-        self.devices = resolve_gpus(intended) if intended != [] else []
+        resolved = DeviceSpec.of(first).resolve()
+        intended, self.devices = list(resolved.ordinals), resolved.devices
         self.cpu_devs = cpu_devices()
         self._phase("load")
         with EnergyWindow(self.devices + self.cpu_devs) as w:
@@ -560,21 +561,3 @@ def _inject_fault(trial_id: str) -> None:
             time.sleep(1)
     elif kind == "error":
         raise RuntimeError(f"injected error in trial {trial_id}")
-
-
-def _intended_ordinals(device: str) -> list[int] | None:
-    """CUDA ordinals a device parameter asks for: [] for CPU, None for 'all/auto'."""
-    if device == "cpu":
-        return []
-    if device in ("cuda", "auto"):
-        return [0] if _cuda_present() else []
-    return [int(x) for x in device.split(":", 1)[1].split(",")]
-
-
-def _cuda_present() -> bool:
-    from joulebench.devices import resolve_gpus
-
-    try:
-        return bool(resolve_gpus(None))
-    except Exception:  # noqa: BLE001
-        return False
