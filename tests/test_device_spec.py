@@ -66,6 +66,12 @@ def test_ordinals_count_and_torch_device():
     assert str(auto.resolved(cuda_available=False)) == "cpu"
 
 
+def test_renumbered_for_a_process_that_sees_only_its_gpus():
+    assert str(DeviceSpec.parse("cuda:2,3").renumbered()) == "cuda:0,1"
+    assert str(DeviceSpec.parse("cuda:1").renumbered()) == "cuda:0"
+    assert [str(DeviceSpec.parse(x).renumbered()) for x in ("auto", "cpu", "cuda")] == ["auto", "cpu", "cuda"]
+
+
 def test_ray_asks_for_the_gpus_the_spec_counts():
     assert gpus_needed(None, cluster_has_gpus=True) == 1
     with pytest.raises(DeviceSpecError):

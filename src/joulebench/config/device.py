@@ -106,6 +106,13 @@ class DeviceSpec:
         r = self.resolved(cuda_available=cuda_available)
         return f"cuda:{r.ordinals[0]}" if r.ordinals else "cpu"
 
+    def renumbered(self) -> "DeviceSpec":
+        """The same device for a process that sees only its GPUs, in this order (a container given exactly
+        the experiment's GPUs, a Ray task): cuda:2,3 -> cuda:0,1; the other forms unchanged."""
+        if not self.ordinals:
+            return self
+        return DeviceSpec(DeviceKind.CUDA, tuple(range(len(self.ordinals))))
+
     # ------------------------------------------------------------------ resolution (NVML)
     def resolve(self, *, nvml_gpus=None) -> "ResolvedDevice":
         """The NVML devices this device uses on this host (ordinals + UUIDs). DeviceError when an
