@@ -246,8 +246,8 @@ class Orchestrator:
         from joulebench.devices import resolve_gpus
 
         ordinals: set[int] = set()
-        for c in self.plan.configs:
-            ordinals.update(DeviceSpec.of(c.params).resolve().ordinals)
+        for spec in {DeviceSpec.of(c.params) for c in self.plan.configs}:
+            ordinals.update(spec.resolve().ordinals)
         if not ordinals:
             return []
         return resolve_gpus(sorted(ordinals))
