@@ -117,7 +117,9 @@ def test_worker_told_of_a_gpu_it_does_not_have_fails_instead_of_running_on_cpu(t
     plan = build_plan(loaded)
     store = StudyStore(tmp_path / "study")
     store.create()
-    orch = Orchestrator(loaded, plan, store.root, None, Display(quiet=True))
+    from joulebench.runners.process import ProcessRunner
+
+    orch = Orchestrator(loaded, plan, store.root, ProcessRunner(), Display(quiet=True))
     spec = container_spec(orch._experiment_spec("e1", 0, plan.configs), ["GPU-passed-but-absent"])
     (tmp_path / "experiment.json").write_text(json.dumps(spec))
     proc = subprocess.run([sys.executable, "-m", "joulebench.worker.main", str(tmp_path / "experiment.json"),

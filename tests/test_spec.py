@@ -17,7 +17,7 @@ def _spec(**kw) -> ExperimentSpec:
 
 
 def test_experiment_spec_round_trips_through_json():
-    spec = _spec(gpus=[GpuRef(index=1, uuid="GPU-1")], gpus_renumbered=True, env={"A": "1"})
+    spec = _spec(gpus=[GpuRef(index=1, uuid="GPU-1")], env={"A": "1"})
     back = ExperimentSpec.from_json(spec.to_json())
     assert back == spec
     assert back.backend == "transformers" and back.trial_ids == ["c1-r0"]

@@ -95,7 +95,8 @@ class ExperimentSpec(_Model):
     node: dict[str, Any] = Field(default_factory=dict)  # where it ran (Ray fills it on the node)
     env: dict[str, str] = Field(default_factory=dict)   # environment the worker sets before loading
     gpus: list[GpuRef] = Field(default_factory=list)    # the host GPUs the experiment was given
-    gpus_renumbered: bool = False           # inside a container: the given GPUs are CUDA 0..n-1
+    worker_device: str | None = None        # the device as the worker sees it (a container numbers its GPUs
+                                            # from 0: the host's cuda:1 is cuda:0 inside); None: the trials'
     trials: list[TrialSpec]
 
     @property

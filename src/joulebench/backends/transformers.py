@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from joulebench.config.device import DeviceSpec
 from joulebench.errors import BackendError
 from joulebench.backends.base import Backend, EngineParams, LoadInfo, Request, RequestResult
 
@@ -58,14 +59,14 @@ class TransformersBackend(Backend):
     @classmethod
     def check_params(cls, params: dict[str, Any]) -> list[str]:
         problems = []
-        dev = params.get("device", "auto")
-        if params.get("quantization", "none") != "none" and dev == "cpu":
+        on_cpu = DeviceSpec.of(params).is_cpu
+        if params.get("quantization", "none") != "none" and on_cpu:
             problems.append("bitsandbytes quantization needs a CUDA device (device: cpu given)")
-        if params.get("attn_implementation", "").startswith("flash_attention") and dev == "cpu":
+        if params.get("attn_implementation", "").startswith("flash_attention") and on_cpu:
             problems.append(f"{params['attn_implementation']} needs a CUDA device")
         if params.get("attn_implementation", "").startswith("flash_attention") and params.get("dtype") == "float32":
             problems.append("flash attention needs float16 or bfloat16")
-        if params.get("dtype") == "float16" and dev == "cpu":
+        if params.get("dtype") == "float16" and on_cpu:
             problems.append("float16 generation is not supported well on CPU; use bfloat16 or float32")
         return problems
 
@@ -75,17 +76,13 @@ class TransformersBackend(Backend):
         from transformers import AutoModelForCausalLM, AutoTokenizer  # noqa: F401 - the lazy modules load here
 
     # --- load -------------------------------------------------------------------------
-    def _torch_device(self):
+    def _device_spec(self) -> DeviceSpec:
         import torch
 
-        dev = self.options.get("device", "auto")
-        if dev == "auto":
-            dev = "cuda:0" if torch.cuda.is_available() else "cpu"
-        elif dev == "cuda":
-            dev = "cuda:0"
-        if dev.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendError(f"device '{dev}' was asked for, but torch sees no CUDA device")
-        return dev
+        spec = DeviceSpec.parse(self.options.get("device")).resolved(cuda_available=torch.cuda.is_available())
+        if not spec.is_cpu and not torch.cuda.is_available():
+            raise BackendError(f"device '{spec}' was asked for, but torch sees no CUDA device")
+        return spec
 
     def load(self, model) -> LoadInfo:
         import torch
@@ -94,10 +91,9 @@ class TransformersBackend(Backend):
 
         p: TransformersParams = self.params
         t0 = time.perf_counter()
-        dev = self._torch_device()
-        self.device_str = dev
-        ordinals = [int(x) for x in dev.split(":", 1)[1].split(",")] if dev.startswith("cuda") else []
-        self._ordinals = ordinals
+        spec = self._device_spec()
+        dev = self.device_str = str(spec)
+        ordinals = self._ordinals = list(spec.ordinals)
         dtype = getattr(torch, p.dtype)
         torch.manual_seed(p.seed)
         info_notes: dict[str, Any] = {"device": dev}

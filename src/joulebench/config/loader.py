@@ -11,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from joulebench.errors import StudyError, StudyErrors, did_you_mean
+from joulebench.config.runner import FLAT_KEYS, DockerOptions, ProcessOptions, RayOptions, flat_yaml_path
 from joulebench.config.study import (MeasurementConfig, RepeatsConfig, RunnerOptions, StudyConfig, ThermalGateConfig,
                     WarmupConfig, WorkloadConfig)
 
@@ -20,7 +21,10 @@ _MODELS_AT: dict[str, type[BaseModel]] = {
     "": StudyConfig, "workload": WorkloadConfig, "repeats": RepeatsConfig,
     "measurement": MeasurementConfig, "measurement.warmup": WarmupConfig,
     "measurement.thermal_gate": ThermalGateConfig, "runner_options": RunnerOptions,
+    "runner_options.process": ProcessOptions, "runner_options.docker": DockerOptions, "runner_options.ray": RayOptions,
 }
+# keys a mapping accepts beyond its model's fields (runner_options: each runner's options written flat)
+_EXTRA_KEYS_AT: dict[str, list[str]] = {"runner_options": list(FLAT_KEYS)}
 
 
 @dataclass
@@ -118,7 +122,7 @@ def _hint(err: dict[str, Any]) -> str | None:
         parent = ".".join(str(p) for p in loc[:-1] if not isinstance(p, int))
         model = _MODELS_AT.get(parent)
         if model is not None:
-            fields = list(model.model_fields)
+            fields = list(model.model_fields) + _EXTRA_KEYS_AT.get(parent, [])
             return did_you_mean(loc[-1], fields) or f"allowed keys here: {', '.join(fields)}"
     if err["type"] == "literal_error":
         expected = re.findall(r"'([^']*)'", str(err.get("ctx", {}).get("expected", "")))
@@ -133,7 +137,7 @@ def errors_from_validation(exc: ValidationError, *, file: str, lines: dict[tuple
                            prefix: tuple = ()) -> StudyErrors:
     out = []
     for err in exc.errors():
-        loc = prefix + tuple(err["loc"])
+        loc = flat_yaml_path(prefix + tuple(err["loc"]), lines)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = f"unknown key '{loc[-1]}'"

@@ -16,6 +16,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from joulebench.config.device import DEFAULT_DEVICE, validate_device
+from joulebench.config.runner import DockerOptions, ProcessOptions, RayOptions, RunnerOptions  # noqa: F401
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
@@ -90,38 +93,12 @@ class MeasurementConfig(Strict):
     counter_period_s: float = Field(0.1, gt=0)
 
 
-class RunnerOptions(Strict):
-    one_worker_per_trial: bool = False
-    reuse_workers: bool = Field(True, description="a worker serves its load group's trials in later rounds too "
-                                                  "(one model load per study and load group; process and docker runners)")
-    timeout_s: float = Field(3600.0, gt=0, description="per experiment (one worker)")
-    python: str | None = Field(None, description="interpreter of an engine environment (process runner)")
-    image: str | None = Field(None, description="container image override (docker runner)")
-    address: str | None = Field(None, description="Ray cluster address (ray runner)")
-    gpus: list[int | str] | None = Field(None, description="GPUs this study may use (indices or UUIDs)")
-    on_invalid: Literal["error", "skip"] = "error"
-    environments: dict[str, str] = Field(default_factory=dict, description="backend -> python interpreter")
-    resources: dict[str, float] = Field(default_factory=dict, description="Ray custom resources per experiment")
-    ray_node_runner: Literal["process", "docker"] = Field(
-        "process", description="how a Ray task runs its experiment on the node: local process or container")
-    # sharing a GPU box (docs/nightly.md)
-    on_busy_lock: Literal["wait", "skip", "fail"] = Field(
-        "wait", description="another joulebench holds these GPUs: wait (bounded), skip (exit 0) or fail (exit 75)")
-    lock_wait_s: float = Field(3600.0, ge=0, description="longest wait for the GPU lock")
-    busy_gpu: Literal["wait", "skip", "stop", "allow"] = Field(
-        "wait", description="other users on an experiment's GPUs: wait (bounded, then stop), skip (defer to a "
-                            "later round), stop (resumable), allow (measure, flagged foreign_process)")
-    busy_wait_s: float = Field(600.0, ge=0, description="longest wait for busy GPUs before stopping")
-    busy_poll_s: float = Field(5.0, gt=0, description="how often busy GPUs are checked while waiting")
-    busy_memory_bytes: int = Field(1 << 30, ge=0, description="memory in use (no process of ours) that means busy")
-
-
 class StudyConfig(Strict):
     name: str
     description: str | None = None
     model: str
     backend: str = "transformers"
-    device: str = Field("auto", description="auto | cpu | cuda | cuda:0 | cuda:0,1")
+    device: str = Field(DEFAULT_DEVICE, description="auto | cpu | cuda | cuda:0 | cuda:0,1 (config/device.py)")
     engine: dict[str, Any] = Field(default_factory=dict, description="fixed engine parameters")
     workload: WorkloadConfig = WorkloadConfig()
     sweep: dict[str, list[Any]] = Field(default_factory=dict)
@@ -154,9 +131,7 @@ class StudyConfig(Strict):
     @field_validator("device")
     @classmethod
     def _device(cls, v: str) -> str:
-        if not re.fullmatch(r"auto|cpu|cuda(:\d+(,\d+)*)?", v):
-            raise ValueError("device must be auto, cpu, cuda, cuda:N or cuda:N,M,...")
-        return v
+        return validate_device(v)
 
     @field_validator("sweep")
     @classmethod

@@ -83,6 +83,27 @@ class ExperimentOutcome:
 EventCallback = Callable[[dict[str, Any]], None]
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a kind of runner does, declared once in runners/registry.py; the orchestrator asks these
+    instead of the runner's name. The defaults fit a runner that declares nothing."""
+
+    # keeps a worker between experiments (``worker_key``)
+    reuses_workers: bool = False
+    # its workers are processes of this host that it can name (``live_pids``: their GPU use is ours)
+    host_processes: bool = False
+    # can start the first worker early (``prestart``), overlapping its imports with the device idle reference
+    prestarts_workers: bool = False
+    # runs several experiments at once (``max_concurrent``) and can stop them all (``cancel_all``)
+    parallel_experiments: bool = False
+    # the worker runs on this host in an interpreter of an engine environment (checked before the study)
+    host_interpreter: bool = False
+    # the experiment's GPUs are this host's: take the host GPU lock, run the busy-GPU gate, fence them
+    host_gpus: bool = True
+    # the engine runs in an image built from this checkout (built before a nightly run)
+    builds_images: bool = False
+
+
 class Runner(abc.ABC):
     name: str = "runner"
 

@@ -87,18 +87,26 @@ def engine_importable_here(backend: str) -> bool:
     return all(importlib.util.find_spec(m) is not None for m in ENGINE_MODULES.get(backend, ()))
 
 
+def study_environment(backend: str, runner_options: Mapping[str, Any] | None) -> str | None:
+    """Rules 1 and 2: the environment the study itself names for ``backend``, as written (pure).
+
+    The plan groups configurations by it (a load group per engine environment)."""
+    opts = dict(runner_options or {})
+    envs = opts.get("environments") or {}
+    if backend in envs and envs[backend]:
+        return str(envs[backend])
+    return str(opts["python"]) if opts.get("python") else None
+
+
 def resolve_python(backend: str, runner_options: Mapping[str, Any] | None = None, *,
                    base_dir: Path | None = None, discover: bool = True) -> str | None:
     """Interpreter that should run ``backend``'s worker, or None for the current one.
 
     ``base_dir`` resolves relative paths of the study (the study file's folder).
     """
-    opts = dict(runner_options or {})
-    envs = opts.get("environments") or {}
-    if backend in envs and envs[backend]:
-        return interpreter_of(str(envs[backend]), base_dir=base_dir)
-    if opts.get("python"):
-        return interpreter_of(str(opts["python"]), base_dir=base_dir)
+    configured = study_environment(backend, runner_options)
+    if configured:
+        return interpreter_of(configured, base_dir=base_dir)
     env_value = os.environ.get(f"JOULEBENCH_{backend.upper()}_PYTHON")
     if env_value:
         return interpreter_of(env_value)

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from joulebench.config.device import DeviceSpec
 from joulebench.errors import JoulebenchError
 from joulebench.results.store import StudyStore, atomic_write_bytes, atomic_write_json
 from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, Runner
@@ -69,17 +70,7 @@ def lost_error_types(ray) -> tuple[type, ...]:
 # ---------------------------------------------------------------------- pure helpers
 def gpus_needed(device: str | None, *, cluster_has_gpus: bool) -> int:
     """How many GPUs an experiment with this ``device`` parameter asks Ray for."""
-    device = (device or "auto").strip()
-    if device == "cpu":
-        return 0
-    if device == "auto":
-        return 1 if cluster_has_gpus else 0
-    if device == "cuda":
-        return 1
-    if device.startswith("cuda:"):
-        ordinals = [x for x in device.split(":", 1)[1].split(",") if x.strip()]
-        return max(1, len(ordinals))
-    return 0
+    return DeviceSpec.parse(device).count(gpus_present=cluster_has_gpus)
 
 
 def task_options(params: dict[str, Any], resources: dict[str, float] | None, *,

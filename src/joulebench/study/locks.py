@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from joulebench.errors import JoulebenchError
+from joulebench.config.device import DeviceSpec
 
 EXIT_BUSY = 75                   # sysexits EX_TEMPFAIL: "try again later"
 LOCK_DIR_ENV = "JOULEBENCH_LOCK_DIR"
@@ -264,11 +265,7 @@ class DeviceLock:
 # ---------------------------------------------------------------------- which devices
 def experiment_gpus(params: dict[str, Any]) -> list:
     """The NVML devices an experiment with these parameters will use (host view)."""
-    from joulebench.devices import resolve_gpus
-    from joulebench.worker.session import _intended_ordinals
-
-    ordinals = _intended_ordinals(params.get("device", "auto"))
-    return resolve_gpus(ordinals) if ordinals else []
+    return DeviceSpec.of(params).resolve().devices
 
 
 def study_device_keys(configs) -> list[str]:
@@ -279,7 +276,7 @@ def study_device_keys(configs) -> list[str]:
         try:
             uuids.update(d.info.uuid for d in experiment_gpus(params))
         except JoulebenchError:   # GPUs asked for but not resolvable here: lock by the name asked for
-            uuids.add(f"device-{params.get('device', 'auto')}")
+            uuids.add(f"device-{DeviceSpec.of(params)}")
     return sorted(uuids) or [CPU_KEY]
 
 

@@ -275,17 +275,12 @@ def notify(summary: dict[str, Any], *, command: str | None, webhook: str | None,
 
 
 # ---------------------------------------------------------------------- images
-def prebuild_images(plan, cfg, runner: str | None, log) -> None:
-    """Docker runner: build the images whose inputs changed now, so a broken build fails before any trial."""
-    kind = runner or cfg.runner
-    if kind == "auto":
-        try:
-            from joulebench.runners.docker.client import engine_available
+def prebuild_images(plan, cfg, kind, log) -> None:
+    """A runner that builds images (docker): build those whose inputs changed now, so a broken build fails
+    before any trial. ``kind``: the resolved runner kind (runners/registry.py)."""
+    from joulebench.runners.registry import capabilities
 
-            kind = "docker" if engine_available() else "process"
-        except ImportError:
-            kind = "process"
-    if kind != "docker" or cfg.runner_options.image:
+    if not capabilities(kind).builds_images or cfg.runner_options.docker.image:
         return
     from joulebench.runners.docker import images
 
@@ -309,6 +304,7 @@ def run_nightly(study_path: str | Path, *, results_root: str | Path | None = Non
                 display: TeeDisplay | None = None) -> Summary:
     from joulebench.config import load_study
     from joulebench.study.orchestrator import DEFAULT_RESULTS_ROOT, default_study_dir, resume_study, run_study
+    from joulebench.runners.registry import resolve_kind
     from joulebench.study.plan import build_plan
 
     disp = display or TeeDisplay()
@@ -326,7 +322,9 @@ def run_nightly(study_path: str | Path, *, results_root: str | Path | None = Non
         name = loaded.config.name
         summary.study = name
         root.mkdir(parents=True, exist_ok=True)
-        prebuild_images(plan, loaded.config, runner, disp.log)
+        kind = resolve_kind(runner or loaded.config.runner, disp.log)   # once, for the whole night
+        runner = kind.value
+        prebuild_images(plan, loaded.config, kind, disp.log)
         study_dir, why = resumable(root, name, plan_fingerprint=plan.fingerprint(),
                                    study_sha256=sha256_bytes(loaded.text.encode()))
         disp.log(f"nightly {name}: {why}")

@@ -38,7 +38,9 @@ from joulebench.study.locks import EXIT_BUSY, BusyGpuGate, GpuBusy, experiment_g
 from joulebench.study.plan import Configuration, Plan, build_plan, trial_id_for
 from joulebench.results.schema import SCHEMA_VERSION, TrialRecord
 from joulebench.results.store import StudyStore, atomic_write_bytes, atomic_write_json, sha256_bytes
+from joulebench.config.device import DeviceSpec, fence_violations
 from joulebench.runners.base import Experiment, ExperimentOutcome, Runner
+from joulebench.runners.registry import RunnerKind, capabilities, capabilities_of, make_runner, resolve_kind
 
 DEFAULT_RESULTS_ROOT = Path("joulebench-results")
 
@@ -91,44 +93,6 @@ class StudyLock:
             self.fh.close()
 
 
-def make_runner(kind: str, loaded: LoadedStudy, display: Display) -> Runner:
-    opts = loaded.config.runner_options
-    if kind == "auto":
-        kind = "process"
-        try:
-            from joulebench.runners.docker.client import engine_available
-
-            if engine_available():
-                kind = "docker"
-        except ImportError:
-            pass
-        display.log(f"runner: {kind} (auto)")
-    if kind == "process":
-        from joulebench.runners.process import ProcessRunner
-
-        return ProcessRunner(python=opts.python)
-    if kind == "docker":
-        from joulebench.runners.docker.runner import DockerRunner
-
-        return DockerRunner(image=opts.image)
-    if kind == "ray":
-        from joulebench.runners.ray import RayRunner
-
-        return RayRunner(address=opts.address, resources=opts.resources, node_runner=opts.ray_node_runner,
-                         image=opts.image, python=opts.python)
-    raise JoulebenchError(f"unknown runner '{kind}'")
-
-
-def _gpu_ids(params: dict[str, Any]) -> list[str]:
-    """The GPUs an experiment's runner must give its worker: NVML UUIDs, else the host ordinals asked for."""
-    try:
-        return [d.info.uuid for d in experiment_gpus(params)]
-    except JoulebenchError:
-        from joulebench.worker.session import _intended_ordinals
-
-        return [str(o) for o in _intended_ordinals(params.get("device", "auto")) or []]
-
-
 class Orchestrator:
     def __init__(self, loaded: LoadedStudy, plan: Plan, study_dir: Path, runner: Runner, display: Display):
         self.loaded = loaded
@@ -136,6 +100,7 @@ class Orchestrator:
         self.plan = plan
         self.store = StudyStore(study_dir)
         self.runner = runner
+        self.capabilities = capabilities_of(runner)
         self.display = display
         self.axes = list(plan.axes)
         self.device_idle: dict[str, Any] | None = None
@@ -148,7 +113,7 @@ class Orchestrator:
         self._failed_now: set[str] = set()   # trials failed in this run: not run again until resume
         # shared GPU box (locks.py): what to do when other users are on an experiment's GPUs
         self.busy_gate = BusyGpuGate.from_config(self.cfg, log=display.log)
-        self.busy_gate_enabled = True          # off for Ray: the GPUs are on another node
+        self.busy_gate_enabled = self.capabilities.host_gpus   # off for Ray: the GPUs are on another node
         self._busy_note: dict[str, Any] | None = None
         self._deferred: dict[str, dict[str, Any]] = {}   # trial id -> note of its deferral
         self.retry_failed = False   # resume --retry-failed: failed trials run again (once per run)
@@ -220,7 +185,7 @@ class Orchestrator:
 
     def _check_engine_environments(self) -> None:
         """Fail early (exit 2, with the fix) when a backend's engine cannot run in its interpreter."""
-        if getattr(self.runner, "name", "") != "process":
+        if not self.capabilities.host_interpreter:
             return  # containers carry their engine; Ray nodes check their own
         import importlib.util
         import sys
@@ -230,7 +195,8 @@ class Orchestrator:
         from joulebench.errors import StudyError
 
         for backend in sorted({c.params["backend"] for c in self.plan.configs}):
-            python = resolve_python(backend, self.cfg.runner_options.model_dump(), base_dir=self.loaded.base_dir)
+            python = resolve_python(backend, self.cfg.runner_options.environment_options(),
+                                    base_dir=self.loaded.base_dir)
             if python and Path(python).absolute() != Path(sys.executable).absolute():  # venvs share binaries
                 self.display.log(f"checking the {backend} environment at {python}")
                 require_environment(python, backend)
@@ -248,16 +214,16 @@ class Orchestrator:
         from joulebench.runners.environments import resolve_python   # study map, python, JOULEBENCH_<B>_PYTHON, user file, ./.venvs
 
         opts = self.cfg.runner_options
-        python = resolve_python(c.params["backend"], opts.model_dump(), base_dir=self.loaded.base_dir)
+        python = resolve_python(c.params["backend"], opts.environment_options(), base_dir=self.loaded.base_dir)
         reuse = opts.reuse_workers and not opts.one_worker_per_trial
         return (f"{c.load_group}|{python or ''}" if reuse else None), python
 
     def _prestart_first_worker(self) -> None:
         """Start the first experiment's worker now: its interpreter and engine imports overlap the
         device idle reference (no device is touched until its experiment arrives)."""
-        prestart = getattr(self.runner, "prestart", None)
-        if prestart is None:
+        if not self.capabilities.prestarts_workers:
             return
+        prestart = self.runner.prestart
         for r in range(self.plan.max_repeats):
             needed = self._configs_needing(r)
             if needed:
@@ -278,15 +244,24 @@ class Orchestrator:
     # ------------------------------------------------------------------ baselines
     def _study_gpus(self):
         from joulebench.devices import resolve_gpus
-        from joulebench.worker.session import _intended_ordinals
 
         ordinals: set[int] = set()
-        for c in self.plan.configs:
-            o = _intended_ordinals(c.params.get("device", "auto"))
-            ordinals.update(o or [])
+        for spec in {DeviceSpec.of(c.params) for c in self.plan.configs}:
+            ordinals.update(spec.resolve().ordinals)
         if not ordinals:
             return []
         return resolve_gpus(sorted(ordinals))
+
+    def _experiment_gpus(self, c: Configuration) -> list[str]:
+        """Experiment.gpus: the UUIDs of the host GPUs the experiment uses; where they cannot be resolved
+        here (no NVML; a Ray node's GPUs), the CUDA ordinals its device names."""
+        spec = DeviceSpec.of(c.params)
+        if self.capabilities.host_gpus:
+            try:
+                return list(spec.resolve().uuids)
+            except JoulebenchError:
+                pass   # the worker reports the device problem in its records
+        return [str(o) for o in spec.ordinals]
 
     def _device_idle_reference(self) -> None:
         """Device idle power per GPU, measured here with no context of ours; reused while fresh."""
@@ -371,7 +346,8 @@ class Orchestrator:
             else:
                 groups.append([c])
         # A runner that spreads experiments over a cluster (ray) runs the round's load groups at once.
-        parallel = min(int(getattr(self.runner, "max_concurrent", 1) or 1), len(groups))
+        concurrent = self.runner.max_concurrent if self.capabilities.parallel_experiments else 1
+        parallel = min(int(concurrent or 1), len(groups))
         if parallel > 1:
             self._run_groups_parallel(r, groups, parallel)
         else:
@@ -393,7 +369,7 @@ class Orchestrator:
             self._stopping = True
             for f in futures:
                 f.cancel()
-            cancel = getattr(self.runner, "cancel_all", None)
+            cancel = self.runner.cancel_all if self.capabilities.parallel_experiments else None
             while not all(f.done() for f in futures):
                 if cancel:
                     cancel()
@@ -452,7 +428,7 @@ class Orchestrator:
             self.display.log(f"busy-GPU check skipped: {e}")
             return True
         # A worker of ours kept alive between rounds holds memory on these GPUs: not another user.
-        own = getattr(self.runner, "live_pids", lambda: set())()
+        own = self.runner.live_pids() if self.capabilities.host_processes else set()
         d = self.busy_gate.check(gpus, own_pids=own, label=f"round {r + 1} · {configs[0].load_group}")
         if d.action == "defer":
             for t in tids:
@@ -503,7 +479,7 @@ class Orchestrator:
         exp = Experiment(experiment_id=eid, study_name=self.cfg.name, study_dir=self.store.root, spec=spec,
                          trial_ids=[t["trial_id"] for t in spec["trials"]],
                          label=f"{configs[0].params['backend']} {configs[0].params['model']}", python=python,
-                         worker_key=key, gpus=_gpu_ids(configs[0].params))
+                         worker_key=key, gpus=self._experiment_gpus(configs[0]))
         labels = {t["trial_id"]: c.label(self.axes) for t, c in zip(spec["trials"], configs)}
 
         def on_event(ev: dict[str, Any]) -> None:
@@ -595,9 +571,10 @@ def run_study(source, *, out: str | Path | None = None, runner: str | None = Non
     study_dir = Path(out) if out else default_study_dir(loaded.config.name)
     display = display or Display(quiet=quiet)
     source_path = str(Path(source).resolve()) if isinstance(source, (str, Path)) else None
-    with _device_lock(loaded, plan, study_dir, runner, on_busy_lock, lock_wait_s, display), StudyLock(study_dir):
+    kind = resolve_kind(runner or loaded.config.runner, display.log)
+    with _device_lock(loaded, plan, study_dir, kind, on_busy_lock, lock_wait_s, display), StudyLock(study_dir):
         _prepare_new_study(loaded, plan, study_dir, source_path)
-        result = _execute(loaded, plan, study_dir, runner or loaded.config.runner, display)
+        result = _execute(loaded, plan, study_dir, kind, display)
     if report:
         _report(study_dir, display)
     return result
@@ -625,31 +602,51 @@ def resume_study(study_dir: str | Path, *, runner: str | None = None, quiet: boo
         raise ResumeError("the plan of this study differs from the one it started with (another joulebench "
                           "version?); start a new study instead")
     display = display or Display(quiet=quiet)
-    with _device_lock(loaded, plan, study_dir, runner, on_busy_lock, lock_wait_s, display), StudyLock(study_dir):
-        result = _execute(loaded, plan, study_dir, runner or loaded.config.runner, display,
-                          retry_failed=retry_failed)
+    kind = resolve_kind(runner or loaded.config.runner, display.log)
+    with _device_lock(loaded, plan, study_dir, kind, on_busy_lock, lock_wait_s, display), StudyLock(study_dir):
+        result = _execute(loaded, plan, study_dir, kind, display, retry_failed=retry_failed)
     if report:
         _report(study_dir, display)
     return result
 
 
-def _execute(loaded: LoadedStudy, plan: Plan, study_dir: Path, runner_kind: str, display: Display, *,
+def _execute(loaded: LoadedStudy, plan: Plan, study_dir: Path, kind: RunnerKind, display: Display, *,
              retry_failed: bool = False) -> StudyResult:
-    runner = make_runner(runner_kind, loaded, display)
+    runner = make_runner(kind, loaded.config.runner_options)
     orch = Orchestrator(loaded, plan, study_dir, runner, display)
     orch.retry_failed = retry_failed
-    orch.busy_gate_enabled = runner_kind != "ray"
     return orch.run()
 
 
-def _device_lock(loaded: LoadedStudy, plan: Plan, study_dir: Path, runner: str | None, policy: str | None,
+def _device_lock(loaded: LoadedStudy, plan: Plan, study_dir: Path, kind: RunnerKind, policy: str | None,
                  wait_s: float | None, display: Display):
-    """One joulebench per set of GPUs on this host (locks.py); none for Ray (the cluster schedules GPUs)."""
+    """One joulebench per set of GPUs on this host (locks.py); none for Ray (the cluster schedules GPUs).
+    A study whose GPUs lie outside ``runner_options.gpus`` is refused here, before anything runs."""
     import contextlib
 
-    if (runner or loaded.config.runner) == "ray":
+    if not capabilities(kind).host_gpus:
         return contextlib.nullcontext()
+    _check_gpu_fence(plan, loaded)
     return study_lock(plan, loaded.config, study_dir=study_dir, policy=policy, wait_s=wait_s, log=display.log)
+
+
+def _check_gpu_fence(plan: Plan, loaded: LoadedStudy) -> None:
+    """``runner_options.gpus``: refuse (exit 2) a study whose configurations use a host GPU outside it."""
+    from joulebench.errors import StudyError
+
+    fence = loaded.config.runner_options.gpus
+    if fence is None:
+        return
+    used = []
+    for c in plan.configs:
+        try:
+            used.append((c.origin, DeviceSpec.of(c.params).resolve()))
+        except JoulebenchError:
+            continue   # not resolvable here (no NVML): the plan checked its ordinals, the worker reports
+    problems = fence_violations(fence, used)
+    if problems:
+        raise StudyError("; ".join(problems), file=loaded.file, path="runner_options.gpus",
+                         hint="set device to a GPU inside the fence (cuda:N), or widen runner_options.gpus")
 
 
 def _report(study_dir: Path, display: Display) -> None:

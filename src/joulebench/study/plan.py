@@ -24,11 +24,13 @@ from typing import Any
 from pydantic import ValidationError
 
 from joulebench.backends import get_backend_class, load_parameters
+from joulebench.config.device import DEFAULT_DEVICE, DeviceSpec, DeviceSpecError, fence_problems
 from joulebench.config.loader import LoadedStudy, errors_from_validation
 from joulebench.config.study import COMMON_KEYS, WORKLOAD_KEYS, StudyConfig, WorkloadConfig
 from joulebench.study.checks import check_configurations, check_sweep_size
 from joulebench.errors import StudyError, StudyErrors, did_you_mean
 from joulebench.models import check_model_exists, parse_model
+from joulebench.runners.environments import study_environment
 
 PLAN_SCHEMA_VERSION = 1
 
@@ -185,7 +187,12 @@ def _resolve(raw: dict[str, Any], origins: dict[str, str], loaded: LoadedStudy) 
         engine = backend_cls.Params.model_validate(engine_raw).model_dump(mode="json")
     except ValidationError as e:
         raise _with_origins(e, origins, file) from None
-    params = {"model": model.spec, "backend": backend_name, "device": raw.get("device", "auto")}
+    device = raw.get("device", DEFAULT_DEVICE)
+    try:
+        DeviceSpec.parse(device)
+    except DeviceSpecError as e:
+        raise StudyError(str(e), file=file, path=origins.get("device", "device")) from None
+    params = {"model": model.spec, "backend": backend_name, "device": device}
     params.update(workload)
     params.update(engine)
     return params
@@ -219,6 +226,17 @@ def combination_problems(params: dict[str, Any]) -> list[str]:
             and params["input_tokens"] > params["max_input_tokens"]:
         problems.append("input_tokens is larger than max_input_tokens")
     return problems
+
+
+def _check_fence(configs: list[Configuration], loaded: LoadedStudy) -> None:
+    """``runner_options.gpus``: a configuration whose device names a GPU outside it is refused (exit 2).
+    Here only explicit ordinals against a fence of ordinals; UUIDs and auto are checked at run."""
+    used = [(c.origin, DeviceSpec.of(c.params)) for c in configs]
+    problems = fence_problems(loaded.config.runner_options.gpus, used)
+    if problems:
+        raise StudyErrors([StudyError(p, file=loaded.file, path="runner_options.gpus",
+                                      hint="use a device inside the fence, or widen runner_options.gpus")
+                           for p in problems])
 
 
 def build_plan(loaded: LoadedStudy) -> Plan:
@@ -283,14 +301,15 @@ def build_plan(loaded: LoadedStudy) -> Plan:
                                  path=where, hint="remove the duplicate")
             seen[cid] = where
             load_params = load_parameters(params)
-            load_params["python"] = cfg.runner_options.environments.get(params["backend"]) or cfg.runner_options.python
-            load_params["image"] = cfg.runner_options.image
+            load_params["python"] = study_environment(params["backend"], cfg.runner_options.environment_options())
+            load_params["image"] = cfg.runner_options.docker.image
             group = "g-" + short_hash(load_params, 8)
             if cfg.runner_options.one_worker_per_trial:
                 group = "g-" + cid[:8]
             configs.append(Configuration(cid, params, group, where))
     if invalid:
         raise StudyErrors(invalid)
+    _check_fence(configs, loaded)
     if not configs:
         raise StudyError("every configuration was skipped as invalid; nothing to run", file=loaded.file,
                          path="sweep")

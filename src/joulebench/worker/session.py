@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 from joulebench.backends import get_backend_class
 from joulebench.backends.base import Backend, RequestResult
+from joulebench.config.device import DeviceSpec
 from joulebench.system.snapshot import collect_environment
 from joulebench.meters.flags import Flag, QualityFlag
 from joulebench.models import parse_model
@@ -181,16 +182,17 @@ class ExperimentSession:
         backend_cls = get_backend_class(first["backend"])
         engine = {k: v for k, v in first.items() if k in backend_cls.Params.model_fields}
         # A container numbers its passed GPUs from 0: its runner says so in ``worker_device``.
-        device = self.spec.get("worker_device") or first.get("device", "auto")
-        options = {"device": device,
+        device = DeviceSpec.parse(self.spec["worker_device"]) if self.spec.get("worker_device") \
+            else DeviceSpec.of(first)
+        options = {"device": str(device),
                    "trust_remote_code": self.spec.get("trust_remote_code", False),
                    "seed": self.spec.get("seed", 0), "weights_seed": 0}
         self.backend = backend_cls(backend_cls.Params.model_validate(engine), options)
         self.load_identity = load_identity(self.spec)
         self.env = collect_environment()
         model = parse_model(first["model"])
-        intended = _intended_ordinals(device)
-        self.devices = resolve_gpus(intended) if intended != [] else []
+        resolved = device.resolve()
+        intended, self.devices = list(resolved.ordinals), resolved.devices
         self.cpu_devs = cpu_devices()
         self._phase("load")
         with EnergyWindow(self.devices + self.cpu_devs) as w:
@@ -562,21 +564,3 @@ def _inject_fault(trial_id: str) -> None:
             time.sleep(1)
     elif kind == "error":
         raise RuntimeError(f"injected error in trial {trial_id}")
-
-
-def _intended_ordinals(device: str) -> list[int] | None:
-    """CUDA ordinals a device parameter asks for: [] for CPU, None for 'all/auto'."""
-    if device == "cpu":
-        return []
-    if device in ("cuda", "auto"):
-        return [0] if _cuda_present() else []
-    return [int(x) for x in device.split(":", 1)[1].split(",")]
-
-
-def _cuda_present() -> bool:
-    from joulebench.devices import resolve_gpus
-
-    try:
-        return bool(resolve_gpus(None))
-    except Exception:  # noqa: BLE001
-        return False

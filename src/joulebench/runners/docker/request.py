@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from joulebench.config.device import DeviceSpec
 from joulebench.runners.base import Experiment
 from joulebench.runners.docker.mounts import (CONTAINER_EXPERIMENT, CONTAINER_HF_CACHE, CONTAINER_OUT,
                                               CONTAINER_TOKEN, hf_hub_cache, local_paths, slug, study_dir_key)
@@ -77,13 +78,14 @@ def worker_device(device: str, n_gpus: int) -> str | None:
     """The device string as the worker in the container sees it, or None to keep the spec's own.
 
     The container holds only its ``n_gpus`` passed GPUs, numbered from 0: ``cuda:1`` on the host is
-    ``cuda:0`` inside, ``cuda:2,5`` is ``cuda:0,1``. ``auto`` and ``cuda`` become ``cuda:0``, so a
-    container that should hold a GPU fails loudly when it has none instead of running on the CPU.
+    ``cuda:0`` inside, ``cuda:2,5`` is ``cuda:0,1`` (``DeviceSpec.renumbered``). ``auto`` and ``cuda``
+    become ``cuda:0``, so a container that should hold a GPU fails loudly when it has none instead of
+    running on the CPU.
     """
-    if n_gpus <= 0 or device == "cpu":
+    spec = DeviceSpec.parse(device)
+    if n_gpus <= 0 or spec.is_cpu:
         return None
-    asked = device.split(":", 1)[1].split(",") if device.startswith("cuda:") else ["0"]
-    return "cuda:" + ",".join(str(i) for i in range(len(asked)))
+    return str(spec.resolved(cuda_available=True).renumbered())
 
 
 def container_spec(spec: dict[str, Any], gpus: list[str]) -> dict[str, Any]:
