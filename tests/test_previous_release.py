@@ -118,4 +118,5 @@ def test_record_fields_of_the_fixture_match_the_recorded_shape():
     expected = set(json.loads((FIXTURE / "record_fields.json").read_text()))
     for rec in _records(STUDY).values():
         assert record_fields(rec) == expected
-    assert {"energy_j", "params.batch_size", "flags[].code", "ttft_s.p90", "environment.libraries.torch"} <= expected
+    assert {"energy_j", "params.batch_size", "flags[].code", "ttft_s.p90",
+            "environment.libraries.torch"} <= expected
