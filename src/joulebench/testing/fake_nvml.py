@@ -75,7 +75,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from joulebench.study.locks import pid_alive
+from joulebench.system.proc import pid_alive
 
 # --- constants (same values as pynvml) ---------------------------------------------------------
 NVML_SUCCESS = 0

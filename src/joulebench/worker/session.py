@@ -377,7 +377,7 @@ class ExperimentSession:
 
     def _own_pids(self) -> set[int]:
         """This worker and everything below it (engine processes, the sampler)."""
-        from joulebench.study.locks import descendants
+        from joulebench.system.proc import descendants
 
         return descendants(os.getpid())
 

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from joulebench.study.locks import pid_alive
+from joulebench.system.proc import pid_alive
 from joulebench.results.store import atomic_copy, atomic_write_bytes, atomic_write_json
 from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, ReusingRunner, parse_event
 
