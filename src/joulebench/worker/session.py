@@ -36,6 +36,7 @@ from joulebench.meters.flags import Flag, QualityFlag
 from joulebench.models import parse_model
 from joulebench.results.schema import SCHEMA_VERSION, TrialRecord
 from joulebench.results.store import StudyStore
+from joulebench.testing.faults import inject_fault
 from joulebench.workloads import build_requests
 
 Emit = Callable[[dict[str, Any]], None]
@@ -302,7 +303,7 @@ class ExperimentSession:
 
         # The measured window: whole passes until the minimum window is reached.
         self._phase("window", tid)
-        _inject_fault(tid)
+        inject_fault(tid)
         backend.reset_peak_memory()
         sampler = self._sampler()
         if sampler is not None:
@@ -543,23 +544,6 @@ def load_identity(spec: dict[str, Any]) -> dict[str, Any]:
     from joulebench.backends import load_parameters
 
     return load_parameters(spec["trials"][0]["params"]) if spec.get("trials") else {}
-
-
-def _inject_fault(trial_id: str) -> None:
-    """Fault injection for crash-safety tests: JOULEBENCH_FAULT=crash|hang|error:<trial_id>."""
-    spec = os.environ.get("JOULEBENCH_FAULT", "")
-    kind, _, target = spec.partition(":")
-    if not spec or target != trial_id:
-        return
-    if kind == "crash":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif kind == "hang":
-        while True:
-            time.sleep(1)
-    elif kind == "error":
-        raise RuntimeError(f"injected error in trial {trial_id}")
 
 
 def _intended_ordinals(device: str) -> list[int] | None:
