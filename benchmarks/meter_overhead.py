@@ -65,6 +65,9 @@ def main() -> int:
 
     from joulebench.devices import resolve_gpus
     from joulebench.meters import EnergyWindow, Sampler
+    from joulebench.testing import install_from_environment
+
+    install_from_environment()          # the fake above (the sampler's process installs it too)
 
     gpus = resolve_gpus(None)
     if not gpus:

@@ -10,11 +10,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from joulebench.testing import install_from_environment
+
 # A shell without job control starts background commands (`make test &`, a detached CI job) with
 # SIGINT ignored, and an ignored signal stays ignored across exec: every process the tests start
 # would then shrug off the Ctrl-C that the interrupt tests send. Give them the default disposition.
 if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
+
+# The test process is an entry point too: a test that sets $JOULEBENCH_FAKE_NVML gets the fake NVML
+# in this process, as the CLI, the worker and the sampler get it in theirs.
+install_from_environment()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("JOULEBENCH_TEST_DATA", REPO.parent / "shared" / "data"))

@@ -13,7 +13,8 @@ import pytest
 
 from joulebench.devices import resolve_gpus
 from joulebench.testing.fake_nvml import FakeClock, FakeNVML
-from joulebench.study.locks import (EXIT_BUSY, BusyGpuGate, DeviceLock, GpuBusy, LockSkipped, gpu_usage, pid_alive)
+from joulebench.study.locks import EXIT_BUSY, BusyGpuGate, DeviceLock, GpuBusy, LockSkipped, gpu_usage
+from joulebench.system.proc import pid_alive
 
 UUID_A = "GPU-aaaaaaaa-0000-0000-0000-000000000000"
 UUID_B = "GPU-bbbbbbbb-0000-0000-0000-000000000000"

@@ -202,7 +202,7 @@ def test_idle_worker_stops_when_its_dispatcher_stops_beating(tmp_path):
 
 def test_descendants_include_grandchildren_in_their_own_session():
     """A live worker's GPU users are ours: its sampler and an engine server that runs in a session of its own."""
-    from joulebench.runners.process import descendants
+    from joulebench.system.proc import descendants
 
     outer = subprocess.Popen([sys.executable, "-c",
                               "import subprocess, sys, time; "

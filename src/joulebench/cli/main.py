@@ -12,6 +12,7 @@ from rich.table import Table
 
 from joulebench import __version__
 from joulebench.errors import EXIT_INTERRUPTED, EXIT_INVALID, JoulebenchError, StudyErrors
+from joulebench.testing import install_from_environment
 
 console = Console()
 err_console = Console(stderr=True)
@@ -47,6 +48,7 @@ class _Group(click.Group):
 @click.version_option(__version__, prog_name="joulebench")
 def main() -> None:
     """Measure the energy, speed and cost of LLM inference across deployment configurations."""
+    install_from_environment()
 
 
 @main.command()

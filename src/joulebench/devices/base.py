@@ -29,6 +29,7 @@ class Device:
     """
 
     info: DeviceInfo
+    simulated: bool = False        # a test double (joulebench.testing), not hardware: results get ``fake_device``
 
     def energy_counter_j(self) -> float | None:
         """Monotonic total energy (J) since an arbitrary origin; None without a counter."""

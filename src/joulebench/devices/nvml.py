@@ -1,8 +1,10 @@
 """NVIDIA GPUs through NVML (``nvidia-ml-py``): a thin adapter, SI units out.
 
 * The NVML module is injectable (``nvml=``); by default it is the real
-  ``pynvml``, or the fake of :mod:`joulebench.testing.fake_nvml` when the
-  environment variable ``JOULEBENCH_FAKE_NVML`` names a spec file.
+  ``pynvml``, or the library the caller chose with :func:`use_nvml_library` /
+  :func:`select_nvml_library` (the entry points call
+  :func:`joulebench.testing.install_from_environment`, which picks the fake of
+  :mod:`joulebench.testing.fake_nvml` when ``JOULEBENCH_FAKE_NVML`` names a spec file).
 * Devices are mapped from the process's CUDA ordinals to NVML handles **by
   UUID** (``CUDA_VISIBLE_DEVICES`` may hold indices, UUIDs or UUID prefixes).
 * "Not supported" readings become ``None``; every other NVML error becomes a
@@ -12,14 +14,13 @@
 from __future__ import annotations
 
 import os
-import threading
 import weakref
-from typing import Any
+from typing import Any, Callable
 
 from joulebench.errors import DeviceError
 from joulebench.devices.base import SAMPLE_KEYS, Device, DeviceInfo
 
-FAKE_ENV = "JOULEBENCH_FAKE_NVML"
+FAKE_ENV = "JOULEBENCH_FAKE_NVML"     # read by joulebench.testing.install_from_environment, never here
 _UNSET: Any = object()
 
 # NVML return codes that mean "this reading does not exist here", not "something broke".
@@ -43,24 +44,29 @@ THROTTLE_NAMES = {
 }
 THROTTLE_MASK = sum(THROTTLE_NAMES)   # bits that mean "clocks were cut by power or heat"
 
-_lock = threading.Lock()
-_fake_cache: dict[str, Any] = {}
+_chooser: Callable[[], Any] | None = None
 _initialised: "weakref.WeakSet" = weakref.WeakSet()
 
 
-def load_nvml():
-    """The NVML module to use: the fake named by $JOULEBENCH_FAKE_NVML, else ``pynvml``; None if absent."""
-    path = os.environ.get(FAKE_ENV)
-    if path:
-        with _lock:
-            if path not in _fake_cache:
-                from joulebench.testing.fake_nvml import FakeNVML
+def select_nvml_library(chooser: Callable[[], Any] | None) -> None:
+    """From now on :func:`load_nvml` asks ``chooser()`` for this process's NVML: a module-like object with
+    pynvml's names, or None for the real ``pynvml``. ``None`` as the chooser: always ``pynvml``."""
+    global _chooser
+    _chooser = chooser
 
-                try:
-                    _fake_cache[path] = FakeNVML.from_spec(path)
-                except (OSError, ValueError) as e:
-                    raise DeviceError(f"{FAKE_ENV}={path}: cannot load the fake NVML spec: {e}") from e
-            return _fake_cache[path]
+
+def use_nvml_library(library: Any | None) -> None:
+    """Make ``library`` (a module-like object with pynvml's names, e.g. a fake) this process's NVML;
+    None: the real ``pynvml`` again."""
+    select_nvml_library(None if library is None else (lambda: library))
+
+
+def load_nvml():
+    """The NVML module to use: the one chosen by the caller (:func:`use_nvml_library`), else ``pynvml``;
+    None if absent."""
+    chosen = _chooser() if _chooser is not None else None
+    if chosen is not None:
+        return chosen
     try:
         import pynvml
     except ImportError:
@@ -109,6 +115,10 @@ class NvmlDevice(Device):
         self.info = info
         self._instant_ok = True
         self._counter_ok = True
+
+    @property
+    def simulated(self) -> bool:
+        return bool(getattr(self.nvml, "simulated", False))
 
     @classmethod
     def from_handle(cls, nvml, handle, index: int) -> "NvmlDevice":
@@ -378,7 +388,7 @@ def gpu_environment(*, nvml=_UNSET) -> dict:
         "driver_version": _str(sys("nvmlSystemGetDriverVersion")) if sys("nvmlSystemGetDriverVersion") else None,
         "nvml_version": _str(sys("nvmlSystemGetNVMLVersion")) if sys("nvmlSystemGetNVMLVersion") else None,
         "cuda_driver_version": f"{cuda // 1000}.{cuda % 1000 // 10}" if isinstance(cuda, int) else None,
-        "fake_nvml": bool(os.environ.get(FAKE_ENV)) and nvml is load_nvml(),
+        "fake_nvml": bool(getattr(nvml, "simulated", False)),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "gpus": [],
     }

@@ -49,7 +49,9 @@ def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root
     """Child process body. Only stdlib and joulebench.devices are imported here."""
     try:
         from joulebench.devices import cpu_devices, gpus_by_uuid
+        from joulebench.testing import install_from_environment
 
+        install_from_environment()
         devices = list(gpus_by_uuid(device_uuids))
         if cpu:
             devices += cpu_devices(rapl_root) if rapl_root else cpu_devices()

@@ -278,7 +278,7 @@ class EnergyWindow:
         if fell_back:
             flags.append(QualityFlag(Flag.COUNTER_UNAVAILABLE,
                                      "power integral for " + ", ".join(f"GPU {p.info.index}" for p in fell_back)))
-        fakes = [d for d in self.devices if type(getattr(d, "nvml", None)).__name__ == "FakeNVML"]
+        fakes = [d for d in self.devices if getattr(d, "simulated", False)]
         if fakes:
             flags.append(QualityFlag(Flag.FAKE_DEVICE, ", ".join(d.info.uuid for d in fakes)))
         gpus = [p for p in per if p.info.kind == "gpu"]

@@ -20,21 +20,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from joulebench.study.locks import descendants
 from joulebench.results.store import atomic_write_json
 from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, ReusingRunner, parse_event
+from joulebench.system.proc import descendants, set_parent_death_signal
 
 TERM_GRACE_S = 10.0
-
-
-def _set_parent_death_signal() -> None:  # runs in the child between fork and exec
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except Exception:  # noqa: BLE001 - not Linux: the broken pipe still stops the worker
-        pass
 
 
 def kill_group(proc: subprocess.Popen, grace_s: float = TERM_GRACE_S) -> None:
@@ -166,7 +156,7 @@ class WorkerProcess:
         try:
             self.proc = subprocess.Popen(self.cmd, stdout=subprocess.PIPE, stderr=self._log,
                                          stdin=subprocess.DEVNULL, env=self.env,
-                                         start_new_session=True, preexec_fn=_set_parent_death_signal)
+                                         start_new_session=True, preexec_fn=set_parent_death_signal)
         except OSError as e:
             self._log.close()
             return f"cannot start worker {self.cmd[0]}: {e}"

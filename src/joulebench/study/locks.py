@@ -29,6 +29,7 @@ from typing import Any, Callable
 
 from joulebench.errors import JoulebenchError
 from joulebench.config.device import DeviceSpec
+from joulebench.system.proc import pid_alive
 
 EXIT_BUSY = 75                   # sysexits EX_TEMPFAIL: "try again later"
 LOCK_DIR_ENV = "JOULEBENCH_LOCK_DIR"
@@ -58,54 +59,6 @@ def _stamp(t: float | None) -> str:
     if not t:
         return "?"
     return _dt.datetime.fromtimestamp(t, _dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:      # another user's live process
-        return True
-    except OSError:
-        return False
-    # a zombie (exited, not reaped) is dead for our purpose
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def descendants(pid: int) -> set[int]:
-    """``pid`` and every process below it, also those in sessions of their own (psutil where
-    installed, else Linux /proc; just ``pid`` when neither answers)."""
-    try:
-        import psutil  # type: ignore
-
-        return {pid} | {c.pid for c in psutil.Process(pid).children(recursive=True)}
-    except Exception:  # noqa: BLE001 - no psutil, or the process is gone: read /proc
-        pass
-    children: dict[int, list[int]] = {}
-    try:
-        for p in Path("/proc").iterdir():
-            if not p.name.isdigit():
-                continue
-            try:
-                stat = (p / "stat").read_text()
-            except OSError:
-                continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])   # the field after the state letter
-            children.setdefault(ppid, []).append(int(p.name))
-    except OSError:
-        return {pid}
-    out, todo = set(), [pid]
-    while todo:
-        q = todo.pop()
-        if q not in out:
-            out.add(q)
-            todo.extend(children.get(q, []))
-    return out
 
 
 def _key_file(key: str) -> str:

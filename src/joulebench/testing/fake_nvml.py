@@ -75,7 +75,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from joulebench.study.locks import pid_alive
+from joulebench.system.proc import pid_alive
 
 # --- constants (same values as pynvml) ---------------------------------------------------------
 NVML_SUCCESS = 0
@@ -348,6 +348,7 @@ class _FieldValue:
 class FakeNVML:
     """Module-like object with pynvml's function names. Build with :meth:`from_spec`."""
 
+    simulated = True           # not hardware: devices on it say so (Device.simulated), results get fake_device
     NVMLError = NVMLError
     # constants, so ``nvml.NVML_CLOCK_SM`` works on the object as on the module
     NVML_SUCCESS = NVML_SUCCESS

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from joulebench.runners.base import format_event
+from joulebench.testing import install_from_environment
 
 
 def _emit_to(stream):
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, _term)
+    install_from_environment()
     parent = os.getppid()
     emit = _emit_to(sys.stdout)
     beat = (Path(args.heartbeat), args.heartbeat_timeout_s) if args.heartbeat else None

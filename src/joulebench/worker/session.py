@@ -37,6 +37,7 @@ from joulebench.meters.flags import Flag, QualityFlag
 from joulebench.models import parse_model
 from joulebench.results.schema import SCHEMA_VERSION, TrialRecord
 from joulebench.results.store import StudyStore
+from joulebench.testing.faults import inject_fault
 from joulebench.workloads import build_requests
 
 Emit = Callable[[dict[str, Any]], None]
@@ -306,7 +307,7 @@ class ExperimentSession:
 
         # The measured window: whole passes until the minimum window is reached.
         self._phase("window", tid)
-        _inject_fault(tid)
+        inject_fault(tid)
         backend.reset_peak_memory()
         sampler = self._sampler()
         if sampler is not None:
@@ -381,7 +382,7 @@ class ExperimentSession:
 
     def _own_pids(self) -> set[int]:
         """This worker and everything below it (engine processes, the sampler)."""
-        from joulebench.study.locks import descendants
+        from joulebench.system.proc import descendants
 
         return descendants(os.getpid())
 
@@ -549,18 +550,3 @@ def load_identity(spec: dict[str, Any]) -> dict[str, Any]:
     return load_parameters(spec["trials"][0]["params"]) if spec.get("trials") else {}
 
 
-def _inject_fault(trial_id: str) -> None:
-    """Fault injection for crash-safety tests: JOULEBENCH_FAULT=crash|hang|error:<trial_id>."""
-    spec = os.environ.get("JOULEBENCH_FAULT", "")
-    kind, _, target = spec.partition(":")
-    if not spec or target != trial_id:
-        return
-    if kind == "crash":
-        import signal
-
-        os.kill(os.getpid(), signal.SIGKILL)
-    elif kind == "hang":
-        while True:
-            time.sleep(1)
-    elif kind == "error":
-        raise RuntimeError(f"injected error in trial {trial_id}")

@@ -11,7 +11,6 @@ SIGKILL.
 from __future__ import annotations
 
 import atexit
-import ctypes
 import os
 import signal
 import socket
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Callable
 
 from joulebench.errors import BackendError
+from joulebench.system.proc import set_parent_death_signal
 
 _LIVE: "weakref.WeakSet[ServerProcess]" = weakref.WeakSet()
 _HANDLERS_INSTALLED = False
@@ -35,14 +35,6 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return s.getsockname()[1]
-
-
-def _set_pdeathsig() -> None:  # runs in the child between fork and exec
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def _stop_all() -> None:
@@ -95,7 +87,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             self.command, env=env, stdin=subprocess.DEVNULL, stdout=self._log,
             stderr=subprocess.STDOUT, start_new_session=True,
-            preexec_fn=_set_pdeathsig if sys.platform.startswith("linux") else None,
+            preexec_fn=set_parent_death_signal if sys.platform.startswith("linux") else None,
         )
         self.pid = self.proc.pid
         _LIVE.add(self)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from joulebench.runners.docker.request import (LABEL_EXPERIMENT, LABEL_HOST, LABEL_PID, LABEL_RUNNER, LABEL_STUDY,
                                                isolation_kwargs)
-from joulebench.study.locks import pid_alive
+from joulebench.system.proc import pid_alive
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,72 @@
+"""Process trees: is a pid alive, every process below one, and the parent-death signal.
+
+The host side uses these to find a study's leftover processes (locks, runners) and to make sure a
+worker never outlives the orchestrator that started it."""
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (another user's process counts; a zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # another user's live process
+        return True
+    except OSError:
+        return False
+    # a zombie (exited, not reaped) is dead for our purpose
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def descendants(pid: int) -> set[int]:
+    """``pid`` and every process below it, also those in sessions of their own (psutil where
+    installed, else Linux /proc; just ``pid`` when neither answers)."""
+    try:
+        import psutil  # type: ignore
+
+        return {pid} | {c.pid for c in psutil.Process(pid).children(recursive=True)}
+    except Exception:  # noqa: BLE001 - no psutil, or the process is gone: read /proc
+        pass
+    children: dict[int, list[int]] = {}
+    try:
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            try:
+                stat = (p / "stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])   # the field after the state letter
+            children.setdefault(ppid, []).append(int(p.name))
+    except OSError:
+        return {pid}
+    out, todo = set(), [pid]
+    while todo:
+        q = todo.pop()
+        if q not in out:
+            out.add(q)
+            todo.extend(children.get(q, []))
+    return out
+
+
+def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
+    """Ask the kernel to send ``sig`` to this process when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Meant as ``subprocess.Popen(..., preexec_fn=set_parent_death_signal)``: it runs in the child between
+    fork and exec. Elsewhere than Linux it does nothing (the broken pipe still stops the child)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, sig)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux (no libc.so.6 or no prctl)
+        pass
