@@ -53,7 +53,8 @@ def read_spec(name: str, text: str | bytes) -> ExperimentSpec:
         where = ".".join(str(x) for x in first.get("loc", ())) or "spec"
         n = e.error_count()
         more = f" (and {n - 1} more)" if n > 1 else ""
-        raise BadSpec(f"bad experiment spec {name}: {where}: {first.get('msg')}{more}") from None
+        msg = " ".join(str(first.get("msg")).split())       # one line, whatever the message
+        raise BadSpec(f"bad experiment spec {name}: {where}: {msg}{more}") from None
 
 
 def _emit_to(stream):
