@@ -79,7 +79,7 @@ def test_cpu_docker_study_requests_no_gpu(fake_gpus, write_study, tmp_path, monk
     res, created, _ = _run_docker_study("cpu", write_study, tmp_path, monkeypatch, reuse_workers=True)
     for c in created:
         assert not c.body["HostConfig"].get("DeviceRequests")
-        assert "worker_device" not in c.experiment_spec
+        assert c.experiment_spec.get("worker_device") is None
         assert "--inbox" in c.body["Cmd"]   # a serving container: its load group's next experiment reuses it
     assert res.exit_code != 0
 
@@ -91,10 +91,15 @@ def test_container_spec_numbers_the_passed_gpus_from_zero():
     assert worker_device("cuda:2,5", 2) == "cuda:0,1"
     assert worker_device("auto", 1) == worker_device("cuda", 1) == "cuda:0"
     assert worker_device("cpu", 1) is None and worker_device("cuda:1", 0) is None
-    spec = {"experiment_id": "e", "trials": [{"trial_id": "t", "params": {"device": "cuda:3"}}]}
-    assert container_spec(spec, ["GPU-x"]) == {**spec, "worker_device": "cuda:0"}
+    from joulebench.config.study import MeasurementConfig
+    from joulebench.spec import ExperimentSpec, TrialSpec
+
+    spec = ExperimentSpec(experiment_id="e", study="s", round=0, measurement=MeasurementConfig(),
+                          trials=[TrialSpec(trial_id="t", config_id="c", repeat=0, round=0,
+                                            params={"device": "cuda:3"})])
+    assert container_spec(spec, ["GPU-x"]) == spec.model_copy(update={"worker_device": "cuda:0"})
     assert container_spec(spec, []) is spec
-    assert "worker_device" not in spec   # the experiment's own spec is left as it was
+    assert spec.worker_device is None   # the experiment's own spec is left as it was
 
 
 def test_worker_told_of_a_gpu_it_does_not_have_fails_instead_of_running_on_cpu(tmp_path, monkeypatch):
@@ -121,7 +126,7 @@ def test_worker_told_of_a_gpu_it_does_not_have_fails_instead_of_running_on_cpu(t
 
     orch = Orchestrator(loaded, plan, store.root, ProcessRunner(), Display(quiet=True))
     spec = container_spec(orch._experiment_spec("e1", 0, plan.configs), ["GPU-passed-but-absent"])
-    (tmp_path / "experiment.json").write_text(json.dumps(spec))
+    (tmp_path / "experiment.json").write_text(spec.to_json())
     proc = subprocess.run([sys.executable, "-m", "joulebench.worker.main", str(tmp_path / "experiment.json"),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=300)
     (rec_path,) = (tmp_path / "out" / "trials").glob("*.json")

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from joulebench.runners.base import EVENT_PREFIX, Experiment
+from joulebench.runners.base import Experiment
+from joulebench.spec import EVENT_PREFIX
 from joulebench.runners.docker.client import connect, engine_available
 from joulebench.runners.docker.request import LABEL_STUDY
 from joulebench.runners.docker.runner import DockerRunner

@@ -14,6 +14,7 @@ import docker
 import pytest
 from docker.models.containers import ContainerCollection, _create_container_args
 
+from joulebench.spec import ExperimentSpec
 from joulebench.runners.base import Experiment
 from joulebench.runners.docker.client import engine_available
 from joulebench.runners.docker.mounts import (CONTAINER_EXPERIMENT, CONTAINER_HF_CACHE, CONTAINER_OUT, CONTAINER_TOKEN,
@@ -54,10 +55,13 @@ class RecordingClient(docker.DockerClient):
         return self._recording
 
 
-def _spec(backend="vllm", model="synthetic:tiny-llama", **extra):
-    return {"experiment_id": "r0-abc-001", "study": "gpu-study", "base_dir": extra.pop("base_dir", "/nonexistent"),
-            "trials": [{"trial_id": "t1", "repeat": 0, "params": {"backend": backend, "model": model, **extra}}],
-            "measurement": {}}
+def _spec(backend="vllm", model="synthetic:tiny-llama", **extra) -> ExperimentSpec:
+    return ExperimentSpec.model_validate(
+        {"experiment_id": "r0-abc-001", "study": "gpu-study", "round": 0,
+         "base_dir": extra.pop("base_dir", "/nonexistent"),
+         "trials": [{"trial_id": "t1", "config_id": "c1", "repeat": 0, "round": 0,
+                     "params": {"backend": backend, "model": model, **extra}}],
+         "measurement": {}})
 
 
 def _experiment(tmp_path: Path, gpus=None, **spec_kw) -> Experiment:
@@ -170,13 +174,15 @@ def test_relative_model_path_resolves_against_base_dir(tmp_path):
     assert local_paths(_spec(model="HuggingFaceTB/SmolLM2-135M")) == []
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "w.gguf").write_bytes(b"x")
-    spec = {"trials": [{"params": {"model": str(tmp_path / "d")}}, {"params": {"model": str(tmp_path / "d" / "w.gguf")}}]}
+    spec = _spec(model=str(tmp_path / "d"))
+    spec = spec.model_copy(update={"trials": [*spec.trials, spec.trials[0].model_copy(
+        update={"params": {"model": str(tmp_path / "d" / "w.gguf")}})]})
     assert local_paths(spec) == [tmp_path / "d"]
 
 
 def test_backend_of_reads_the_trials():
     assert backend_of(_spec(backend="vllm")) == "vllm"
-    assert backend_of({"trials": []}) == "transformers"
+    assert backend_of(_spec().model_copy(update={"trials": []})) == "transformers"
 
 
 def test_engine_available_is_false_fast_for_a_dead_socket(tmp_path, monkeypatch):
@@ -234,22 +240,23 @@ def test_transient_errors_are_retried_a_bounded_number_of_times(caplog):
 
 def test_progress_follows_the_workers_events_and_judges_the_end():
     from joulebench.runners.docker.live import Progress, failure
+    from joulebench.spec import ExperimentEndEvent, ExperimentStartEvent, TrialEndEvent, TrialStartEvent
 
     p = Progress("e1")
-    assert p.take({"event": "experiment_start", "experiment_id": "other"}) is None and not p.started
-    p.take({"event": "experiment_start", "experiment_id": "e1"})
-    p.take({"event": "trial_start", "trial_id": "t1"})
+    assert p.take(ExperimentStartEvent(experiment_id="other")) is None and not p.started
+    p.take(ExperimentStartEvent(experiment_id="e1"))
+    p.take(TrialStartEvent(trial_id="t1"))
     assert p.started and p.in_flight == "t1"
-    assert p.take({"event": "trial_end", "trial_id": "t1", "status": "ok"}) == "t1"
+    assert p.take(TrialEndEvent(trial_id="t1", status="ok")) == "t1"
     assert p.in_flight is None and p.ended == {"t1"}
-    p.take({"event": "trial_start", "trial_id": "t2"})
+    p.take(TrialStartEvent(trial_id="t2"))
     assert p.in_flight == "t2" and not p.ended_cleanly
     # the container died mid-trial
     assert failure(p, exit_code=137, ended=True, until_end=True) == ("worker exited with code 137", "crash")
     assert failure(p, exit_code=0, ended=True, until_end=True) == (
         "the container ended before it finished the experiment", "crash")
     assert failure(p, exit_code=0, ended=True, until_end=False) is None
-    p.take({"event": "experiment_end", "experiment_id": "e1"})
+    p.take(ExperimentEndEvent(experiment_id="e1"))
     assert p.ended_cleanly
     assert failure(p, exit_code=None, ended=False, until_end=True) is None
     # exit 3 after the end event: the load failed and the worker recorded it in the trials

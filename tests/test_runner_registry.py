@@ -145,7 +145,7 @@ def test_the_orchestrator_gives_every_runner_the_experiments_gpus(kind, write_st
                         registry.RunnerEntry(entry.kind, lambda opts: rec, entry.capabilities))
     study = tiny_study(f"gpus-{kind}", runner=kind, sweep={"device": ["cuda:1", "cpu"]})
     run_study(write_study(study), out=tmp_path / "r", quiet=True, report=False)
-    by_device = {e.spec["trials"][0]["params"]["device"]: e.gpus for e in rec.seen}
+    by_device = {e.spec.first_params["device"]: e.gpus for e in rec.seen}
     assert by_device["cpu"] == []
     # host GPUs by UUID; a Ray node's GPUs by the ordinals the device names (Ray assigns the cards)
     assert by_device["cuda:1"] == (["1"] if kind == "ray" else [UUIDS[1]])

@@ -10,6 +10,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from joulebench.spec import ErrorKind
+
 SCHEMA_VERSION = 1
 
 
@@ -79,7 +81,7 @@ class TrialRecord(_Model):
     worker_id: str | None = None      # the worker (one model load) that ran it: the experiment that started it
     status: Literal["ok", "failed"] = "ok"
     error: str | None = None
-    error_kind: str | None = None     # error | crash | timeout | interrupted | infrastructure
+    error_kind: ErrorKind | None = None   # a plain string in the JSON: error | crash | timeout | ...
     started_at: float | None = None   # unix time
     finished_at: float | None = None
 

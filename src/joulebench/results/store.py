@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 # Failures that are not the configuration's fault: resume runs these trials again.
-RETRYABLE_ERROR_KINDS = frozenset({"interrupted", "infrastructure", "worker-lost"})
+from joulebench.spec import RETRYABLE_ERROR_KINDS  # noqa: F401 - re-exported
 
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:

@@ -10,49 +10,32 @@ Worker command line (identical in every runner)::
 
     python -m joulebench.worker.main EXPERIMENT.json --out OUTDIR
 
-Events, one JSON object per line, prefixed with ``EVENT_PREFIX`` so they can be
-told apart from engine chatter on the same stream::
-
-    {"event": "experiment_start", "experiment_id": ...}
-    {"event": "phase", "trial_id": ... or null, "phase": "load" | "loaded_idle" | "warmup" | "thermal" | "window" | ...}
-    {"event": "trial_start", "trial_id": ...}
-    {"event": "trial_end", "trial_id": ..., "status": "ok" | "failed"}
-    {"event": "experiment_end", "experiment_id": ...}
+EXPERIMENT.json is an :class:`~joulebench.spec.ExperimentSpec` (``spec.to_json()``). The worker
+answers with :data:`~joulebench.spec.Event` lines on its stdout (``spec.format_event``), told apart
+from engine chatter by their prefix; runners read them with ``spec.parse_event`` and pass the typed
+events to ``on_event``.
 """
 from __future__ import annotations
 
 import abc
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-EVENT_PREFIX = "@@joulebench "
+from joulebench.spec import ErrorKind, Event, ExperimentSpec
 
 
-def format_event(event: dict[str, Any]) -> str:
-    return EVENT_PREFIX + json.dumps(event, sort_keys=True)
-
-
-def parse_event(line: str) -> dict[str, Any] | None:
-    line = line.strip()
-    if not line.startswith(EVENT_PREFIX):
-        return None
-    try:
-        return json.loads(line[len(EVENT_PREFIX):])
-    except json.JSONDecodeError:
-        return None
 
 
 @dataclass
 class Experiment:
-    """One worker's job. ``spec`` is exactly what is written to EXPERIMENT.json."""
+    """One worker's job. ``spec`` is exactly what is written to EXPERIMENT.json (``spec.to_json()``)."""
 
     experiment_id: str
     study_name: str
     study_dir: Path
-    spec: dict[str, Any]
-    trial_ids: list[str]
+    spec: ExperimentSpec
+    trial_ids: list[str] = field(default_factory=list)   # default: the spec's
     # Load-time identity (backend, model, engine env, image) for display.
     label: str = ""
     # GPUs (NVML UUIDs or indices) assigned to this experiment, [] on CPU.
@@ -64,6 +47,10 @@ class Experiment:
     # between experiments ignore it.
     worker_key: str | None = None
 
+    def __post_init__(self) -> None:
+        if not self.trial_ids and isinstance(self.spec, ExperimentSpec):
+            self.trial_ids = self.spec.trial_ids
+
 
 @dataclass
 class ExperimentOutcome:
@@ -74,13 +61,13 @@ class ExperimentOutcome:
     # The trial the worker was in when it stopped, if it did not finish it.
     in_flight: str | None = None
     error: str | None = None        # why the worker ended abnormally
-    error_kind: str | None = None   # "crash" | "timeout" | "interrupted" | "infrastructure"
+    error_kind: ErrorKind | None = None
     log_tail: str = ""
     started: bool = False           # the worker began this experiment (its experiment_start event came)
     reusable: bool = False          # the worker finished it cleanly and can serve the next one
 
 
-EventCallback = Callable[[dict[str, Any]], None]
+EventCallback = Callable[[Event], None]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,6 @@ group and gets SIGTERM if the orchestrator dies (Linux parent-death signal), so 
 """
 from __future__ import annotations
 
-import json
 import os
 import queue
 import shutil
@@ -20,8 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from joulebench.results.store import atomic_write_json
-from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, ReusingRunner, parse_event
+from joulebench.results.store import atomic_write_bytes, atomic_write_json
+from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, ReusingRunner
+from joulebench.spec import (ErrorKind, Event, ExperimentEndEvent, ExperimentSpec, ExperimentStartEvent,
+                             TrialEndEvent, TrialStartEvent, WorkerExit, parse_event)
 from joulebench.system.proc import descendants, set_parent_death_signal
 
 TERM_GRACE_S = 10.0
@@ -80,7 +81,7 @@ class ProcessRunner(ReusingRunner):
 
     def run_experiment(self, experiment: Experiment, *, on_event: EventCallback,
                        timeout_s: float | None) -> ExperimentOutcome:
-        atomic_write_json(self._spec_path(experiment), experiment.spec)
+        write_spec(self._spec_path(experiment), experiment.spec)
         return super().run_experiment(experiment, on_event=on_event, timeout_s=timeout_s)
 
     @staticmethod
@@ -110,7 +111,8 @@ class ProcessRunner(ReusingRunner):
                         spec_path=self._spec_path(experiment), key=experiment.worker_key if serve else None)
         err = w.start()
         if err:
-            return None, ExperimentOutcome(experiment.experiment_id, None, error=err, error_kind="infrastructure")
+            return None, ExperimentOutcome(experiment.experiment_id, None, error=err,
+                                           error_kind=ErrorKind.INFRASTRUCTURE)
         return w, None
 
     def _send(self, handle: "WorkerProcess", experiment: Experiment) -> None:
@@ -187,10 +189,10 @@ class WorkerProcess:
             return set()
         return descendants(self.proc.pid)
 
-    def send(self, spec: dict[str, Any], seq: int) -> None:
+    def send(self, spec: ExperimentSpec, seq: int) -> None:
         """Hand the idle worker its next experiment (an atomic file in its inbox)."""
         assert self.inbox is not None
-        atomic_write_json(self.inbox / f"{seq:06d}-{spec['experiment_id']}.json", spec)
+        write_spec(self.inbox / f"{seq:06d}-{spec.experiment_id}.json", spec)
 
     def follow(self, experiment: Experiment, *, on_event: EventCallback, timeout_s: float | None,
                until_end: bool) -> ExperimentOutcome:
@@ -198,21 +200,20 @@ class WorkerProcess:
         else the process exit), the worker dies, or the timeout passes."""
         eid = experiment.experiment_id
         finished: list[str] = []
-        state: dict[str, Any] = {"in_flight": None, "started": False, "end": None}
+        state: dict[str, Any] = {"in_flight": None, "started": False, "end": None}   # end: ExperimentEndEvent
         deadline = time.monotonic() + timeout_s if timeout_s else None
         timed_out = False
         eos = False
 
-        def handle(ev: dict[str, Any]) -> None:
-            kind = ev.get("event")
-            if kind == "experiment_start" and ev.get("experiment_id") == eid:
+        def handle(ev: Event) -> None:
+            if isinstance(ev, ExperimentStartEvent) and ev.experiment_id == eid:
                 state["started"] = True
-            elif kind == "trial_start":
-                state["in_flight"] = ev.get("trial_id")
-            elif kind == "trial_end":
-                finished.append(ev.get("trial_id"))
+            elif isinstance(ev, TrialStartEvent):
+                state["in_flight"] = ev.trial_id
+            elif isinstance(ev, TrialEndEvent):
+                finished.append(ev.trial_id)
                 state["in_flight"] = None
-            elif kind == "experiment_end" and ev.get("experiment_id") == eid:
+            elif isinstance(ev, ExperimentEndEvent) and ev.experiment_id == eid:
                 state["end"] = ev
             try:
                 on_event(ev)
@@ -257,14 +258,15 @@ class WorkerProcess:
         outcome = ExperimentOutcome(eid, rc, finished=finished, in_flight=state["in_flight"],
                                     log_tail=_tail(self.log_path))
         outcome.started = state["started"]
-        outcome.reusable = state["end"] is not None and not state["end"].get("error") and rc is None
+        outcome.reusable = state["end"] is not None and not state["end"].error and rc is None
         if timed_out:
-            outcome.error, outcome.error_kind = f"worker timed out after {timeout_s:.0f} s", "timeout"
-        elif rc is not None and rc not in (0, 3):
+            outcome.error, outcome.error_kind = f"worker timed out after {timeout_s:.0f} s", ErrorKind.TIMEOUT
+        elif rc is not None and rc not in (WorkerExit.OK, WorkerExit.LOAD_FAILED):   # load failed: recorded
             outcome.error = f"worker exited with {_describe_rc(rc)}"
-            outcome.error_kind = "crash"
-        elif rc is not None and until_end and state["end"] is None and rc == 0:
-            outcome.error, outcome.error_kind = "worker exited before it finished the experiment", "crash"
+            outcome.error_kind = ErrorKind.CRASH
+        elif rc is not None and until_end and state["end"] is None and rc == WorkerExit.OK:
+            outcome.error = "worker exited before it finished the experiment"
+            outcome.error_kind = ErrorKind.CRASH
         return outcome
 
     def stop(self, grace_s: float = TERM_GRACE_S) -> None:
@@ -312,5 +314,10 @@ def _tail(path: Path, n: int = 4000) -> str:
     return data[-n:].decode("utf-8", "replace")
 
 
-def read_spec(path: Path) -> dict[str, Any]:
-    return json.loads(Path(path).read_text())
+def write_spec(path: Path, spec: ExperimentSpec) -> None:
+    """EXPERIMENT.json (or an inbox file) as the worker reads it: ``ExperimentSpec.from_json``."""
+    atomic_write_bytes(path, spec.to_json().encode())
+
+
+def read_spec(path: Path) -> ExperimentSpec:
+    return ExperimentSpec.from_json(Path(path).read_bytes())

@@ -31,8 +31,10 @@ from typing import Any, Iterator
 
 from joulebench.config.device import DeviceSpec
 from joulebench.errors import JoulebenchError
-from joulebench.results.store import StudyStore, atomic_write_bytes, atomic_write_json
+from joulebench.results.store import StudyStore, atomic_write_bytes
 from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, Runner
+from joulebench.spec import (ErrorKind, Event, EventItem, ExperimentSpec, NodeItem, OutcomeItem, RayItem,
+                             TrialEndEvent, TrialItem, TrialStartEvent)
 
 # Ray exceptions that mean "the node or the task's worker process went away", not "the
 # experiment failed": the trial in flight is retried on resume.
@@ -132,26 +134,25 @@ def node_identity() -> dict[str, Any]:
     return node
 
 
-def run_on_node(experiment_id: str, study_name: str, spec: dict[str, Any], trial_ids: list[str], label: str,
-                node_runner: str, image: str | None, python: str | None,
-                timeout_s: float | None) -> Iterator[dict[str, Any]]:
+def run_on_node(study_name: str, spec: ExperimentSpec, label: str, node_runner: str, image: str | None,
+                python: str | None, timeout_s: float | None) -> Iterator[RayItem]:
     """Body of the Ray task (a streaming generator): run one experiment here, yield results as they come.
 
-    Yields ``{"kind": "node"}`` first, then ``event`` items, a ``trial`` item (record +
-    timeline bytes) for each finished trial, and one final ``outcome``.
+    Yields a :class:`NodeItem` first, then an :class:`EventItem` per event, a :class:`TrialItem`
+    (record + timeline bytes) for each finished trial, and one final :class:`OutcomeItem`.
     """
     from joulebench.runners.process import ProcessRunner
 
+    experiment_id = spec.experiment_id
     node = node_identity()
-    yield {"kind": "node", "node": node}
+    yield NodeItem(node=node)
     root = Path(os.environ.get("JOULEBENCH_RAY_TMP") or tempfile.gettempdir())
     root.mkdir(parents=True, exist_ok=True)
     _sweep_stale_tmp(root)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{os.getpid()}-", dir=root))
-    spec = dict(spec)
-    spec["node"] = node
+    spec = spec.model_copy(update={"node": node})
     exp = Experiment(experiment_id=experiment_id, study_name=study_name, study_dir=tmp, spec=spec,
-                     trial_ids=list(trial_ids), label=label, gpus=list(node.get("gpu_ids") or []),
+                     trial_ids=spec.trial_ids, label=label, gpus=list(node.get("gpu_ids") or []),
                      python=python, image=image)
     store = StudyStore(tmp)
     store.create()
@@ -164,28 +165,26 @@ def run_on_node(experiment_id: str, study_name: str, spec: dict[str, Any], trial
         runner = ProcessRunner(python=python)
     items: queue.Queue = queue.Queue()
 
-    def on_event(ev: dict[str, Any]) -> None:
-        if ev.get("event") == "trial_end":
-            tid = ev.get("trial_id")
-            rec = store.records_by_id().get(tid)
+    def on_event(ev: Event) -> None:
+        if isinstance(ev, TrialEndEvent):
+            tid = ev.trial_id
             ts_path = store.timeseries_dir / f"{tid}.parquet"
-            logs = {p.name: p.read_bytes() for p in store.logs_dir.glob(f"{tid}.*")}
-            items.put({"kind": "trial", "event": ev, "record": rec,
-                       "timeseries": ts_path.read_bytes() if ts_path.exists() else None, "logs": logs})
+            items.put(TrialItem(event=ev, record=store.records_by_id().get(tid),
+                                timeseries=ts_path.read_bytes() if ts_path.exists() else None,
+                                logs={p.name: p.read_bytes() for p in store.logs_dir.glob(f"{tid}.*")}))
         else:
-            items.put({"kind": "event", "event": ev})
+            items.put(EventItem(event=ev))
 
     def target() -> None:
         try:
             out = runner.run_experiment(exp, on_event=on_event, timeout_s=timeout_s)
             log = tmp / "logs" / f"{experiment_id}.log"
-            items.put({"kind": "outcome", "exit_code": out.exit_code, "in_flight": out.in_flight,
-                       "error": out.error, "error_kind": out.error_kind, "log_tail": out.log_tail,
-                       "log": log.read_bytes() if log.exists() else b""})
+            items.put(OutcomeItem(exit_code=out.exit_code, in_flight=out.in_flight, error=out.error,
+                                  error_kind=out.error_kind, log_tail=out.log_tail,
+                                  log=log.read_bytes() if log.exists() else b""))
         except BaseException as e:  # noqa: BLE001 - reported to the driver, never lost
-            items.put({"kind": "outcome", "exit_code": None, "in_flight": None,
-                       "error": f"ray node {node['hostname']}: {type(e).__name__}: {e}",
-                       "error_kind": "infrastructure", "log_tail": "", "log": b""})
+            items.put(OutcomeItem(error=f"ray node {node['hostname']}: {type(e).__name__}: {e}",
+                                  error_kind=ErrorKind.INFRASTRUCTURE))
 
     th = threading.Thread(target=target, name=f"joulebench-{experiment_id}", daemon=True)
     th.start()
@@ -193,7 +192,7 @@ def run_on_node(experiment_id: str, study_name: str, spec: dict[str, Any], trial
         while True:
             item = items.get()
             yield item
-            if item["kind"] == "outcome":
+            if isinstance(item, OutcomeItem):
                 break
     finally:
         # A cancelled task: stop the worker (SIGTERM to its group via the runner's own clean-up)
@@ -291,18 +290,16 @@ class RayRunner(Runner):
         eid = experiment.experiment_id
         study_dir = Path(experiment.study_dir)
         store = StudyStore(study_dir)
-        atomic_write_json(study_dir / "experiments" / f"{eid}.json", experiment.spec)
-        params = (experiment.spec.get("trials") or [{}])[0].get("params") or {}
-        opts = task_options(params, self.resources, cluster_has_gpus=self._cluster_has_gpus())
+        atomic_write_bytes(study_dir / "experiments" / f"{eid}.json", experiment.spec.to_json().encode())
+        opts = task_options(experiment.spec.first_params, self.resources, cluster_has_gpus=self._cluster_has_gpus())
         need = {"num_cpus": opts["num_cpus"], "num_gpus": opts["num_gpus"], **(opts.get("resources") or {})}
         infeasible = (f"no alive node of the Ray cluster has the resources this experiment needs ({need}); "
                       "add such a node or change runner_options.resources / device, then resume")
         if not feasible_nodes(ray.nodes(), opts):
-            return ExperimentOutcome(eid, None, error=infeasible, error_kind="infrastructure")
-        gen = self._remote.options(**opts).remote(eid, experiment.study_name, experiment.spec,
-                                                  experiment.trial_ids, experiment.label, self.node_runner,
-                                                  experiment.image or self.image, experiment.python or self.python,
-                                                  timeout_s)
+            return ExperimentOutcome(eid, None, error=infeasible, error_kind=ErrorKind.INFRASTRUCTURE)
+        gen = self._remote.options(**opts).remote(experiment.study_name, experiment.spec, experiment.label,
+                                                  self.node_runner, experiment.image or self.image,
+                                                  experiment.python or self.python, timeout_s)
         with self._lock:
             self._running[eid] = gen
         finished: list[str] = []
@@ -318,73 +315,69 @@ class RayRunner(Runner):
                     if not feasible_nodes(ray.nodes(), opts):
                         ray.cancel(gen, force=True)
                         return ExperimentOutcome(eid, None, finished, in_flight, error=infeasible,
-                                                 error_kind="infrastructure")
+                                                 error_kind=ErrorKind.INFRASTRUCTURE)
                 if timeout_s and node and time.monotonic() - started > timeout_s + DRIVER_TIMEOUT_GRACE_S:
                     ray.cancel(gen, force=True)
                     return ExperimentOutcome(eid, None, finished, in_flight, error=f"ray task on "
                                              f"{node.get('hostname')} stopped answering after {timeout_s:.0f} s",
-                                             error_kind="timeout")
+                                             error_kind=ErrorKind.TIMEOUT)
                 ready, _ = ray.wait([gen], timeout=POLL_S)
                 if not ready:
                     continue
                 try:
-                    item = ray.get(next(gen))
+                    item: RayItem = ray.get(next(gen))
                 except StopIteration:
                     return ExperimentOutcome(eid, None, finished, in_flight, error="ray task ended without an "
-                                             "outcome", error_kind="worker-lost")
-                kind = item.get("kind")
-                if kind == "node":
-                    node = item["node"]
+                                             "outcome", error_kind=ErrorKind.WORKER_LOST)
+                if isinstance(item, NodeItem):
+                    node = item.node
                     started = time.monotonic()
-                elif kind == "event":
-                    ev = item["event"]
-                    if ev.get("event") == "trial_start":
-                        in_flight = ev.get("trial_id")
-                    _safe(on_event, ev)
-                elif kind == "trial":
-                    ev = item["event"]
-                    tid = ev.get("trial_id")
-                    self._land_trial(store, tid, item)
-                    finished.append(tid)
+                elif isinstance(item, EventItem):
+                    if isinstance(item.event, TrialStartEvent):
+                        in_flight = item.event.trial_id
+                    _safe(on_event, item.event)
+                elif isinstance(item, TrialItem):
+                    self._land_trial(store, item)
+                    finished.append(item.event.trial_id)
                     in_flight = None
-                    _safe(on_event, ev)
-                elif kind == "outcome":
-                    if item.get("log"):
-                        atomic_write_bytes(store.logs_dir / f"{eid}.log", item["log"])
-                    return ExperimentOutcome(eid, item.get("exit_code"), finished, item.get("in_flight") or in_flight,
-                                             error=item.get("error"), error_kind=item.get("error_kind"),
-                                             log_tail=item.get("log_tail") or "")
+                    _safe(on_event, item.event)
+                elif isinstance(item, OutcomeItem):
+                    if item.log:
+                        atomic_write_bytes(store.logs_dir / f"{eid}.log", item.log)
+                    return ExperimentOutcome(eid, item.exit_code, finished, item.in_flight or in_flight,
+                                             error=item.error, error_kind=item.error_kind, log_tail=item.log_tail)
         except KeyboardInterrupt:
             ray.cancel(gen, force=True)
             raise
         except ray.exceptions.TaskCancelledError:
             return ExperimentOutcome(eid, None, finished, in_flight, error="ray task cancelled (interrupted)",
-                                     error_kind="interrupted")
+                                     error_kind=ErrorKind.INTERRUPTED)
         except lost as e:
             where = node.get("hostname") or "?"
             return ExperimentOutcome(eid, None, finished, in_flight,
                                      error=f"Ray node {where} ({node.get('ray_node_id', '?')[:12]}) or its worker "
                                      f"was lost: {type(e).__name__}; resume runs the trial again",
-                                     error_kind="worker-lost", log_tail=str(e)[-4000:])
+                                     error_kind=ErrorKind.WORKER_LOST, log_tail=str(e)[-4000:])
         except ray.exceptions.RayError as e:
             return ExperimentOutcome(eid, None, finished, in_flight, error=f"ray task failed: {type(e).__name__}",
-                                     error_kind="infrastructure", log_tail=str(e)[-4000:])
+                                     error_kind=ErrorKind.INFRASTRUCTURE, log_tail=str(e)[-4000:])
         finally:
             with self._lock:
                 self._running.pop(eid, None)
 
     @staticmethod
-    def _land_trial(store: StudyStore, tid: str, item: dict[str, Any]) -> None:
+    def _land_trial(store: StudyStore, item: TrialItem) -> None:
         """Write a shipped trial into the study directory: timeline first, then the record."""
-        if item.get("timeseries") is not None:
-            atomic_write_bytes(store.timeseries_dir / f"{tid}.parquet", item["timeseries"])
-        for name, data in (item.get("logs") or {}).items():
+        tid = item.event.trial_id
+        if item.timeseries is not None:
+            atomic_write_bytes(store.timeseries_dir / f"{tid}.parquet", item.timeseries)
+        for name, data in item.logs.items():
             atomic_write_bytes(store.logs_dir / Path(name).name, data)
-        if item.get("record"):
-            store.write_record(item["record"])
+        if item.record:
+            store.write_record(item.record)
 
 
-def _safe(cb: EventCallback, ev: dict[str, Any]) -> None:
+def _safe(cb: EventCallback, ev: Event) -> None:
     try:
         cb(ev)
     except Exception:  # noqa: BLE001 - a display problem never stops a study

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
 
 from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
+
+from joulebench.spec import Event, PhaseEvent
 
 
 class Display:
@@ -56,11 +57,11 @@ class Display:
         if message and (self.plain or not self.quiet):
             self.log(message)
 
-    def event(self, ev: dict[str, Any]) -> None:
-        if ev.get("event") == "phase":
-            self.set_context(phase=ev.get("phase"))
+    def event(self, ev: Event) -> None:
+        if isinstance(ev, PhaseEvent):
+            self.set_context(phase=ev.phase.value)
             if self.plain and not self.quiet:
-                self.log(f"  phase {ev.get('phase')} {ev.get('trial_id') or ''}".rstrip())
+                self.log(f"  phase {ev.phase.value} {ev.trial_id or ''}".rstrip())
 
     def stop(self) -> None:
         if self._progress is not None:

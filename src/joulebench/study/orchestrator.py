@@ -41,6 +41,8 @@ from joulebench.results.store import StudyStore, atomic_write_bytes, atomic_writ
 from joulebench.config.device import DeviceSpec, fence_violations
 from joulebench.runners.base import Experiment, ExperimentOutcome, Runner
 from joulebench.runners.registry import RunnerKind, capabilities, capabilities_of, make_runner, resolve_kind
+from joulebench.spec import (ErrorKind, Event, ExperimentSpec, Phase, PhaseEvent, TrialEndEvent, TrialSpec,
+                             TrialStartEvent)
 
 DEFAULT_RESULTS_ROOT = Path("joulebench-results")
 
@@ -389,12 +391,13 @@ class Orchestrator:
                 done = self._done()
                 if outcome.in_flight and outcome.in_flight not in done:
                     self._mark_failed(by_tid[outcome.in_flight], r, outcome.error or "worker ended mid-trial",
-                                      outcome.error_kind or "crash", outcome)
+                                      outcome.error_kind or ErrorKind.CRASH, outcome)
                 elif outcome.error and not outcome.finished and not outcome.in_flight:
                     # the worker never started a trial: fail them all rather than loop
                     for t in pending:
                         if t not in self._done():
-                            self._mark_failed(by_tid[t], r, outcome.error, outcome.error_kind or "crash", outcome)
+                            self._mark_failed(by_tid[t], r, outcome.error, outcome.error_kind or ErrorKind.CRASH,
+                                              outcome)
                 done = self._done()
                 # a retryable failure (infrastructure, worker-lost) is not 'done', but this run must not loop on it
                 pending = [t for t in pending if t not in done and t not in self._failed_now]
@@ -453,20 +456,20 @@ class Orchestrator:
             rec["preflight"] = {**(rec.get("preflight") or {}), "busy_gpu": note}
             self.store.write_record(rec)
 
-    def _experiment_spec(self, experiment_id: str, r: int, configs: list[Configuration]) -> dict[str, Any]:
-        measurement = self.cfg.measurement.model_dump(mode="json")
+    def _experiment_spec(self, experiment_id: str, r: int, configs: list[Configuration]) -> ExperimentSpec:
+        measurement = self.cfg.measurement
         if self.busy_gate.policy == "allow":   # measure beside other users; the worker flags foreign_process
-            measurement["allow_foreign_processes"] = True
-        return {
-            "experiment_id": experiment_id, "study": self.cfg.name, "round": r,
-            "base_dir": str(self.loaded.base_dir), "seed": self.cfg.seed,
-            "trust_remote_code": self.cfg.trust_remote_code,
-            "measurement": measurement,
-            "device_idle": self.device_idle, "device_idle_flags": self.device_idle_flags,
-            "thermal_reference_c": self.store.read_manifest().get("thermal_reference_c"),
-            "trials": [{"trial_id": trial_id_for(c.config_id, r), "config_id": c.config_id, "repeat": r,
-                        "round": r, "params": c.params} for c in configs],
-        }
+            measurement = measurement.model_copy(update={"allow_foreign_processes": True})
+        return ExperimentSpec(
+            experiment_id=experiment_id, study=self.cfg.name, round=r,
+            base_dir=str(self.loaded.base_dir), seed=self.cfg.seed,
+            trust_remote_code=self.cfg.trust_remote_code,
+            measurement=measurement,
+            device_idle=self.device_idle, device_idle_flags=list(self.device_idle_flags),
+            thermal_reference_c=self.store.read_manifest().get("thermal_reference_c"),
+            trials=[TrialSpec(trial_id=trial_id_for(c.config_id, r), config_id=c.config_id, repeat=r, round=r,
+                              params=c.params) for c in configs],
+        )
 
     def _run_experiment(self, r: int, configs: list[Configuration]) -> ExperimentOutcome:
         with self._attempt_lock:
@@ -477,22 +480,20 @@ class Orchestrator:
         spec = self._experiment_spec(eid, r, configs)
         key, python = self._worker_key(configs[0])
         exp = Experiment(experiment_id=eid, study_name=self.cfg.name, study_dir=self.store.root, spec=spec,
-                         trial_ids=[t["trial_id"] for t in spec["trials"]],
+                         trial_ids=spec.trial_ids,
                          label=f"{configs[0].params['backend']} {configs[0].params['model']}", python=python,
                          worker_key=key, gpus=self._experiment_gpus(configs[0]))
-        labels = {t["trial_id"]: c.label(self.axes) for t, c in zip(spec["trials"], configs)}
+        labels = {t.trial_id: c.label(self.axes) for t, c in zip(spec.trials, configs)}
 
-        def on_event(ev: dict[str, Any]) -> None:
-            kind = ev.get("event")
-            if kind == "trial_start":
-                self._in_flight = ev.get("trial_id")
+        def on_event(ev: Event) -> None:
+            if isinstance(ev, TrialStartEvent):
+                self._in_flight = ev.trial_id
                 self.display.set_context(label=f"round {r + 1} · {labels.get(self._in_flight, '')}", phase="")
-            elif kind == "trial_end":
-                tid = ev.get("trial_id")
+            elif isinstance(ev, TrialEndEvent):
                 self._in_flight = None
-                self.display.advance(self._trial_summary(tid))
-            elif kind == "phase" and ev.get("phase") == "load":
-                self.display.set_context(label=f"round {r + 1} · loading {exp.label}", phase="load")
+                self.display.advance(self._trial_summary(ev.trial_id))
+            elif isinstance(ev, PhaseEvent) and ev.phase == Phase.LOAD:
+                self.display.set_context(label=f"round {r + 1} · loading {exp.label}", phase=Phase.LOAD.value)
             self.display.event(ev)
 
         try:
@@ -501,7 +502,8 @@ class Orchestrator:
         except KeyboardInterrupt:
             if self._in_flight and self._in_flight not in self._done():
                 c = {trial_id_for(c.config_id, r): c for c in configs}[self._in_flight]
-                self._mark_failed(c, r, "interrupted by the user; resume runs it again", "interrupted", None)
+                self._mark_failed(c, r, "interrupted by the user; resume runs it again", ErrorKind.INTERRUPTED,
+                                  None)
             raise
         self._note_busy(eid, exp.trial_ids)
         if outcome.error:
@@ -519,7 +521,7 @@ class Orchestrator:
                 self.store.update_manifest(thermal_reference_c=t)
                 return
 
-    def _mark_failed(self, c: Configuration, r: int, error: str, kind: str,
+    def _mark_failed(self, c: Configuration, r: int, error: str, kind: ErrorKind,
                      outcome: ExperimentOutcome | None) -> None:
         tid = trial_id_for(c.config_id, r)
         self._failed_now.add(tid)
@@ -530,7 +532,7 @@ class Orchestrator:
         if outcome and outcome.log_tail:
             (self.store.logs_dir / f"{tid}.log").write_text(outcome.log_tail)
         self.store.write_record(rec)
-        self.display.advance(f"trial {tid} failed ({kind}): {error}")
+        self.display.advance(f"trial {tid} failed ({ErrorKind(kind).value}): {error}")
 
     def _trial_summary(self, tid: str | None) -> str | None:
         if not tid:

@@ -17,13 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from joulebench.runners.base import parse_event
+from joulebench.spec import (ErrorKind, Event, ExperimentEndEvent, ExperimentStartEvent, TrialEndEvent,
+                             TrialStartEvent, WorkerExit, parse_event)
 from joulebench.runners.docker.client import api_message
 from joulebench.runners.docker.mounts import CONTAINER_OUT, HEARTBEAT, INBOX
 
 log = logging.getLogger(__name__)
 
-EXIT_LOAD_FAILED = 3   # the worker's exit code when its model load failed (recorded in the trials)
 
 
 @dataclass
@@ -112,40 +112,39 @@ class Progress:
 
     experiment_id: str
     started: bool = False
-    end: dict[str, Any] | None = None      # its experiment_end event
+    end: ExperimentEndEvent | None = None  # its experiment_end event
     in_flight: str | None = None           # the trial begun and not ended
     ended: set = field(default_factory=set)
 
-    def take(self, ev: dict[str, Any]) -> str | None:
+    def take(self, ev: Event) -> str | None:
         """Note one event; returns the trial id of a trial_end (its record is ready to merge)."""
-        kind = ev.get("event")
-        if kind == "experiment_start" and ev.get("experiment_id") == self.experiment_id:
+        if isinstance(ev, ExperimentStartEvent) and ev.experiment_id == self.experiment_id:
             self.started = True
-        elif kind == "experiment_end" and ev.get("experiment_id") == self.experiment_id:
+        elif isinstance(ev, ExperimentEndEvent) and ev.experiment_id == self.experiment_id:
             self.end = ev
-        elif kind == "trial_start":
-            self.in_flight = ev.get("trial_id")
-        elif kind == "trial_end":
-            tid = ev.get("trial_id")
-            self.ended.add(tid)
-            if self.in_flight == tid:
+        elif isinstance(ev, TrialStartEvent):
+            self.in_flight = ev.trial_id
+        elif isinstance(ev, TrialEndEvent):
+            self.ended.add(ev.trial_id)
+            if self.in_flight == ev.trial_id:
                 self.in_flight = None
-            return str(tid)
+            return ev.trial_id
         return None
 
     @property
     def ended_cleanly(self) -> bool:
-        return self.end is not None and not self.end.get("error")
+        return self.end is not None and not self.end.error
 
 
-def failure(progress: Progress, *, exit_code: int | None, ended: bool, until_end: bool) -> tuple[str, str] | None:
+def failure(progress: Progress, *, exit_code: int | None, ended: bool,
+            until_end: bool) -> tuple[str, ErrorKind] | None:
     """(error, kind) of an experiment whose container is followed to its end, or None when it went well."""
-    if ended and exit_code not in (0, None):
-        if until_end and progress.end is not None and exit_code == EXIT_LOAD_FAILED:
+    if ended and exit_code not in (WorkerExit.OK, None):
+        if until_end and progress.end is not None and exit_code == WorkerExit.LOAD_FAILED:
             return None   # the load failed: the worker recorded it in the trials
-        return f"worker exited with code {exit_code}", "crash"
+        return f"worker exited with code {exit_code}", ErrorKind.CRASH
     if until_end and ended and progress.end is None:
-        return "the container ended before it finished the experiment", "crash"
+        return "the container ended before it finished the experiment", ErrorKind.CRASH
     return None
 
 

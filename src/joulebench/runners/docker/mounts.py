@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from joulebench.results.store import atomic_copy, atomic_write_bytes, atomic_write_json
+from joulebench.spec import ExperimentSpec
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ def local_paths(spec: Any, *, keys: frozenset[str] = PATH_KEYS) -> list[Path]:
     """Host files or folders named under PATH_KEYS anywhere in the spec (relative ones against the
     spec's ``base_dir``, as the worker resolves them), existing ones only, as absolute paths."""
     found: list[Path] = []
+    if hasattr(spec, "model_dump"):      # an ExperimentSpec: walk its JSON form
+        spec = spec.model_dump(mode="json")
     base_dir = spec.get("base_dir") if isinstance(spec, dict) else None
 
     def walk(obj: Any, key: str | None) -> None:
@@ -120,13 +123,13 @@ def token_file(user: str) -> tuple[Path | None, Path | None]:
     return f, d
 
 
-def stage(study_dir: Path, experiment_id: str, spec: dict[str, Any]) -> Path:
+def stage(study_dir: Path, experiment_id: str, spec: ExperimentSpec) -> Path:
     """A fresh staging folder holding the experiment JSON and an empty, world-writable ``out/``."""
     staging = Path(study_dir) / ".staging" / slug(experiment_id, 80)
     if staging.exists():
         shutil.rmtree(staging)
     (staging / "out").mkdir(parents=True)
-    atomic_write_json(staging / "experiment.json", spec)
+    atomic_write_bytes(staging / "experiment.json", spec.to_json().encode())
     os.chmod(staging / "experiment.json", 0o644)
     # The worker runs as an unprivileged user that may differ from the owner of the study folder.
     os.chmod(staging / "out", 0o777)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from joulebench.config.device import DeviceSpec
+from joulebench.spec import ExperimentSpec
 from joulebench.runners.base import Experiment
 from joulebench.runners.docker.mounts import (CONTAINER_EXPERIMENT, CONTAINER_HF_CACHE, CONTAINER_OUT,
                                               CONTAINER_TOKEN, hf_hub_cache, local_paths, slug, study_dir_key)
@@ -51,17 +52,9 @@ class ContainerSettings:
     user: str | None = None           # default: the host user, or the image's unprivileged user as root
 
 
-def backend_of(spec: dict[str, Any]) -> str:
+def backend_of(spec: ExperimentSpec) -> str:
     """The engine an experiment spec needs (its backend), ``transformers`` if it names none."""
-    for holder in (spec, spec.get("params") or {}, spec.get("load_params") or {}):
-        if isinstance(holder, dict) and isinstance(holder.get("backend"), str):
-            return holder["backend"]
-    for t in spec.get("trials") or []:
-        if isinstance(t, dict):
-            p = t.get("params") or t
-            if isinstance(p, dict) and isinstance(p.get("backend"), str):
-                return p["backend"]
-    return "transformers"
+    return spec.backend or "transformers"
 
 
 # --------------------------------------------------------------------------- GPUs
@@ -88,11 +81,10 @@ def worker_device(device: str, n_gpus: int) -> str | None:
     return str(spec.resolved(cuda_available=True).renumbered())
 
 
-def container_spec(spec: dict[str, Any], gpus: list[str]) -> dict[str, Any]:
-    """The experiment spec as the container gets it: ``worker_device`` added for its GPUs."""
-    trials = spec.get("trials") or [{}]
-    device = worker_device(str((trials[0].get("params") or {}).get("device", "auto")), len(gpus))
-    return spec if device is None else {**spec, "worker_device": device}
+def container_spec(spec: ExperimentSpec, gpus: list[str]) -> ExperimentSpec:
+    """The experiment spec as the container gets it: ``worker_device`` set for its GPUs."""
+    device = worker_device(str(spec.first_params.get("device", "auto")), len(gpus))
+    return spec if device is None else spec.model_copy(update={"worker_device": device})
 
 
 # --------------------------------------------------------------------------- isolation

@@ -17,7 +17,6 @@ of the same load group (the reuse policy is :class:`ReusingRunner`'s).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -27,6 +26,7 @@ from typing import Any, Callable
 
 from joulebench.results.store import atomic_write_bytes
 from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, ReusingRunner
+from joulebench.spec import ErrorKind
 from joulebench.runners.docker import mounts
 from joulebench.runners.docker.client import Containers, api_message, call, connect
 from joulebench.runners.docker.live import LiveContainer, Progress, failure, oom_hint, serve_args
@@ -170,7 +170,7 @@ class DockerRunner(ReusingRunner):
             self._discard(live)
             outcome.error = (f"container engine refused the experiment: {api_message(exc)}"
                              if isinstance(exc, docker.errors.DockerException) else str(exc))
-            outcome.error_kind = "infrastructure"
+            outcome.error_kind = ErrorKind.INFRASTRUCTURE
             return None, outcome
         except BaseException:
             self._discard(live)
@@ -183,7 +183,7 @@ class DockerRunner(ReusingRunner):
         live.seq += 1
         spec = container_spec(experiment.spec, self.gpus_for(experiment))
         mounts.post_to_inbox(live.staging, f"{live.seq:06d}-{mounts.slug(experiment.experiment_id, 60)}.json",
-                             (json.dumps(spec, indent=1, default=str) + "\n").encode())
+                             (spec.to_json() + "\n").encode())
 
     def _watch(self, live: LiveContainer, progress: Progress, experiment: Experiment, on_event: EventCallback,
                timeout_s: float | None, until_end: bool) -> str | None:
@@ -210,7 +210,7 @@ class DockerRunner(ReusingRunner):
         interrupted = False
         try:
             if self._watch(live, progress, experiment, on_event, timeout_s, until_end) == "timeout":
-                outcome.error, outcome.error_kind = f"timed out after {timeout_s:g} s", "timeout"
+                outcome.error, outcome.error_kind = f"timed out after {timeout_s:g} s", ErrorKind.TIMEOUT
         except KeyboardInterrupt:
             interrupted = True
             log.warning("interrupted: stopping container %s", live.container.name)
@@ -222,7 +222,7 @@ class DockerRunner(ReusingRunner):
         ended = not live.waiter.is_alive()
         if ended and "error" in live.waited and outcome.error is None and not interrupted:
             outcome.error = f"lost the container: {live.waited['error']}"
-            outcome.error_kind = "infrastructure"
+            outcome.error_kind = ErrorKind.INFRASTRUCTURE
         outcome.exit_code = live.waited.get("code") if ended else None
         outcome.finished = self.merge(experiment, live.staging)
         if progress.in_flight and progress.in_flight not in outcome.finished:
@@ -230,7 +230,7 @@ class DockerRunner(ReusingRunner):
         outcome.log_tail = mounts.redact("".join(live.tail)[-8000:])
         outcome.started = progress.started
         if interrupted:
-            outcome.error, outcome.error_kind = "interrupted", "interrupted"
+            outcome.error, outcome.error_kind = "interrupted", ErrorKind.INTERRUPTED
         elif outcome.error is None:
             failed = failure(progress, exit_code=outcome.exit_code, ended=ended, until_end=until_end)
             if failed is not None:
@@ -280,5 +280,6 @@ class DockerRunner(ReusingRunner):
     def _keep_log(self, experiment: Experiment, outcome: ExperimentOutcome) -> None:
         path = Path(experiment.study_dir) / "logs" / f"{mounts.slug(experiment.experiment_id, 80)}.container.log"
         header = (f"# experiment {experiment.experiment_id}: {outcome.error} "
-                  f"(exit code {outcome.exit_code}, kind {outcome.error_kind})\n")
+                  f"(exit code {outcome.exit_code}, "
+                  f"kind {outcome.error_kind.value if outcome.error_kind else None})\n")
         atomic_write_bytes(path, (header + outcome.log_tail).encode())
