@@ -162,3 +162,28 @@ def test_inbox_spec_is_readable_by_the_worker(tmp_path):
     files = list((tmp_path / "inbox").iterdir())
     assert [f.name for f in files] == ["000007-r1-g-002.json"]
     assert ExperimentSpec.from_json(files[0].read_bytes()) == spec
+
+
+def test_an_orchestrator_built_spec_is_accepted_by_the_worker_session(write_study, tmp_path):
+    """Test (a) end to end: orchestrator -> JSON file -> a real worker process validates it once and
+    runs its trials on the CPU (events typed on the way back, records written)."""
+    import subprocess
+
+    orch = _orchestrator(write_study, tmp_path)
+    spec = orch._experiment_spec("r0-contract-001", 0, list(orch.plan.configs))
+    path = tmp_path / "experiment.json"
+    path.write_text(spec.to_json())
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, "-m", "joulebench.worker.main", str(path), "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    from joulebench.spec import parse_event
+
+    events = [e for e in map(parse_event, proc.stdout.splitlines()) if e is not None]
+    assert isinstance(events[0], ExperimentStartEvent) and events[0].experiment_id == "r0-contract-001"
+    assert isinstance(events[-1], ExperimentEndEvent) and events[-1].error is None
+    ends = [e for e in events if isinstance(e, TrialEndEvent)]
+    assert [e.trial_id for e in ends] == spec.trial_ids and {e.status for e in ends} == {TrialStatus.OK}
+    recs = StudyStore(out).records_by_id()
+    assert set(recs) == set(spec.trial_ids)
+    assert all(r["status"] == "ok" and r["experiment_id"] == "r0-contract-001" for r in recs.values())
