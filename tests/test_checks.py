@@ -142,3 +142,16 @@ def test_fuzzed_sweep_sizes_and_duplicate_keys(sizes, dup):
             assert a * b > MAX_CONFIGURATIONS and f"{a * b:,} configurations" in str(e)
     else:
         assert not dup and len(plan.configs) == a * b <= MAX_CONFIGURATIONS
+
+
+def test_a_failed_load_reaches_the_console_with_its_reason_under_quiet(write_study, tmp_path):
+    """A mistake no check can see before loading (a model folder without weights) fails its trials;
+    the reason is printed even with --quiet, and the exit code says a trial failed."""
+    model = tmp_path / "noweights"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    proc = run_cli("run", write_study(tiny_study(model=str(model))), "--out", tmp_path / "out", "--quiet",
+                   timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "failed: BackendError: cannot load model" in proc.stderr and str(model) in proc.stderr
+    assert "Traceback" not in proc.stderr

@@ -41,8 +41,8 @@ from joulebench.results.store import StudyStore, atomic_write_bytes, atomic_writ
 from joulebench.config.device import DeviceSpec, fence_violations
 from joulebench.runners.base import Experiment, ExperimentOutcome, Runner
 from joulebench.runners.registry import RunnerKind, capabilities, capabilities_of, make_runner, resolve_kind
-from joulebench.spec import (ErrorKind, Event, ExperimentSpec, Phase, PhaseEvent, TrialEndEvent, TrialSpec,
-                             TrialStartEvent)
+from joulebench.spec import (ErrorKind, Event, ExperimentEndEvent, ExperimentSpec, Phase, PhaseEvent, TrialEndEvent,
+                             TrialSpec, TrialStartEvent)
 
 DEFAULT_RESULTS_ROOT = Path("joulebench-results")
 
@@ -485,11 +485,21 @@ class Orchestrator:
                          worker_key=key, gpus=self._experiment_gpus(configs[0]))
         labels = {t.trial_id: c.label(self.axes) for t, c in zip(spec.trials, configs)}
 
+        announced: set[str] = set()
+
         def on_event(ev: Event) -> None:
+            if isinstance(ev, ExperimentEndEvent) and ev.error:
+                # the experiment failed before its trials ran (a load failure): each trial's reason, once
+                for tid in exp.trial_ids:
+                    summary = None if tid in announced else self._trial_summary(tid)
+                    if summary:
+                        announced.add(tid)
+                        self.display.advance(summary)
             if isinstance(ev, TrialStartEvent):
                 self._in_flight = ev.trial_id
                 self.display.set_context(label=f"round {r + 1} · {labels.get(self._in_flight, '')}", phase="")
             elif isinstance(ev, TrialEndEvent):
+                announced.add(ev.trial_id)
                 self._in_flight = None
                 self.display.advance(self._trial_summary(ev.trial_id))
             elif isinstance(ev, PhaseEvent) and ev.phase == Phase.LOAD:
