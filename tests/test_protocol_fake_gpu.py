@@ -41,7 +41,7 @@ def test_counter_energy_on_the_used_gpu_and_the_idle_one_apart(write_study, tmp_
     assert rec["timeseries"] and (out / rec["timeseries"]).exists()
 
     # the report shows each device's share, and the unused GPU apart
-    from joulebench.report.html import build_report
+    from joulebench.report.build import build_report
 
     html = build_report(out).read_text()
     section = html.split('id="devices"', 1)[1].split("<h2", 1)[0]

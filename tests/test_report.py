@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
-from joulebench.report.html import build_report
+from joulebench.report.build import build_report
 from joulebench.results.schema import TrialRecord
 from joulebench.results.store import atomic_write_json
 
@@ -239,10 +240,51 @@ def test_end_to_end_real_cpu_sweep_then_report(tmp_path):
 
 
 def test_study_targets_follow_the_repeats_grammar():
-    from joulebench.report.html import study_targets
+    from joulebench.config.study import StudyConfig
+    from joulebench.report.build import study_targets
 
-    assert study_targets({"repeats": 3}) == (0.05, None)
-    assert study_targets({"repeats": {"min": 3, "max": 10}}) == (0.05, 0.02)
-    assert study_targets({"repeats": {"min": 3, "max": 10, "ci_target": 0.05}}) == (0.05, 0.05)
-    assert study_targets({"repeats": {"min": 3, "max": 3, "ci_target": None}}) == (0.05, None)
-    assert study_targets({}) == (0.05, 0.02)
+    def study(**kw) -> StudyConfig:
+        return StudyConfig.model_validate({"name": "s", "model": "synthetic:smollm2-135m", **kw})
+
+    assert study_targets(study(repeats=3)) == (0.05, None)
+    assert study_targets(study(repeats={"min": 3, "max": 10})) == (0.05, 0.02)
+    assert study_targets(study(repeats={"min": 3, "max": 10, "ci_target": 0.05})) == (0.05, 0.05)
+    assert study_targets(study(repeats={"min": 3, "max": 3, "ci_target": None})) == (0.05, None)
+    assert study_targets(study()) == (0.05, 0.02)
+    assert study_targets(None) == (0.05, 0.02)          # no readable study.yaml: the config defaults
+
+
+def test_recorded_study_is_read_typed_and_tolerantly(tmp_path):
+    """The report reads study.yaml through the config loader: keys this version rejects (``repeats.cv_target``,
+    an unknown top-level key) are left out and the rest of the study kept."""
+    from joulebench.config.loader import load_recorded_study
+
+    assert load_recorded_study(tmp_path) is None                        # no study.yaml
+    (tmp_path / "study.yaml").write_text("- not\n- a mapping\n")
+    assert load_recorded_study(tmp_path) is None
+    (tmp_path / "study.yaml").write_text("model: synthetic:smollm2-135m\n")   # no name: not a study
+    assert load_recorded_study(tmp_path) is None
+    (tmp_path / "study.yaml").write_text(
+        "name: old\nmodel: synthetic:smollm2-135m\nfuture_key: 1\n"
+        "repeats: {min: 2, max: 6, ci_target: 0.04, cv_target: 0.5}\nmeasurement: {min_window_s: 2.5}\n")
+    cfg = load_recorded_study(tmp_path)
+    assert cfg.name == "old" and (cfg.repeats.min, cfg.repeats.max, cfg.repeats.ci_target) == (2, 6, 0.04)
+    assert cfg.measurement.min_window_s == 2.5
+
+
+def test_report_uses_the_recorded_targets_and_window(tmp_path):
+    study = make_study(tmp_path, repeats=2, failed=False, timeline=False)
+    (study / "study.yaml").write_text(yaml.safe_dump({
+        "name": "fixture", "model": "synthetic:smollm2-135m", "repeats": {"min": 2, "max": 5, "ci_target": 0.07,
+                                                                        "cv_target": 0.9},
+        "measurement": {"min_window_s": 2.5}}))
+    html = build_report(study).read_text()
+    assert "exceeds the target (5.0 %); <span class='bad'>CI&gt;</span> one whose CI half-width exceeds 7.0 %" in html
+    assert "(2.5 s in this study" in html
+    summary = pd.read_csv(study / "summary.csv")
+    assert (summary["cv_target"] == 0.05).all() and (summary["ci_target"] == 0.07).all()
+    (study / "study.yaml").write_text(yaml.safe_dump({"name": "fixture", "model": "synthetic:smollm2-135m",
+                                                      "repeats": 2}))
+    html = build_report(study).read_text()
+    assert "The study has a fixed repeat count, so no CI target is checked." in html
+    assert "(10 s in this study" in html

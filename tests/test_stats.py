@@ -11,7 +11,8 @@ import pytest
 from scipy import stats as st
 
 from joulebench.analysis.stats import (bootstrap_ci, ci_halfwidth_rel, cv, mad_outliers, mark_outliers, mean_ci_t,
-                                       primary_metric, summarize, summarize_configs)
+                                       primary_metric, summarize)
+from joulebench.analysis.summary import summarize_configs
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_table import make_study  # noqa: E402

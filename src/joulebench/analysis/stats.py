@@ -255,8 +255,13 @@ def primary_metric(trials) -> PrimaryMetric:
     """J/output-token when any finished trial has it, else throughput (no energy meter)."""
     ok = trials[trials["status"] == "ok"] if "status" in trials else trials
     col = "energy_per_output_token_j"
-    if col in ok and ok[col].notna().any():
-        return PrimaryMetric(col, "energy per output token", "J/token", False, True)
+    return primary_of(bool(col in ok and ok[col].notna().any()))
+
+
+def primary_of(energy_available: bool) -> PrimaryMetric:
+    """The primary metric: J/output-token where energy was measured, else throughput."""
+    if energy_available:
+        return PrimaryMetric("energy_per_output_token_j", "energy per output token", "J/token", False, True)
     return PrimaryMetric("throughput_tok_s", "throughput", "tokens/s", True, False)
 
 
@@ -285,64 +290,3 @@ def mark_outliers(trials, metrics: Sequence[str] | None = None, threshold: float
         df[f"outlier_{m}"] = col.values
     df["outlier_metrics"] = [";".join(n) for n in names]
     return df
-
-
-def summarize_configs(trials, *, axes: Sequence[str] | None = None, cv_target: float = DEFAULT_CV_TARGET,
-                      ci_target: float | None = None, ci_metric: str | None = None, confidence: float = 0.95,
-                      seed: int = BOOTSTRAP_SEED, n_resamples: int = BOOTSTRAP_RESAMPLES):
-    """One row per configuration: its parameters and, per metric, the ``MetricSummary`` fields.
-
-    Columns: ``config_id``, ``param.<axis>`` for each axis, ``n_trials``, ``n_ok``, ``n_failed``,
-    ``<metric>_<stat>`` for each metric of ``METRICS`` present in the table, and for the
-    primary metric (J/output-token, else tokens/s) ``primary_metric``, ``cv_above_target``
-    (CV > ``cv_target``) and ``ci_above_target`` (relative t-CI half-width > ``ci_target``).
-    ``ci_target`` bounds ``ci_metric`` (the study's ``repeats.metric``) where the table has values of
-    it, else the primary metric; the column ``ci_metric`` names the one checked.
-    """
-    import pandas as pd
-
-    if trials.empty:
-        return pd.DataFrame(columns=["config_id", "n_trials", "n_ok", "n_failed"])
-    prim = primary_metric(trials)
-    param_cols = [f"param.{a}" for a in axes] if axes is not None else \
-        [c for c in trials.columns if c.startswith("param.")]
-    param_cols = [c for c in param_cols if c in trials.columns]
-    metrics = [m[0] for m in METRICS if m[0] in trials.columns]
-    rows = []
-    for cid, g in trials.groupby("config_id", sort=False):
-        ok = g[g["status"] == "ok"]
-        row: dict[str, object] = {"config_id": cid}
-        first = g.iloc[0]
-        for c in param_cols:
-            row[c] = first[c]
-        row["n_trials"] = int(len(g))
-        row["n_ok"] = int(len(ok))
-        row["n_failed"] = int((g["status"] != "ok").sum())
-        for m in metrics:
-            vals = pd.to_numeric(ok[m], errors="coerce").tolist()
-            row.update(summarize(vals, confidence, seed=seed, n_resamples=n_resamples).as_dict(f"{m}_"))
-        c = row.get(f"{prim.column}_cv", math.nan)
-        ci_col = ci_metric if ci_metric and row.get(f"{ci_metric}_n", 0) else prim.column
-        rel = row.get(f"{ci_col}_ci95_rel_halfwidth", math.inf)
-        row["primary_metric"] = prim.column
-        row["ci_metric"] = ci_col
-        row["cv_target"] = cv_target
-        row["cv_above_target"] = bool(isinstance(c, float) and math.isfinite(c) and c > cv_target)
-        row["ci_target"] = ci_target if ci_target is not None else math.nan
-        row["ci_above_target"] = bool(ci_target is not None and (not math.isfinite(rel) or rel > ci_target)
-                                      and row["n_ok"] > 0)
-        # too few repeats to say anything: fewer than 3 (no bootstrap), or a t interval that reached zero
-        row["too_few_repeats"] = bool(row["n_ok"] > 0 and (row["n_ok"] < 3
-                                                           or row.get(f"{ci_col}_ci95_method") == "log-t"))
-        target = ci_target if ci_target is not None else 0.02
-        need = repeats_for_ci_target(row.get(f"{ci_col}_cv", math.nan), target, confidence)
-        row["repeats_for_ci_target"] = need if need is not None else math.nan
-        # CV(J/token)^2 ~ CV(W)^2 + CV(tok/s)^2 (METHODOLOGY.md section 1): which one dominates the spread?
-        cv_tok, cv_pow = row.get("throughput_tok_s_cv", math.nan), row.get("mean_power_w_cv", math.nan)
-        row["cv_share_throughput"] = (cv_tok ** 2 / (cv_tok ** 2 + cv_pow ** 2)
-                                      if prim.energy_available and math.isfinite(cv_tok) and math.isfinite(cv_pow)
-                                      and (cv_tok > 0 or cv_pow > 0) else math.nan)
-        row["throughput_dominated"] = bool(row["cv_above_target"] and math.isfinite(row["cv_share_throughput"])
-                                           and row["cv_share_throughput"] > 0.5)
-        rows.append(row)
-    return pd.DataFrame(rows)

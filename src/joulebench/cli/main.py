@@ -184,7 +184,7 @@ def resume(study_dir, runner, quiet, retry_failed, no_report):
 @click.argument("study_dir", type=click.Path(file_okay=False, exists=True))
 def report(study_dir):
     """Write report.html, results.parquet, results.csv and summary.csv."""
-    from joulebench.report.html import build_report
+    from joulebench.report.build import build_report
 
     path = build_report(Path(study_dir))
     print_results(Path(study_dir))
@@ -206,7 +206,7 @@ def env(as_json):
 
 def print_results(study_dir: Path) -> None:
     """A compact per-configuration table straight from the trial records."""
-    from joulebench.analysis.stats import mean_ci_t
+    from joulebench.analysis.summary import summarize_records
     from joulebench.results.store import StudyStore
 
     store = StudyStore(study_dir)
@@ -215,31 +215,26 @@ def print_results(study_dir: Path) -> None:
     except (OSError, ValueError):
         return
     axes = list(plan_doc.get("axes") or {}) or ["backend", "model"]
-    recs: dict[str, list[dict]] = {}
-    for r in store.iter_records():
-        recs.setdefault(r["config_id"], []).append(r)
+    by_cfg = {c.config_id: c for c in summarize_records(store.iter_records())}
     table = Table(title="results (mean [95 % CI])")
     for a in axes:
         table.add_column(a)
     for col in ("ok/n", "tokens/s", "J/output token", "TTFT median s", "flags"):
         table.add_column(col, justify="right")
 
-    def fmt(vals):
-        m, lo, hi = mean_ci_t(vals)
+    def fmt(s, metric):
+        m, lo, hi = s.mean_ci(metric)
         if m != m:  # nan
             return "n/a"
         return f"{m:.4g}" + (f" [{lo:.3g}, {hi:.3g}]" if lo == lo else "")
 
     for c in plan_doc["configs"]:
-        rs = recs.get(c["config_id"], [])
-        if not rs:
+        s = by_cfg.get(c["config_id"])
+        if s is None:
             continue
-        ok = [r for r in rs if r.get("status") == "ok"]
-        flags = sorted({f["code"] for r in ok for f in r.get("flags", [])} - {"synthetic_weights", "SYNTHETIC_WEIGHTS"})
-        table.add_row(*[str(c["params"].get(a)) for a in axes], f"{len(ok)}/{len(rs)}",
-                      fmt([r.get("throughput_tok_s") for r in ok]),
-                      fmt([r.get("energy_per_output_token_j") for r in ok]),
-                      fmt([(r.get("ttft_s") or {}).get("median") for r in ok]),
+        flags = sorted(s.flags - {"synthetic_weights", "SYNTHETIC_WEIGHTS"})
+        table.add_row(*[str(c["params"].get(a)) for a in axes], f"{s.n_ok}/{s.n_trials}",
+                      fmt(s, "throughput_tok_s"), fmt(s, "energy_per_output_token_j"), fmt(s, "ttft_s_median"),
                       ", ".join(flags) or "-")
     console.print(table)
 

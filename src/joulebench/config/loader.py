@@ -202,3 +202,41 @@ def parse_study_text(text: str, *, file: str = "<study>", base_dir: Path | None 
     except RecursionError:
         raise StudyError("the study is nested too deeply", file=file) from None
     return LoadedStudy(config, text, file, base_dir or Path.cwd(), lines)
+
+
+def _without(data: dict, loc: tuple) -> bool:
+    """Remove the mapping key at ``loc`` (in place); False when ``loc`` names no such key."""
+    node: Any = data
+    for part in loc[:-1]:
+        if not isinstance(node, dict) or part not in node:
+            return False
+        node = node[part]
+    if isinstance(node, dict) and loc and loc[-1] in node:
+        del node[loc[-1]]
+        return True
+    return False
+
+
+def load_recorded_study(study_dir: str | Path) -> StudyConfig | None:
+    """The typed config of a study directory's recorded ``study.yaml``, for reading results back.
+
+    Tolerant, since a study may have been written by another version: a missing or unreadable file,
+    or one that is not a mapping, gives None; a value this version rejects is left out (its default
+    applies) and the rest kept. None when that does not give a valid study either.
+    """
+    try:
+        data = yaml.safe_load((Path(study_dir) / "study.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    for _ in range(8):
+        try:
+            return StudyConfig.model_validate(data)
+        except ValidationError as e:
+            removed = [_without(data, tuple(err["loc"])) for err in e.errors()]
+        except RecursionError:
+            return None
+        if not any(removed):
+            return None
+    return None

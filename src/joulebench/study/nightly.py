@@ -33,6 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from joulebench.analysis.summary import summarize_records
 from joulebench.study.display import Display
 from joulebench.errors import EXIT_INTERRUPTED, JoulebenchError, ResumeError
 from joulebench.study.locks import LockSkipped
@@ -204,11 +205,6 @@ class Summary:
         return out
 
 
-def _mean(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return sum(xs) / len(xs) if xs else None
-
-
 def summarize_study(study_dir: Path) -> dict[str, Any]:
     """Counts, failures and headline numbers straight from a study folder's records."""
     store = StudyStore(study_dir)
@@ -221,15 +217,13 @@ def summarize_study(study_dir: Path) -> dict[str, Any]:
     ok = [r for r in records.values() if r.get("status") == "ok"]
     failed = [r for r in records.values() if r.get("status") == "failed"]
     axes = list(plan_doc.get("axes") or {}) or ["backend", "model"]
-    by_cfg: dict[str, list[dict]] = {}
-    for r in ok:
-        by_cfg.setdefault(r["config_id"], []).append(r)
+    by_cfg = summarize_records(ok)
     labels = {c["config_id"]: ", ".join(f"{a}={c['params'].get(a)}" for a in axes)
               for c in plan_doc.get("configs", [])}
     headline: dict[str, Any] = {}
     for key, metric, best in (("best_energy_per_output_token_j", "energy_per_output_token_j", min),
                               ("best_throughput_tok_s", "throughput_tok_s", max)):
-        means = {cid: _mean([r.get(metric) for r in rs]) for cid, rs in by_cfg.items()}
+        means = {c.config_id: c.mean(metric) for c in by_cfg}
         means = {k: v for k, v in means.items() if v is not None}
         if means:
             cid = best(means, key=means.get)

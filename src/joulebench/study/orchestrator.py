@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from joulebench import __version__
-from joulebench.analysis.stats import ci_halfwidth_rel
 from joulebench.config.loader import LoadedStudy, load_study, parse_study_text
 from joulebench.study.display import Display
 from joulebench.errors import (EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIALS_FAILED, JoulebenchError, ResumeError)
 from joulebench.study.locks import EXIT_BUSY, BusyGpuGate, GpuBusy, experiment_gpus, study_lock
 from joulebench.study.plan import Configuration, Plan, build_plan, trial_id_for
+from joulebench.study.rounds import configs_needing
 from joulebench.results.schema import SCHEMA_VERSION, TrialRecord
 from joulebench.results.store import StudyStore, atomic_write_bytes, atomic_write_json, sha256_bytes
 from joulebench.config.device import DeviceSpec, fence_violations
@@ -303,41 +303,9 @@ class Orchestrator:
         and whatever failed during this run."""
         return self.store.done_ids(retry_failed=self.retry_failed) | self._failed_now
 
-    def _metric_values(self, config_id: str, records: dict[str, dict]) -> list[float]:
-        """The values of ``repeats.metric`` over the configuration's finished repeats; tokens/s where
-        a repeat lacks the metric (no energy meter)."""
-        metric = self.plan.config.repeats.metric
-        vals_e, vals_t = [], []
-        for r in range(self.plan.max_repeats):
-            rec = records.get(trial_id_for(config_id, r))
-            if rec and rec.get("status") == "ok":
-                vals_e.append(rec.get(metric))
-                vals_t.append(rec.get("throughput_tok_s"))
-        if vals_e and all(v is not None for v in vals_e):
-            return vals_e
-        return [v for v in vals_t if v is not None]
-
     def _configs_needing(self, r: int) -> list[str]:
-        records = self.store.records_by_id()
-        done = self._done()
-        rep = self.plan.config.repeats
-        out = []
-        for c in self.plan.configs:
-            tid = trial_id_for(c.config_id, r)
-            if tid in done:
-                continue
-            if r < rep.min:
-                out.append(c.config_id)
-                continue
-            # adaptive: earlier repeats must all exist and be ok, and the CI must still be too wide
-            earlier = [records.get(trial_id_for(c.config_id, k)) for k in range(r)]
-            if any(e is None or e.get("status") != "ok" for e in earlier):
-                continue
-            if rep.ci_target is None:
-                continue
-            if ci_halfwidth_rel(self._metric_values(c.config_id, records)) > rep.ci_target:
-                out.append(c.config_id)
-        return out
+        return configs_needing(r, [c.config_id for c in self.plan.configs], self.store.records_by_id(),
+                               self._done(), self.plan.config.repeats)
 
     def _run_round(self, r: int, config_ids: list[str]) -> None:
         order = self.plan.round_order(r, config_ids)
@@ -663,7 +631,7 @@ def _check_gpu_fence(plan: Plan, loaded: LoadedStudy) -> None:
 
 def _report(study_dir: Path, display: Display) -> None:
     try:
-        from joulebench.report.html import build_report
+        from joulebench.report.build import build_report
     except ImportError:
         return
     try:
