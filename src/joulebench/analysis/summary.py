@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 from joulebench.analysis.stats import (BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, DEFAULT_CV_TARGET, METRICS,
-                                       MetricSummary, PrimaryMetric, mean_ci_t, primary_of, repeats_for_ci_target,
+                                       MetricSummary, PrimaryMetric, mean_ci, primary_of, repeats_for_ci_target,
                                        summarize)
 from joulebench.results.table import flatten_record
 
@@ -54,8 +54,9 @@ class ConfigRepeats:
         return sum(xs) / len(xs) if xs else None
 
     def mean_ci(self, metric: str, confidence: float = 0.95) -> tuple[float, float, float]:
-        """(mean, low, high) of the metric over the finished repeats, Student's t; nan where undefined."""
-        return mean_ci_t(self.ok_values(metric), confidence)
+        """(mean, low, high) of the metric over the finished repeats (Student's t; on the log scale for a
+        positive quantity whose t interval reaches zero); nan where undefined."""
+        return mean_ci(self.ok_values(metric), confidence)[:3]
 
 
 def _number(v: Any) -> Any:
@@ -221,3 +222,65 @@ def summarize_configs(trials: pd.DataFrame, *, axes: Sequence[str] | None = None
     summaries = summarize_configs_of(summarize_table(trials), targets, confidence=confidence, seed=seed,
                                      n_resamples=n_resamples)
     return summary_frame(summaries, param_columns(trials, axes))
+
+
+# ---------------------------------------------------------------------------
+# the judgement of a configuration's repeats: one source for the report and the console
+# ---------------------------------------------------------------------------
+
+CONFIG_ADVICE = {
+    "high_cv": "Repeats of this configuration vary more than the target; add repeats (repeats.max) or find "
+               "the noise source.",
+    "throughput_dominated": "J/token spread comes from tokens/s noise (host-bound work), not from power; more "
+                            "repeats tighten the mean, a faster host loop removes it.",
+    "ci_above_target": "The 95 % CI of the mean is wider than the study's target; more repeats narrow it "
+                       "(about as 1/sqrt(n)).",
+    "too_few_repeats": "Too few finished repeats to say anything about the spread: the interval is wide or "
+                       "undefined. Run more repeats (repeats: N, or repeats.max with a ci_target).",
+}
+
+
+@dataclass(frozen=True)
+class ConfigFlag:
+    code: str
+    advice: str
+    detail: str
+
+
+def _pct(x: Any) -> str:
+    try:
+        return f"{float(x) * 100:.1f} %"
+    except (TypeError, ValueError):
+        return "n/a"
+
+
+def config_flags(row: Mapping[str, Any]) -> list[ConfigFlag]:
+    """The flags a configuration's summary row (``ConfigSummary.row``, a row of summary.csv) raises, with
+    their advice and the figures behind them, in a fixed order."""
+    out: list[ConfigFlag] = []
+    prim = row.get("primary_metric")
+    if row.get("too_few_repeats"):
+        need = row.get("repeats_for_ci_target")
+        target = row.get("ci_target")
+        target = target if isinstance(target, (int, float)) and math.isfinite(target) else 0.02
+        more = (f"; about {int(need)} repeats would reach a {target * 100:g} % CI"
+                if isinstance(need, (int, float)) and math.isfinite(need) else "")
+        out.append(ConfigFlag("too_few_repeats", CONFIG_ADVICE["too_few_repeats"],
+                              f"n = {int(row.get('n_ok') or 0)} finished repeat(s){more}"))
+    if row.get("cv_above_target"):
+        out.append(ConfigFlag("high_cv", CONFIG_ADVICE["high_cv"],
+                              f"CV of {prim} = {_pct(row.get(f'{prim}_cv'))} > target {_pct(row.get('cv_target'))} "
+                              f"(n = {row.get(f'{prim}_n')})"))
+    if row.get("throughput_dominated"):
+        out.append(ConfigFlag("throughput_dominated", CONFIG_ADVICE["throughput_dominated"],
+                              f"{float(row['cv_share_throughput']) * 100:.0f} % of the J/token variance comes from "
+                              f"tokens/s (CV {_pct(row.get('throughput_tok_s_cv'))}) vs power "
+                              f"(CV {_pct(row.get('mean_power_w_cv'))})"))
+    if row.get("ci_above_target"):
+        ci_col = row.get("ci_metric") or prim
+        rel = row.get(f"{ci_col}_ci95_rel_halfwidth", math.inf)
+        out.append(ConfigFlag("ci_above_target", CONFIG_ADVICE["ci_above_target"],
+                              f"CI half-width of {ci_col} {rel * 100:.1f} % of the mean > target "
+                              f"{row['ci_target'] * 100:.1f} %" if math.isfinite(rel)
+                              else "fewer than 2 finished repeats: no CI"))
+    return out

@@ -205,8 +205,12 @@ def env(as_json):
 
 
 def print_results(study_dir: Path) -> None:
-    """A compact per-configuration table straight from the trial records."""
-    from joulebench.analysis.summary import summarize_records
+    """A compact per-configuration table straight from the trial records, with the same judgement of
+    each configuration's repeats as the report (``analysis.summary.config_flags``)."""
+    from joulebench.analysis.summary import (SummaryTargets, config_flags, summarize_configs_of,
+                                             summarize_records)
+    from joulebench.config.loader import load_recorded_study
+    from joulebench.report.build import study_targets
     from joulebench.results.store import StudyStore
 
     store = StudyStore(study_dir)
@@ -215,7 +219,12 @@ def print_results(study_dir: Path) -> None:
     except (OSError, ValueError):
         return
     axes = list(plan_doc.get("axes") or {}) or ["backend", "model"]
-    by_cfg = {c.config_id: c for c in summarize_records(store.iter_records())}
+    config = load_recorded_study(study_dir)
+    cv_target, ci_target = study_targets(config)
+    targets = SummaryTargets(cv_target=cv_target, ci_target=ci_target,
+                             ci_metric=config.repeats.metric if config is not None else None)
+    summaries = {s.repeats.config_id: s for s in
+                 summarize_configs_of(summarize_records(store.iter_records()), targets, n_resamples=999)}
     table = Table(title="results (mean [95 % CI])")
     for a in axes:
         table.add_column(a)
@@ -228,15 +237,23 @@ def print_results(study_dir: Path) -> None:
             return "n/a"
         return f"{m:.4g}" + (f" [{lo:.3g}, {hi:.3g}]" if lo == lo else "")
 
+    notes = []
     for c in plan_doc["configs"]:
-        s = by_cfg.get(c["config_id"])
-        if s is None:
+        summary = summaries.get(c["config_id"])
+        if summary is None:
             continue
-        flags = sorted(s.flags - {"synthetic_weights", "SYNTHETIC_WEIGHTS"})
-        table.add_row(*[str(c["params"].get(a)) for a in axes], f"{s.n_ok}/{s.n_trials}",
-                      fmt(s, "throughput_tok_s"), fmt(s, "energy_per_output_token_j"), fmt(s, "ttft_s_median"),
-                      ", ".join(flags) or "-")
+        s = summary.repeats
+        judged = config_flags(summary.row([]))
+        flags = sorted(s.flags - {"synthetic_weights", "SYNTHETIC_WEIGHTS"}) + [f.code for f in judged]
+        label = [str(c["params"].get(a)) for a in axes]
+        table.add_row(*label, f"{s.n_ok}/{s.n_trials}", fmt(s, "throughput_tok_s"),
+                      fmt(s, "energy_per_output_token_j"), fmt(s, "ttft_s_median"), ", ".join(flags) or "-")
+        notes += [f"{', '.join(label)}: {f.code}: {f.detail}" for f in judged if f.code == "too_few_repeats"]
     console.print(table)
+    for n in notes:
+        console.print(n)
+    if notes:
+        console.print("flags are explained in report.html (the same judgement as this table)")
 
 
 def _register_optional() -> None:

@@ -5,54 +5,25 @@ Each returns HTML (``report/html.py``) from the stored trial records and the tri
 from __future__ import annotations
 
 import json
-import math
 from typing import Any, Sequence
 
 import pandas as pd
 
+from joulebench.analysis.summary import CONFIG_ADVICE, config_flags
 from joulebench.meters.flags import Flag
 from joulebench.report import plots
 from joulebench.report.html import bullets, esc, fmt, pct, table
-
-_CONFIG_ADVICE = {
-    "high_cv": "Repeats of this configuration vary more than the target; add repeats (repeats.max) or find "
-               "the noise source.",
-    "throughput_dominated": "J/token spread comes from tokens/s noise (host-bound work), not from power; more "
-                            "repeats tighten the mean, a faster host loop removes it.",
-    "ci_above_target": "The 95 % CI of the mean is wider than the study's target; more repeats narrow it "
-                       "(about as 1/sqrt(n)).",
-}
-
 
 def _advice(code: str) -> str:
     try:  # the protocol's typed flags carry the canonical advice text
         return Flag(code).advice
     except (ValueError, KeyError):
-        return _CONFIG_ADVICE[code]
+        return CONFIG_ADVICE[code]
 
 
 def config_flags_table(summary: pd.DataFrame, axes: Sequence[str]) -> str:
-    rows = []
-    for _, r in summary.iterrows():
-        prim = r.get("primary_metric")
-        if r.get("cv_above_target"):
-            rows.append([esc(plots.config_label(r, axes)), "<code>high_cv</code>", esc(_advice("high_cv")),
-                         esc(f"CV of {prim} = {r.get(f'{prim}_cv', math.nan) * 100:.1f} % > target "
-                            f"{r['cv_target'] * 100:.1f} % (n = {r.get(f'{prim}_n')})")])
-        if r.get("throughput_dominated"):
-            rows.append([esc(plots.config_label(r, axes)), "<code>throughput_dominated</code>",
-                         esc(_advice("throughput_dominated")),
-                         esc(f"{r['cv_share_throughput'] * 100:.0f} % of the J/token variance comes from tokens/s "
-                            f"(CV {r['throughput_tok_s_cv'] * 100:.1f} %) vs power "
-                            f"(CV {r['mean_power_w_cv'] * 100:.1f} %)")])
-        if r.get("ci_above_target"):
-            ci_col = r.get("ci_metric") or prim
-            rel = r.get(f"{ci_col}_ci95_rel_halfwidth", math.inf)
-            rows.append([esc(plots.config_label(r, axes)), "<code>ci_above_target</code>",
-                         esc(_CONFIG_ADVICE["ci_above_target"]),
-                         esc(f"CI half-width of {ci_col} {rel * 100:.1f} % of the mean > target "
-                            f"{r['ci_target'] * 100:.1f} %"
-                            if math.isfinite(rel) else "fewer than 2 finished repeats: no CI")])
+    rows = [[esc(plots.config_label(r, axes)), f"<code>{f.code}</code>", esc(_advice(f.code)), esc(f.detail)]
+            for _, r in summary.iterrows() for f in config_flags(r)]
     if not rows:
         return "<p>None: every configuration is within its CV and CI targets.</p>"
     return table(["configuration", "flag", "advice", "detail"], rows)
