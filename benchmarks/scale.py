@@ -33,8 +33,8 @@ FAST = {"min_window_s": 0.2, "device_idle_s": 0, "loaded_idle_s": 0,
 
 
 def _study(name: str, n_configs: int) -> dict:
-    a = max(1, int(round(n_configs ** 0.5)))
-    b = max(1, n_configs // a)
+    a = max(d for d in range(1, int(n_configs ** 0.5) + 1) if n_configs % d == 0)   # a x b == n_configs
+    b = n_configs // a
     return {"name": name, "model": "synthetic:tiny-llama", "backend": "transformers", "device": "cpu",
             "engine": {"dtype": "float32"},
             "workload": {"dataset": "synthetic", "prompts": 2, "input_tokens": 8, "max_output_tokens": 4},

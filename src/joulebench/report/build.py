@@ -126,16 +126,16 @@ def _analyse(study_dir: Path, cv_target: float | None, ci_target: float | None) 
         cv_target=targets.cv_target, ci_target=targets.ci_target)
 
 
-def _timelines(m: ReportModel, ok: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame | None]]:
-    """(trial id, configuration label, timeline) of each finished trial; a record cannot point outside
-    the study."""
+def _timeline_paths(m: ReportModel, ok: pd.DataFrame) -> list[tuple[str, str, Path]]:
+    """(trial id, configuration label, timeseries file) of each finished trial that has one; a record
+    cannot point outside the study. Files are read only for the figures that show them."""
     out = []
     root = m.study_dir.resolve()
-    for _, r in ok.iterrows():
+    for r in ok.to_dict("records"):
         rel = r.get("timeseries") if isinstance(r.get("timeseries"), str) else f"timeseries/{r['trial_id']}.parquet"
         p = (m.study_dir / rel).resolve()
         if p.is_relative_to(root) and p.exists():
-            out.append((str(r["trial_id"]), plots.config_label(r, m.axes), plots.read_timeline(p)))
+            out.append((str(r["trial_id"]), plots.config_label(pd.Series(r), m.axes), p))
     return out
 
 
@@ -156,11 +156,13 @@ def _plot(m: ReportModel, max_timelines: int, max_trial_timeline_files: int) -> 
         figs["main_effects"] = plots.plot_main_effects(eff.main_effects if eff is not None else None,
                                                        levels, eff.label if eff else "", pdir / "main_effects")
     figs["pareto"] = plots.plot_pareto(m.summary, m.fronts, axes, pdir / "pareto") if m.fronts else None
-    timelines = _timelines(m, ok) if not ok.empty else []
-    m.n_timelines = sum(1 for *_, t in timelines if t is not None)
-    figs["timelines"] = plots.plot_timelines([(f"{tid}: {label}", t) for tid, label, t in timelines],
+    paths = _timeline_paths(m, ok) if not ok.empty else []
+    m.n_timelines = len(paths)
+    read = [(tid, label, plots.read_timeline(p)) for tid, label, p in paths[:max(max_timelines,
+                                                                                  max_trial_timeline_files)]]
+    figs["timelines"] = plots.plot_timelines([(f"{tid}: {label}", t) for tid, label, t in read],
                                              pdir / "timelines", max_panels=max_timelines)
-    for tid, label, tl in [t for t in timelines if t[2] is not None][:max_trial_timeline_files]:
+    for tid, label, tl in [t for t in read if t[2] is not None][:max_trial_timeline_files]:
         if _SAFE_NAME.fullmatch(tid):                                  # the id becomes a file name
             plots.plot_timelines([(f"{tid}: {label}", tl)], pdir / "timelines" / tid, max_panels=1)
     m.figs, m.max_timelines = figs, max_timelines

@@ -22,6 +22,7 @@ from joulebench.analysis.pareto import Objective, pareto_table  # noqa: E402
 from joulebench.analysis.stats import METRIC_INFO  # noqa: E402
 
 DPI = 110
+MAX_BARS = 40          # configurations one per-configuration figure shows
 _FRONT = "#1f6fb4"
 _DOMINATED = "#a0a0a0"
 _OUTLIER = "#d62728"
@@ -59,6 +60,9 @@ def plot_metric_per_config(summary: pd.DataFrame, trials: pd.DataFrame, metric: 
     s = summary[pd.to_numeric(summary[mean_col], errors="coerce").notna()].copy()
     higher = METRIC_INFO.get(metric, (metric, metric, "", False))[3]
     s = s.sort_values(mean_col, ascending=higher)
+    n_all = len(s)
+    if n_all > MAX_BARS:     # a readable figure: the worst and the best configurations (summary.csv has all)
+        s = pd.concat([s.head(MAX_BARS // 2), s.tail(MAX_BARS // 2)])
     _, label, unit, _ = METRIC_INFO.get(metric, (metric, metric, "", False))
     labels = [config_label(r, axes) for _, r in s.iterrows()]
     y = np.arange(len(s))
@@ -70,8 +74,9 @@ def plot_metric_per_config(summary: pd.DataFrame, trials: pd.DataFrame, metric: 
     ax.barh(y, mean, xerr=err, color="#9ecae1", edgecolor=_FRONT, capsize=3, label="mean, 95 % CI (t)")
     ok = trials[trials["status"] == "ok"] if "status" in trials else trials
     out_col = f"outlier_{metric}"
+    by_config = dict(tuple(ok.groupby("config_id", sort=False))) if len(ok) else {}
     for yi, cid in zip(y, s["config_id"]):
-        g = ok[ok["config_id"] == cid]
+        g = by_config.get(cid, ok.iloc[0:0])
         vals = pd.to_numeric(g.get(metric), errors="coerce").to_numpy(float)
         is_out = g[out_col].to_numpy(bool) if out_col in g else np.zeros(len(g), bool)
         jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
@@ -84,7 +89,8 @@ def plot_metric_per_config(summary: pd.DataFrame, trials: pd.DataFrame, metric: 
     if np.nanmin(mean) >= 0:
         ax.set_xlim(left=0)
     ax.set_xlabel(f"{label} ({unit})")
-    ax.set_title(f"{label} per configuration")
+    ax.set_title(f"{label} per configuration" + (f" (the {MAX_BARS // 2} best and {MAX_BARS // 2} worst of {n_all})"
+                                                 if n_all > MAX_BARS else ""))
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.3 / max(len(s), 1)), ncol=3,
               frameon=False)
     ax.grid(axis="x", alpha=0.3)

@@ -153,14 +153,13 @@ def pareto(m: ReportModel) -> list[str]:
         return out
     summary, axes = m.summary, m.axes
     out.append(img(m.figs.get("pareto"), "Pareto fronts (front in blue, dominated in grey)"))
+    label = {r["config_id"]: plots.config_label(r, axes) for _, r in summary.iterrows()}
     for x, y in m.fronts:
         rows = []
-        for _, r in pareto_table(summary, x, y).iterrows():
-            srow = summary[summary["config_id"] == r["config_id"]].iloc[0]
-            dom = summary[summary["config_id"] == r["dominated_by"]]
-            rows.append([esc(plots.config_label(srow, axes)), fmt(r[x.column]), fmt(r[y.column]),
+        for r in pareto_table(summary, x, y).to_dict("records"):
+            rows.append([esc(label[r["config_id"]]), fmt(r[x.column]), fmt(r[y.column]),
                          "<b class='good'>front</b>" if r["on_front"] else esc(r["status"]),
-                         esc(plots.config_label(dom.iloc[0], axes)) if len(dom) else ""])
+                         esc(label[r["dominated_by"]]) if r["dominated_by"] in label else ""])
         out.append(f"<h3>{esc(x.label)} vs {esc(y.label)}</h3>")
         out.append(table(["configuration", esc(x.label), esc(y.label), "status", "dominated by"], rows))
     return out
