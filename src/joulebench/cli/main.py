@@ -111,12 +111,33 @@ PLAN_ROWS = 100      # trials `plan` lists without --all
 @click.argument("study", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="print plan.json instead of a table")
 @click.option("--all", "show_all", is_flag=True, help=f"list every trial (default: the first {PLAN_ROWS})")
-def plan(study, as_json, show_all):
+@click.option("--results-root", type=click.Path(file_okay=False), default=None,
+              help="where earlier runs of this study are (their measured trial times refine the estimate; "
+                   "default: joulebench-results)")
+def plan(study, as_json, show_all, results_root):
     """Print the expanded trials (ids, parameters, order) and counts; runs nothing."""
-    _print_plan(Path(study), as_json=as_json, show_all=show_all)
+    _print_plan(Path(study), as_json=as_json, show_all=show_all, results_root=results_root)
 
 
-def _print_plan(path: Path, as_json: bool = False, show_all: bool = False) -> None:
+def _estimate(loaded, p, results_root: str | None):
+    """The plan's time estimate, refined by the trial times of earlier runs of the same study."""
+    from joulebench.config.device import DeviceSpec
+    from joulebench.study.checks import model_config_of
+    from joulebench.study.estimate import earlier_runs, estimate_study, measured_trial_seconds
+    from joulebench.study.orchestrator import DEFAULT_RESULTS_ROOT
+
+    spec = DeviceSpec.parse(loaded.config.device)
+    try:
+        on_gpu = bool(spec.resolve().devices) if not spec.is_cpu else False
+    except Exception:  # noqa: BLE001 - no NVML: the CPU
+        on_gpu = False
+    roots = [Path(results_root)] if results_root else [DEFAULT_RESULTS_ROOT]
+    history = measured_trial_seconds(earlier_runs(p.study, roots))
+    return estimate_study(p, on_gpu=on_gpu, model_config=model_config_of(loaded.config.model, loaded.base_dir),
+                          history=history)
+
+
+def _print_plan(path: Path, as_json: bool = False, show_all: bool = False, results_root: str | None = None) -> None:
     from joulebench.config import load_study
     from joulebench.study.plan import build_plan
 
@@ -152,12 +173,11 @@ def _print_plan(path: Path, as_json: bool = False, show_all: bool = False) -> No
                   f"{counts['trials_min']} trials" + (f" (up to {counts['trials_max']} with adaptive repeats "
                                                       f"to a {rep['ci_target']:.0%} CI target{on})"
                                                       if adaptive else ""))
-    m = loaded.config.measurement
-    per_trial = m.min_window_s + 3 * 1.0
-    starts = p.worker_starts(rep["min"])
-    lo = counts["trials_min"] * per_trial + starts * (10 + m.loaded_idle_s) + m.device_idle_s
-    console.print(f"{starts} worker start(s) (model loads) over the first {rep['min']} round(s)")
-    console.print(f"estimated time: at least {lo / 60:.1f} min (windows of {m.min_window_s:g} s, warm-up, loads)")
+    console.print(f"{p.worker_starts(rep['min'])} worker start(s) (model loads) over the first {rep['min']} "
+                  "round(s)")
+    est = _estimate(loaded, p, results_root)
+    console.print(est.describe())
+    console.print("  assumes: " + "; ".join(est.assumptions))
     if p.skipped:
         console.print(f"[yellow]{len(p.skipped)} invalid combination(s) skipped:[/]")
         for s in p.skipped:

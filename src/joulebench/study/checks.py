@@ -61,23 +61,27 @@ def _check_workload(params: dict[str, Any], base_dir: Path | None, file: str) ->
         check_prompts_file(resolve_dataset(dataset, base_dir), yaml_path="workload.dataset", file=file)
 
 
-def model_context_length(model: str, base_dir: Path | None) -> int | None:
-    """The model's context length from its config (built-in architecture or a local directory)."""
+def model_config_of(model: str, base_dir: Path | None) -> dict[str, Any] | None:
+    """The model's config (a built-in architecture, or a local directory's config.json); None for a hub
+    id or an unreadable file (nothing is downloaded)."""
     from joulebench.models import architectures, parse_model
 
     src = parse_model(model)
-    cfg: dict[str, Any] | None = None
     if src.kind == "synthetic":
-        cfg = architectures()[src.arch]
-    elif src.kind == "local":
-        path = resolve_dataset(src.path, base_dir)
+        return architectures()[src.arch]
+    if src.kind == "local":
         try:
-            cfg = json.loads((path / "config.json").read_text())
+            cfg = json.loads((resolve_dataset(src.path, base_dir) / "config.json").read_text())
         except (OSError, ValueError):
             return None
-    if not isinstance(cfg, dict):
-        return None
-    n = cfg.get("max_position_embeddings")
+        return cfg if isinstance(cfg, dict) else None
+    return None
+
+
+def model_context_length(model: str, base_dir: Path | None) -> int | None:
+    """The model's context length from its config (built-in architecture or a local directory)."""
+    cfg = model_config_of(model, base_dir)
+    n = cfg.get("max_position_embeddings") if cfg else None
     return int(n) if isinstance(n, int) and n > 0 else None
 
 
