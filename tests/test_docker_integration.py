@@ -21,7 +21,8 @@ from pathlib import Path
 import pytest
 
 from joulebench.runners.base import Experiment
-from joulebench.spec import EVENT_PREFIX
+from joulebench.config.study import MeasurementConfig
+from joulebench.spec import EVENT_PREFIX, ExperimentSpec, TrialSpec
 from joulebench.runners.docker.client import connect, engine_available
 from joulebench.runners.docker.request import LABEL_STUDY
 from joulebench.runners.docker.runner import DockerRunner
@@ -60,9 +61,14 @@ def _event(ev: dict) -> str:
     return EVENT_PREFIX + json.dumps(ev)
 
 
+def _typed_spec(study: str, trial_ids, params: dict) -> ExperimentSpec:
+    return ExperimentSpec(experiment_id="e1", study=study, round=0, measurement=MeasurementConfig(),
+                          trials=[TrialSpec(trial_id=t, config_id="c", repeat=0, round=0, params=params)
+                                  for t in trial_ids])
+
+
 def _experiment(tmp_path: Path, study: str, trial_ids=("t1",)) -> Experiment:
-    spec = {"experiment_id": "e1", "study": study,
-            "trials": [{"trial_id": t, "params": {"backend": "transformers"}} for t in trial_ids]}
+    spec = _typed_spec(study, trial_ids, {"backend": "transformers"})
     return Experiment(experiment_id="e1", study_name=study, study_dir=tmp_path / "study", spec=spec,
                       trial_ids=list(trial_ids))
 
@@ -105,7 +111,7 @@ def test_worker_output_is_merged_and_events_stream(engine, tmp_path):
     out = runner.run_experiment(_experiment(tmp_path, study), on_event=events.append, timeout_s=120)
     assert out.error is None, out.log_tail
     assert out.exit_code == 0 and out.finished == ["t1"] and out.in_flight is None
-    assert [e["event"] for e in events] == ["trial_start", "trial_end"]
+    assert [e.event for e in events] == ["trial_start", "trial_end"]
     rec = json.loads((tmp_path / "study" / "trials" / "t1.json").read_text())
     assert rec["study"] == study and rec["uid"] != 0          # unprivileged inside
     assert rec["net"] == ["lo"]                                # network none: loopback only
@@ -162,10 +168,13 @@ study_dir, study, image = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
 body = "import time; print(%r, flush=True); time.sleep(300)" % sys.argv[4]
 runner = DockerRunner(images={"transformers": image}, command=["python3", "-c", body])
 runner.prepare(study_dir, study)
-spec = {"experiment_id": "e1", "study": study, "trials": [{"trial_id": "t1", "params": {}}]}
+from joulebench.config.study import MeasurementConfig
+from joulebench.spec import ExperimentSpec, TrialSpec
+spec = ExperimentSpec(experiment_id="e1", study=study, round=0, measurement=MeasurementConfig(),
+                      trials=[TrialSpec(trial_id="t1", config_id="c", repeat=0, round=0, params={})])
 exp = Experiment(experiment_id="e1", study_name=study, study_dir=study_dir, spec=spec, trial_ids=["t1"])
 try:
-    runner.run_experiment(exp, on_event=lambda ev: print("EVENT", json.dumps(ev), flush=True), timeout_s=300)
+    runner.run_experiment(exp, on_event=lambda ev: print("EVENT", ev.model_dump_json(), flush=True), timeout_s=300)
 except KeyboardInterrupt:
     print("INTERRUPTED", flush=True)
     sys.exit(130)
@@ -302,7 +311,7 @@ def test_serving_container_ends_itself_when_the_dispatcher_stops_beating(engine,
     orch = Orchestrator(loaded, plan, store.root, runner, Display(quiet=True))
     spec = orch._experiment_spec("e1", 0, plan.configs)
     exp = Experiment(experiment_id="e1", study_name=name, study_dir=store.root, spec=spec,
-                     trial_ids=[t["trial_id"] for t in spec["trials"]], worker_key="g|")
+                     trial_ids=spec.trial_ids, worker_key="g|")
     try:
         out = runner.run_experiment(exp, on_event=lambda e: None, timeout_s=300)
         assert out.error is None and out.reusable and out.finished == exp.trial_ids
