@@ -175,6 +175,10 @@ def _print_plan(path: Path, as_json: bool = False, show_all: bool = False, resul
                                                       if adaptive else ""))
     console.print(f"{p.worker_starts(rep['min'])} worker start(s) (model loads) over the first {rep['min']} "
                   "round(s)")
+    from joulebench.study.inputs import input_policies
+
+    for policy in input_policies(p.configs, loaded.base_dir):
+        console.print(policy.describe())
     est = _estimate(loaded, p, results_root)
     console.print(est.describe())
     console.print("  assumes: " + "; ".join(est.assumptions))

@@ -126,6 +126,30 @@ def environment_table(recs: list[dict[str, Any]], manifest: dict[str, Any]) -> s
     return table(["key", "value"], rows)
 
 
+def inputs(plan: dict[str, Any], manifest: dict[str, Any], records: list[dict[str, Any]]) -> str:
+    """The input-length policy in force (study/inputs.py) and the input tokens per request measured."""
+    from pathlib import Path
+
+    from joulebench.errors import JoulebenchError
+    from joulebench.study.inputs import input_policy
+
+    policies: list[str] = []
+    base = Path(manifest["base_dir"]) if manifest.get("base_dir") else None
+    for c in plan.get("configs") or []:
+        try:
+            text = input_policy(c["params"], base).describe()
+        except (JoulebenchError, KeyError, OSError):
+            text = f"inputs: {c.get('params', {}).get('dataset')} (the prompts file is not readable here)"
+        if text not in policies:
+            policies.append(text)
+    per_request = [r["input_tokens"] / r["requests"] for r in records
+                   if r.get("status") == "ok" and r.get("input_tokens") and r.get("requests")]
+    measured = (f" Measured input tokens per request (mean per trial, as the engine tokenised them): "
+                f"{fmt(min(per_request), 4)} to {fmt(max(per_request), 4)}." if per_request else "")
+    return ("<p><b>Inputs</b>: " + "; ".join(esc(p.removeprefix("inputs: ")) for p in policies) + "." + measured
+            + "</p>") if policies or measured else ""
+
+
 def methodology(trials: pd.DataFrame, min_window_s: float, prim) -> str:
     sources = sorted({str(s) for s in trials.get("energy_source", pd.Series(dtype=object)).dropna()}) \
         if not trials.empty else []

@@ -226,7 +226,8 @@ def environment(m: ReportModel) -> list[str]:
 
 
 def methodology(m: ReportModel) -> list[str]:
-    return ['<h2 id="methodology">Methodology notes</h2>', details.methodology(m.trials, m.min_window_s, m.prim)]
+    return ['<h2 id="methodology">Methodology notes</h2>', details.inputs(m.plan, m.manifest, m.records),
+            details.methodology(m.trials, m.min_window_s, m.prim)]
 
 
 SECTIONS = (title, headline, effects, configurations, pareto, outliers, flags, failed, devices, timelines,
