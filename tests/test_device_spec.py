@@ -106,7 +106,10 @@ def test_study_and_sweep_devices_are_validated_with_their_path(write_study):
 
 
 # ---------------------------------------------------------------------- the fence
-def test_fence_of_ordinals_refuses_explicit_gpus_outside_it_at_plan(write_study):
+def test_fence_of_ordinals_refuses_explicit_gpus_outside_it_at_plan(write_study, tmp_path, monkeypatch):
+    fake = tmp_path / "nvml.json"       # a host with 3 GPUs: the devices asked for exist
+    fake.write_text(json.dumps({"gpus": [{"power_w": 70.0} for _ in range(3)]}))
+    monkeypatch.setenv("JOULEBENCH_FAKE_NVML", str(fake))
     study = tiny_study(sweep={"device": ["cuda:1", "cuda:0,2"]}, runner_options={"gpus": [0, 1]})
     with pytest.raises((StudyError, StudyErrors)) as ei:
         build_plan(load_study(write_study(study)))

@@ -148,7 +148,9 @@ def test_one_worker_serves_every_round_of_its_load_group(write_study, tmp_path):
     """Runtime parameters only: one worker, one model load for the whole study (3 rounds); repeats after
     the first re-warm on the worker's earlier passes; the worker is gone at the end."""
     study = tiny_study("reuse", sweep={"batch_size": [1, 2], "max_output_tokens": [2, 4]}, repeats=3)
-    study["measurement"] = dict(FAST_MEASUREMENT, warmup={"cv_target": 10.0, "k": 2, "min_passes": 2,
+    # Any pass counts as stable (cv_target 1e6): on a loaded host, passes of a few tokens vary more than
+    # 10x in tokens/s, and the re-warm rule (within cv_target x the earlier mean) must not depend on that.
+    study["measurement"] = dict(FAST_MEASUREMENT, warmup={"cv_target": 1e6, "k": 2, "min_passes": 2,
                                                           "max_passes": 4})
     out = tmp_path / "r"
     result = run_study(write_study(study), out=out, quiet=True, report=False)

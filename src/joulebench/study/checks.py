@@ -115,11 +115,41 @@ def _check_lengths(params: dict[str, Any], where: str, base_dir: Path | None, fi
     return None
 
 
-def check_configurations(configs, *, base_dir: Path | None, file: str) -> None:
-    """Workload files, local model folders and input lengths of every configuration (each once)."""
+def check_device(device: str, where: str, file: str) -> StudyError | None:
+    """A device that asks for GPUs this host does not have (``cuda:7`` on a one-GPU machine, ``cuda`` without
+    NVML): the study's fault, said before anything loads."""
+    from joulebench.config.device import DeviceSpec
+    from joulebench.errors import JoulebenchError
+
+    spec = DeviceSpec.parse(device)
+    if spec.is_cpu or spec.is_auto:
+        return None
+    where = "device" if where == "(study)" else f"{where} (device: {device})"
+    try:
+        resolved = spec.resolve()
+    except JoulebenchError as e:
+        return StudyError(str(e).split("\n")[0], file=file, path=where,
+                          hint="use a GPU this machine has (`joulebench env` lists them), device: auto, or cpu")
+    if not resolved.devices:
+        return StudyError(f"device '{device}' asks for a GPU, but none is visible here", file=file,
+                          path=where,
+                          hint="run on a GPU machine, or use device: auto (the CPU when there is no GPU)")
+    return None
+
+
+def check_configurations(configs, *, base_dir: Path | None, file: str, host_gpus: bool = True) -> None:
+    """Workload files, local model folders, input lengths and (where the GPUs are this host's) the devices of
+    every configuration (each once)."""
     problems: list[StudyError] = []
     seen: set[str] = set()
+    devices: set[str] = set()
     for c in configs:
+        device = str(c.params.get("device", "auto"))
+        if host_gpus and device not in devices:
+            devices.add(device)
+            err = check_device(device, c.origin, file)
+            if err is not None:
+                problems.append(err)
         p = c.params
         key = json.dumps([p.get("dataset"), p.get("dataset_path"), p["model"], p.get("input_tokens"),
                           p.get("max_input_tokens"), p.get("max_output_tokens")], default=str)

@@ -316,5 +316,6 @@ def build_plan(loaded: LoadedStudy) -> Plan:
     for c in {c.params["model"] for c in configs}:
         src = parse_model(c)
         check_model_exists(src, base_dir=loaded.base_dir)
-    check_configurations(configs, base_dir=loaded.base_dir, file=loaded.file)
+    check_configurations(configs, base_dir=loaded.base_dir, file=loaded.file,
+                         host_gpus=cfg.runner != "ray")    # Ray's GPUs are the cluster's
     return Plan(study=cfg.name, config=cfg, configs=configs, axes=axes, skipped=skipped)
