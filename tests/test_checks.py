@@ -155,3 +155,19 @@ def test_a_failed_load_reaches_the_console_with_its_reason_under_quiet(write_stu
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "failed: BackendError: cannot load model" in proc.stderr and str(model) in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_gpu_the_host_does_not_have_fails_at_plan_and_run(write_study, tmp_path, monkeypatch):
+    fake = tmp_path / "one-gpu.json"
+    fake.write_text(json.dumps({"gpus": [{"power_w": 70.0}]}))
+    monkeypatch.setenv("JOULEBENCH_FAKE_NVML", str(fake))
+    text = _plan_error(write_study, tiny_study(device="cuda:7"))
+    assert "GPU 7 was asked for" in text and "device" in text
+    sweep = _plan_error(write_study, tiny_study(device="cpu", sweep={"device": ["cpu", "cuda:7"]}))
+    assert "sweep (device: cuda:7)" in sweep
+    out = tmp_path / "out"
+    proc = run_cli("run", write_study(tiny_study(device="cuda:7")), "--out", out, "--quiet", timeout=300)
+    assert proc.returncode == EXIT_INVALID and "GPU 7 was asked for" in proc.stderr
+    assert not list(out.glob("**/trials/*.json"))
+    # Ray's GPUs are the cluster's: not checked against this host
+    assert build_plan(load_study(write_study(tiny_study(device="cuda:7", runner="ray"))))
