@@ -297,7 +297,7 @@ def run_nightly(study_path: str | Path, *, results_root: str | Path | None = Non
                 notify_webhook: str | None = None, runner: str | None = None, report: bool = True,
                 display: TeeDisplay | None = None) -> Summary:
     from joulebench.config import load_study
-    from joulebench.study.orchestrator import DEFAULT_RESULTS_ROOT, default_study_dir, resume_study, run_study
+    from joulebench.study.run import DEFAULT_RESULTS_ROOT, default_study_dir, resume_study, run_study
     from joulebench.runners.registry import resolve_kind
     from joulebench.study.plan import build_plan
 
