@@ -86,7 +86,7 @@ def _perturb(rec: dict, rng: random.Random) -> dict:
 
 def make_study_dir(work: Path, n_trials: int) -> Path:
     from joulebench.config import load_study
-    from joulebench.study.orchestrator import _prepare_new_study
+    from joulebench.study.run import _prepare_new_study
     from joulebench.study.plan import build_plan, trial_id_for
     from joulebench.results.store import atomic_write_json
 

@@ -16,7 +16,8 @@ from joulebench.runners.process import ProcessRunner, WorkerProcess, read_spec
 from joulebench.spec import (ErrorKind, ExperimentEndEvent, ExperimentSpec, ExperimentStartEvent, PhaseEvent,
                              TrialEndEvent, TrialStartEvent, TrialStatus)
 from joulebench.study.display import Display
-from joulebench.study.orchestrator import Orchestrator, _prepare_new_study
+from joulebench.study.orchestrator import Orchestrator
+from joulebench.study.run import _prepare_new_study
 from joulebench.study.plan import build_plan, trial_id_for
 
 from .conftest import tiny_study

@@ -135,7 +135,7 @@ def test_fence_pure_and_resolved_checks():
 
 
 def test_fence_is_enforced_at_run_for_auto_and_uuids(write_study, tmp_path, monkeypatch):
-    from joulebench.study.orchestrator import run_study
+    from joulebench.study.run import run_study
 
     fake = tmp_path / "fake.json"
     fake.write_text(json.dumps({"gpus": [{"uuid": u} for u in UUIDS[:2]]}))

@@ -14,7 +14,7 @@ import json
 import pytest
 
 from joulebench.results.store import StudyStore
-from joulebench.study.orchestrator import run_study
+from joulebench.study.run import run_study
 
 from .conftest import tiny_study
 from .docker_api import FakeDockerApi

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from joulebench.errors import StudyError
-from joulebench.study.orchestrator import run_study
+from joulebench.study.run import run_study
 
 from .conftest import tiny_study
 

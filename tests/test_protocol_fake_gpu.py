@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from joulebench.study.orchestrator import run_study
+from joulebench.study.run import run_study
 from joulebench.results.store import StudyStore
 
 from .conftest import tiny_study

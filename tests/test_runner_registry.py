@@ -133,7 +133,7 @@ class Recording(Runner):
 
 @pytest.mark.parametrize("kind", ["process", "docker", "ray"])
 def test_the_orchestrator_gives_every_runner_the_experiments_gpus(kind, write_study, tmp_path, monkeypatch):
-    from joulebench.study.orchestrator import run_study
+    from joulebench.study.run import run_study
 
     fake = tmp_path / "fake.json"
     fake.write_text(json.dumps({"gpus": [{"uuid": u} for u in UUIDS]}))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from joulebench.study.orchestrator import resume_study, run_study
+from joulebench.study.run import resume_study, run_study
 from joulebench.errors import ResumeError
 from joulebench.results.store import StudyStore
 

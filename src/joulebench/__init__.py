@@ -8,7 +8,7 @@ __all__ = ["__version__", "run_study", "load_results", "measure"]
 
 def run_study(path_or_config, **kwargs):
     """Run a study (a YAML path, a dict or a StudyConfig); returns the study directory."""
-    from joulebench.study.orchestrator import run_study as _run
+    from joulebench.study.run import run_study as _run
 
     return _run(path_or_config, **kwargs)
 

@@ -73,7 +73,7 @@ def run(study, out, dry_run, runner, quiet, no_report, on_busy_lock, lock_wait_s
         keep_days, notify_command, notify_webhook):
     """Run a study (with no file: the built-in quickstart study)."""
     from joulebench.study.locks import LockSkipped
-    from joulebench.study.orchestrator import run_study
+    from joulebench.study.run import run_study
 
     path = Path(study) if study else quickstart_path()
     if dry_run:
@@ -196,7 +196,7 @@ def _print_plan(path: Path, as_json: bool = False, show_all: bool = False, resul
 @click.option("--no-report", is_flag=True)
 def resume(study_dir, runner, quiet, retry_failed, no_report):
     """Continue an interrupted study: finished trials are kept, nothing runs twice."""
-    from joulebench.study.orchestrator import resume_study
+    from joulebench.study.run import resume_study
 
     result = resume_study(study_dir, runner=runner, quiet=quiet, retry_failed=retry_failed,
                           report=not no_report)

@@ -178,3 +178,27 @@ def _unique(errors: list[StudyError]) -> list[StudyError]:
             seen.add(e.render())
             out.append(e)
     return out
+
+
+def check_engine_environments(configs, *, runner_options, base_dir: Path | None, log) -> None:
+    """Fail early (exit 2, with the fix) when a backend's engine cannot run in its interpreter
+    (the host-interpreter runners; containers carry their engine, Ray nodes check their own)."""
+    import importlib.util
+    import sys
+
+    from joulebench.backends import ENGINE_PACKAGES
+    from joulebench.runners.environments import require_environment, resolve_python
+
+    for backend in sorted({c.params["backend"] for c in configs}):
+        python = resolve_python(backend, runner_options.environment_options(), base_dir=base_dir)
+        if python and Path(python).absolute() != Path(sys.executable).absolute():  # venvs share binaries
+            log(f"checking the {backend} environment at {python}")
+            require_environment(python, backend)
+            continue
+        missing = [p for p in ENGINE_PACKAGES.get(backend, ()) if importlib.util.find_spec(p) is None]
+        if missing:
+            raise StudyError(f"backend '{backend}' needs {', '.join(missing)}, which this Python "
+                             f"({sys.executable}) cannot import", path="backend",
+                             hint=f"install it (pip install 'joulebench[{backend}]'), or give the engine its "
+                                  f"own environment: runner_options.environments.{backend}: /path/to/venv "
+                                  "(docs/engines.md)")

@@ -216,6 +216,37 @@ class DeviceLock:
 
 
 # ---------------------------------------------------------------------- which devices
+class StudyLock:
+    """One orchestrator per study directory (flock: released when the process dies)."""
+
+    def __init__(self, study_dir: Path):
+        self.path = Path(study_dir) / ".lock"
+        self.fh = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fh.seek(0)
+            other = self.fh.read().strip() or "?"
+            self.fh.close()
+            raise JoulebenchError(f"another joulebench (pid {other}) is running the study in {self.path.parent}; "
+                                  "wait for it to finish") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(str(os.getpid()))
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+        finally:
+            self.fh.close()
+
+
 def experiment_gpus(params: dict[str, Any]) -> list:
     """The NVML devices an experiment with these parameters will use (host view)."""
     return DeviceSpec.of(params).resolve().devices

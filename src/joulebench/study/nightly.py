@@ -22,22 +22,17 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import shlex
 import shutil
-import subprocess
 import sys
 import time
-import urllib.parse
-import urllib.request
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from joulebench.analysis.summary import summarize_records
 from joulebench.study.display import Display
 from joulebench.errors import EXIT_INTERRUPTED, JoulebenchError, ResumeError
 from joulebench.study.locks import LockSkipped
-from joulebench.results.store import StudyStore, sha256_bytes
+from joulebench.study.nightly_summary import Summary, notify, summarize_study
+from joulebench.results.store import sha256_bytes
 
 LATEST = "latest"
 
@@ -154,120 +149,6 @@ def retention(folders: list[tuple[Path, dict]], *, keep: int | None, keep_days: 
     return doomed
 
 
-# ---------------------------------------------------------------------- summary and hooks
-@dataclass
-class Summary:
-    status: str                    # finished | interrupted | stopped | skipped | error
-    exit_code: int
-    study: str | None = None
-    study_dir: str | None = None
-    resumed: bool = False
-    started_at: str | None = None
-    finished_at: str | None = None
-    wall_s: float | None = None
-    trials: dict[str, int] = field(default_factory=dict)
-    failed: list[dict[str, Any]] = field(default_factory=list)
-    headline: dict[str, Any] = field(default_factory=dict)
-    report: str | None = None
-    log: str | None = None
-    message: str | None = None
-    removed: list[str] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def lines(self) -> list[str]:
-        out = [f"summary: {self.status} (exit {self.exit_code}) study {self.study or '?'}"
-               + (" (resumed)" if self.resumed else "")]
-        if self.message:
-            out.append(f"  {self.message}")
-        if self.trials:
-            t = self.trials
-            out.append(f"  trials: {t.get('ok', 0)} ok, {t.get('failed', 0)} failed, "
-                       f"{t.get('remaining', 0)} not run, of {t.get('planned', 0)} planned")
-        for f in self.failed:
-            out.append(f"  failed {f['trial_id']} ({f.get('error_kind')}): {f.get('error')}")
-        h = self.headline
-        if h.get("best_energy_per_output_token_j"):
-            b = h["best_energy_per_output_token_j"]
-            out.append(f"  lowest J/output token: {b['value']:.4g} ({b['config']})")
-        if h.get("best_throughput_tok_s"):
-            b = h["best_throughput_tok_s"]
-            out.append(f"  highest tokens/s: {b['value']:.4g} ({b['config']})")
-        if h.get("total_energy_j") is not None:
-            out.append(f"  energy in measured windows: {h['total_energy_j']:.4g} J")
-        if self.report:
-            out.append(f"  report: {self.report}")
-        if self.removed:
-            out.append(f"  removed by retention: {', '.join(self.removed)}")
-        if self.study_dir:
-            out.append(f"  study folder: {self.study_dir}")
-        return out
-
-
-def summarize_study(study_dir: Path) -> dict[str, Any]:
-    """Counts, failures and headline numbers straight from a study folder's records."""
-    store = StudyStore(study_dir)
-    try:
-        plan_doc = store.read_plan()
-    except (OSError, ValueError):
-        plan_doc = {"trials": [], "configs": [], "axes": {}}
-    records = store.records_by_id()
-    planned = [t["trial_id"] for t in plan_doc.get("trials", []) if not t.get("conditional")]
-    ok = [r for r in records.values() if r.get("status") == "ok"]
-    failed = [r for r in records.values() if r.get("status") == "failed"]
-    axes = list(plan_doc.get("axes") or {}) or ["backend", "model"]
-    by_cfg = summarize_records(ok)
-    labels = {c["config_id"]: ", ".join(f"{a}={c['params'].get(a)}" for a in axes)
-              for c in plan_doc.get("configs", [])}
-    headline: dict[str, Any] = {}
-    for key, metric, best in (("best_energy_per_output_token_j", "energy_per_output_token_j", min),
-                              ("best_throughput_tok_s", "throughput_tok_s", max)):
-        means = {c.config_id: c.mean(metric) for c in by_cfg}
-        means = {k: v for k, v in means.items() if v is not None}
-        if means:
-            cid = best(means, key=means.get)
-            headline[key] = {"value": means[cid], "config": labels.get(cid, cid), "config_id": cid}
-    energies = [r.get("energy_j") for r in ok if r.get("energy_j") is not None]
-    headline["total_energy_j"] = sum(energies) if energies else None
-    return {
-        "trials": {"planned": len(planned), "ok": len(ok), "failed": len(failed),
-                   "remaining": len([t for t in planned if t not in records])},
-        "failed": [{"trial_id": r["trial_id"], "error_kind": r.get("error_kind"),
-                    "error": (r.get("error") or "")[:300]} for r in failed[:10]],
-        "headline": headline,
-    }
-
-
-def _safe_url(url: str) -> str:
-    """scheme://host only: paths and queries of webhooks often hold tokens."""
-    u = urllib.parse.urlsplit(url)
-    return f"{u.scheme}://{u.hostname or '?'}" + (f":{u.port}" if u.port else "")
-
-
-def notify(summary: dict[str, Any], *, command: str | None, webhook: str | None, log,
-           timeout_s: float = 60.0) -> None:
-    """Send the summary JSON to a command (argument list, JSON on stdin) and/or a webhook (POST)."""
-    body = json.dumps(summary, default=str)
-    if command:
-        argv = shlex.split(command)
-        try:
-            p = subprocess.run(argv, input=body, text=True, capture_output=True, timeout=timeout_s)
-            log(f"notify command {argv[0]} exited {p.returncode}"
-                + (f": {p.stderr.strip()[-300:]}" if p.returncode and p.stderr.strip() else ""))
-        except (OSError, subprocess.TimeoutExpired) as e:
-            log(f"notify command {argv[0] if argv else command!r} failed: {e}")
-    if webhook:
-        req = urllib.request.Request(webhook, data=body.encode(), method="POST",
-                                     headers={"Content-Type": "application/json",
-                                              "User-Agent": "joulebench-nightly"})
-        try:
-            with urllib.request.urlopen(req, timeout=min(timeout_s, 15.0)) as resp:   # noqa: S310 - user's URL
-                log(f"notified {_safe_url(webhook)} (HTTP {resp.status})")
-        except Exception as e:  # noqa: BLE001 - a notification never changes the run's outcome
-            log(f"webhook {_safe_url(webhook)} failed: {type(e).__name__}: {getattr(e, 'reason', e)}")
-
-
 # ---------------------------------------------------------------------- images
 def prebuild_images(plan, cfg, kind, log) -> None:
     """A runner that builds images (docker): build those whose inputs changed now, so a broken build fails
@@ -291,61 +172,38 @@ def prebuild_images(plan, cfg, kind, log) -> None:
 
 
 # ---------------------------------------------------------------------- the nightly run
+@dataclass
+class _Night:
+    """What one nightly invocation knows so far (the study folder appears part way)."""
+    display: TeeDisplay
+    root: Path
+    stamp: str
+    study_dir: Path | None = None
+
+
 def run_nightly(study_path: str | Path, *, results_root: str | Path | None = None, keep: int | None = None,
                 keep_days: float | None = None, on_busy_lock: str | None = None,
                 lock_wait_s: float | None = None, notify_command: str | None = None,
                 notify_webhook: str | None = None, runner: str | None = None, report: bool = True,
                 display: TeeDisplay | None = None) -> Summary:
-    from joulebench.config import load_study
-    from joulebench.study.orchestrator import DEFAULT_RESULTS_ROOT, default_study_dir, resume_study, run_study
-    from joulebench.runners.registry import resolve_kind
-    from joulebench.study.plan import build_plan
+    from joulebench.study.run import DEFAULT_RESULTS_ROOT
 
     disp = display or TeeDisplay()
     t0 = time.time()
-    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    root = (Path(results_root) if results_root else DEFAULT_RESULTS_ROOT).absolute()
+    night = _Night(disp, (Path(results_root) if results_root else DEFAULT_RESULTS_ROOT).absolute(),
+                   _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ"))
     summary = Summary(status="error", exit_code=1, started_at=_iso(t0))
-    study_dir: Path | None = None
     try:
         if keep is not None and keep < 1:
             raise JoulebenchError("--keep must be at least 1 (the newest study folder is always kept)")
-        path = Path(study_path)
-        loaded = load_study(path)
-        plan = build_plan(loaded)
-        name = loaded.config.name
-        summary.study = name
-        root.mkdir(parents=True, exist_ok=True)
-        kind = resolve_kind(runner or loaded.config.runner, disp.log)   # once, for the whole night
-        runner = kind.value
-        prebuild_images(plan, loaded.config, kind, disp.log)
-        study_dir, why = resumable(root, name, plan_fingerprint=plan.fingerprint(),
-                                   study_sha256=sha256_bytes(loaded.text.encode()))
-        disp.log(f"nightly {name}: {why}")
-        if study_dir is not None:
-            disp.attach(study_dir / "logs" / f"run-{stamp}.log")
-            try:
-                result = resume_study(study_dir, runner=runner, display=disp, on_busy_lock=on_busy_lock,
-                                      lock_wait_s=lock_wait_s, report=report)
-                summary.resumed = True
-            except ResumeError as e:
-                disp.log(f"cannot resume {study_dir.name} ({e}); starting a new study")
-                study_dir = None
-        if study_dir is None:
-            study_dir = default_study_dir(name, root)
-            n = 2
-            while study_dir.exists():      # two runs in the same second
-                study_dir = default_study_dir(name, root).with_name(f"{default_study_dir(name, root).name}-{n}")
-                n += 1
-            disp.attach(study_dir / "logs" / f"run-{stamp}.log")
-            disp.log(f"nightly {name}: new study folder {study_dir}")
-            result = run_study(path, out=study_dir, runner=runner, display=disp, on_busy_lock=on_busy_lock,
-                               lock_wait_s=lock_wait_s, report=report)
+        result = _run_study(night, Path(study_path), summary, runner=runner, on_busy_lock=on_busy_lock,
+                            lock_wait_s=lock_wait_s, report=report)
         summary.exit_code = result.exit_code
-        summary.status = _status_of(study_dir, result.exit_code)
+        summary.status = _status_of(night.study_dir, result.exit_code)
     except LockSkipped as e:
         summary.status, summary.exit_code, summary.message = "skipped", e.exit_code, str(e)
-        study_dir = study_dir if study_dir is not None and (study_dir / "manifest.json").exists() else None
+        if night.study_dir is None or not (night.study_dir / "manifest.json").exists():
+            night.study_dir = None
     except JoulebenchError as e:
         summary.status, summary.exit_code, summary.message = "error", e.exit_code, str(e)
         disp.log(f"error: {e}")
@@ -356,7 +214,67 @@ def run_nightly(study_path: str | Path, *, results_root: str | Path | None = Non
         disp.log(f"error: {type(e).__name__}: {e}")
     if summary.status == "skipped":
         disp.log(summary.message or "skipped")
+    _complete_summary(summary, night, keep, keep_days, t0)
+    _publish(summary, disp, notify_command, notify_webhook)
+    disp.close()
+    return summary
 
+
+def _run_study(night: _Night, path: Path, summary: Summary, *, runner: str | None, on_busy_lock: str | None,
+               lock_wait_s: float | None, report: bool):
+    """Load the study, build its images, then resume its unfinished folder or start a new one."""
+    from joulebench.config import load_study
+    from joulebench.runners.registry import resolve_kind
+    from joulebench.study.plan import build_plan
+    from joulebench.study.run import resume_study
+
+    disp = night.display
+    loaded = load_study(path)
+    plan = build_plan(loaded)
+    name = loaded.config.name
+    summary.study = name
+    night.root.mkdir(parents=True, exist_ok=True)
+    kind = resolve_kind(runner or loaded.config.runner, disp.log)   # once, for the whole night
+    runner = kind.value
+    prebuild_images(plan, loaded.config, kind, disp.log)
+    night.study_dir, why = resumable(night.root, name, plan_fingerprint=plan.fingerprint(),
+                                     study_sha256=sha256_bytes(loaded.text.encode()))
+    disp.log(f"nightly {name}: {why}")
+    if night.study_dir is not None:
+        disp.attach(night.study_dir / "logs" / f"run-{night.stamp}.log")
+        try:
+            result = resume_study(night.study_dir, runner=runner, display=disp, on_busy_lock=on_busy_lock,
+                                  lock_wait_s=lock_wait_s, report=report)
+            summary.resumed = True
+            return result
+        except ResumeError as e:
+            disp.log(f"cannot resume {night.study_dir.name} ({e}); starting a new study")
+            night.study_dir = None
+    return _start_new(night, path, name, runner=runner, on_busy_lock=on_busy_lock, lock_wait_s=lock_wait_s,
+                      report=report)
+
+
+def _start_new(night: _Night, path: Path, name: str, *, runner: str, on_busy_lock: str | None,
+               lock_wait_s: float | None, report: bool):
+    """A new dated study folder under the root, and the study run in it."""
+    from joulebench.study.run import default_study_dir, run_study
+
+    root, disp = night.root, night.display
+    night.study_dir = default_study_dir(name, root)
+    n = 2
+    while night.study_dir.exists():      # two runs in the same second
+        night.study_dir = default_study_dir(name, root).with_name(f"{default_study_dir(name, root).name}-{n}")
+        n += 1
+    disp.attach(night.study_dir / "logs" / f"run-{night.stamp}.log")
+    disp.log(f"nightly {name}: new study folder {night.study_dir}")
+    return run_study(path, out=night.study_dir, runner=runner, display=disp, on_busy_lock=on_busy_lock,
+                     lock_wait_s=lock_wait_s, report=report)
+
+
+def _complete_summary(summary: Summary, night: _Night, keep: int | None, keep_days: float | None,
+                      t0: float) -> None:
+    """The `latest` link, the study folder's numbers, retention, the log path and the times."""
+    root, study_dir, disp = night.root, night.study_dir, night.display
     if study_dir is not None and (study_dir / "manifest.json").exists():
         summary.study_dir = str(study_dir)
         try:
@@ -372,6 +290,10 @@ def run_nightly(study_path: str | Path, *, results_root: str | Path | None = Non
     summary.log = str(disp.log_path) if disp.log_path else None
     summary.finished_at = _iso(time.time())
     summary.wall_s = round(time.time() - t0, 3)
+
+
+def _publish(summary: Summary, disp: TeeDisplay, notify_command: str | None, notify_webhook: str | None) -> None:
+    """The summary's lines on the log, ``summary.json`` in the study folder, the notification hooks."""
     for line in summary.lines():
         disp.log(line)
     if summary.study_dir:
@@ -379,8 +301,6 @@ def run_nightly(study_path: str | Path, *, results_root: str | Path | None = Non
 
         atomic_write_json(Path(summary.study_dir) / "summary.json", summary.to_dict())
     notify(summary.to_dict(), command=notify_command, webhook=notify_webhook, log=disp.log)
-    disp.close()
-    return summary
 
 
 def _status_of(study_dir: Path, code: int) -> str:

@@ -239,8 +239,8 @@ def _check_fence(configs: list[Configuration], loaded: LoadedStudy) -> None:
                            for p in problems])
 
 
-def build_plan(loaded: LoadedStudy) -> Plan:
-    """Expand the sweep and validate every configuration. Raises StudyError (exit 2)."""
+def _base_parameters(loaded: LoadedStudy) -> tuple[dict[str, Any], dict[str, str]]:
+    """The study's top-level, workload and engine parameters, and the YAML path each came from."""
     cfg = loaded.config
     base: dict[str, Any] = {"model": cfg.model, "backend": cfg.backend, "device": cfg.device}
     origins: dict[str, str] = {"model": "model", "backend": "backend", "device": "device"}
@@ -256,15 +256,58 @@ def build_plan(loaded: LoadedStudy) -> Plan:
     if overlap:
         raise StudyError(f"'{overlap[0]}' belongs at the top level or under workload:, not under engine:",
                          file=loaded.file, path=f"engine.{overlap[0]}")
+    return base, origins
+
+
+def _variants(loaded: LoadedStudy) -> list[tuple[str, dict[str, Any]]]:
+    """(YAML path, parameters) of each ``experiments:`` entry; one empty variant without them."""
+    if not loaded.config.experiments:
+        return [("", {})]
+    variants = []
+    for i, exp in enumerate(loaded.config.experiments):
+        if not isinstance(exp, dict) or not exp:
+            raise StudyError("each experiment must be a non-empty mapping of parameters",
+                             file=loaded.file, path=f"experiments[{i}]")
+        variants.append((f"experiments[{i}]", exp))
+    return variants
+
+
+def _combine(base: dict[str, Any], origins: dict[str, str], vpath: str, variant: dict[str, Any],
+             axes: dict[str, list[Any]], combo: tuple) -> tuple[dict[str, Any], dict[str, str]]:
+    """The raw parameters of one variant x sweep combination, and where each came from."""
+    raw = dict(base)
+    orig = dict(origins)
+    for k, v in variant.items():
+        raw[k] = v
+        orig[k] = f"{vpath}.{k}"
+    for n, v in zip(axes, combo):
+        raw[n] = v
+        orig[n] = f"sweep.{n}[{axes[n].index(v)}]"
+    return raw, orig
+
+
+def _load_group(params: dict[str, Any], config_id: str, cfg: StudyConfig) -> str:
+    """The load group: configurations that one worker and one model load can serve."""
+    load_params = load_parameters(params)
+    load_params["python"] = study_environment(params["backend"], cfg.runner_options.environment_options())
+    load_params["image"] = cfg.runner_options.docker.image
+    if cfg.runner_options.one_worker_per_trial:
+        return "g-" + config_id[:8]
+    return "g-" + short_hash(load_params, 8)
+
+
+def _invalid_combination(desc: str, where: str, problems: list[str], file: str) -> StudyError:
+    return StudyError(f"impossible combination ({desc}): {'; '.join(problems)}", file=file, path=where,
+                      hint="change the sweep, or set runner_options.on_invalid: skip "
+                           "to skip and list such combinations")
+
+
+def build_plan(loaded: LoadedStudy) -> Plan:
+    """Expand the sweep and validate every configuration. Raises StudyError (exit 2)."""
+    cfg = loaded.config
+    base, origins = _base_parameters(loaded)
     axes = dict(cfg.sweep)
-    variants: list[tuple[str, dict[str, Any]]] = [("", {})]
-    if cfg.experiments:
-        variants = []
-        for i, exp in enumerate(cfg.experiments):
-            if not isinstance(exp, dict) or not exp:
-                raise StudyError("each experiment must be a non-empty mapping of parameters",
-                                 file=loaded.file, path=f"experiments[{i}]")
-            variants.append((f"experiments[{i}]", exp))
+    variants = _variants(loaded)
     names = list(axes)
     check_sweep_size(axes, len(variants), file=loaded.file)
     combos = list(itertools.product(*[axes[n] for n in names])) if names else [()]
@@ -274,14 +317,7 @@ def build_plan(loaded: LoadedStudy) -> Plan:
     invalid: list[StudyError] = []
     for vpath, variant in variants:
         for combo in combos:
-            raw = dict(base)
-            orig = dict(origins)
-            for k, v in variant.items():
-                raw[k] = v
-                orig[k] = f"{vpath}.{k}"
-            for n, v in zip(names, combo):
-                raw[n] = v
-                orig[n] = f"sweep.{n}[{axes[n].index(v)}]"
+            raw, orig = _combine(base, origins, vpath, variant, axes, combo)
             params = _resolve(raw, orig, loaded)
             where = vpath or ("sweep" if names else "(study)")
             problems = combination_problems(params)
@@ -289,24 +325,15 @@ def build_plan(loaded: LoadedStudy) -> Plan:
                 desc = ", ".join(f"{n}={v!r}" for n, v in zip(names, combo)) or where
                 if cfg.runner_options.on_invalid == "skip":
                     skipped.append({"params": params, "reasons": problems, "where": desc})
-                    continue
-                invalid.append(StudyError(f"impossible combination ({desc}): {'; '.join(problems)}",
-                                          file=loaded.file, path=where,
-                                          hint="change the sweep, or set runner_options.on_invalid: skip "
-                                               "to skip and list such combinations"))
+                else:
+                    invalid.append(_invalid_combination(desc, where, problems, loaded.file))
                 continue
             cid = short_hash(params)
             if cid in seen:
                 raise StudyError(f"this configuration is the same as {seen[cid]}", file=loaded.file,
                                  path=where, hint="remove the duplicate")
             seen[cid] = where
-            load_params = load_parameters(params)
-            load_params["python"] = study_environment(params["backend"], cfg.runner_options.environment_options())
-            load_params["image"] = cfg.runner_options.docker.image
-            group = "g-" + short_hash(load_params, 8)
-            if cfg.runner_options.one_worker_per_trial:
-                group = "g-" + cid[:8]
-            configs.append(Configuration(cid, params, group, where))
+            configs.append(Configuration(cid, params, _load_group(params, cid, cfg), where))
     if invalid:
         raise StudyErrors(invalid)
     _check_fence(configs, loaded)
