@@ -26,7 +26,6 @@ import socket
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -34,8 +33,9 @@ from joulebench.config.device import DeviceSpec
 from joulebench.errors import JoulebenchError
 from joulebench.results.store import StudyStore, atomic_write_bytes
 from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, Runner
+from joulebench.runners.ray_task import TaskState
 from joulebench.spec import (ErrorKind, Event, EventItem, ExperimentSpec, NodeItem, OutcomeItem, RayItem,
-                             TrialEndEvent, TrialItem, TrialStartEvent)
+                             TrialEndEvent, TrialItem)
 
 # Ray exceptions that mean "the node or the task's worker process went away", not "the
 # experiment failed": the trial in flight is retried on resume.
@@ -214,38 +214,6 @@ def _run_and_ship(runner: Any, exp: Experiment, store: StudyStore, items: queue.
 
 
 # ---------------------------------------------------------------------- driver side
-@dataclass
-class _TaskState:
-    """What the driver knows of one running Ray task: its node, finished trials, the trial in flight."""
-    experiment_id: str
-    store: StudyStore
-    on_event: EventCallback
-    node: dict[str, Any] = field(default_factory=dict)
-    finished: list[str] = field(default_factory=list)
-    in_flight: str | None = None
-
-    def outcome(self, exit_code: int | None = None, in_flight: str | None = None, **kw: Any) -> ExperimentOutcome:
-        return ExperimentOutcome(self.experiment_id, exit_code, self.finished, in_flight or self.in_flight, **kw)
-
-    def take(self, item: RayItem) -> ExperimentOutcome | None:
-        """Land an event, a trial or the outcome (then returned) shipped by the node."""
-        if isinstance(item, EventItem):
-            if isinstance(item.event, TrialStartEvent):
-                self.in_flight = item.event.trial_id
-            _safe(self.on_event, item.event)
-        elif isinstance(item, TrialItem):
-            RayRunner._land_trial(self.store, item)
-            self.finished.append(item.event.trial_id)
-            self.in_flight = None
-            _safe(self.on_event, item.event)
-        elif isinstance(item, OutcomeItem):
-            if item.log:
-                atomic_write_bytes(self.store.logs_dir / f"{self.experiment_id}.log", item.log)
-            return self.outcome(item.exit_code, item.in_flight, error=item.error, error_kind=item.error_kind,
-                                log_tail=item.log_tail)
-        return None
-
-
 class RayRunner(Runner):
     """Run experiments as Ray tasks on an existing cluster (``address``) or a local one."""
 
@@ -343,7 +311,7 @@ class RayRunner(Runner):
                                                   experiment.python or self.python, timeout_s)
         with self._lock:
             self._running[eid] = gen
-        task = _TaskState(eid, store, on_event)
+        task = TaskState(eid, store, on_event)
         lost = lost_error_types(ray)
         try:
             return self._follow(ray, gen, task, opts, infeasible, timeout_s)
@@ -364,7 +332,7 @@ class RayRunner(Runner):
             with self._lock:
                 self._running.pop(eid, None)
 
-    def _follow(self, ray, gen, task: _TaskState, opts: dict[str, Any], infeasible: str,
+    def _follow(self, ray, gen, task: TaskState, opts: dict[str, Any], infeasible: str,
                 timeout_s: float | None) -> ExperimentOutcome:
         """Take the task's items until its outcome; give up when no node can run it any more, or when
         a started task stops answering well past its timeout."""
@@ -394,21 +362,3 @@ class RayRunner(Runner):
             outcome = task.take(item)
             if outcome is not None:
                 return outcome
-
-    @staticmethod
-    def _land_trial(store: StudyStore, item: TrialItem) -> None:
-        """Write a shipped trial into the study directory: timeline first, then the record."""
-        tid = item.event.trial_id
-        if item.timeseries is not None:
-            atomic_write_bytes(store.timeseries_dir / f"{tid}.parquet", item.timeseries)
-        for name, data in item.logs.items():
-            atomic_write_bytes(store.logs_dir / Path(name).name, data)
-        if item.record:
-            store.write_record(item.record)
-
-
-def _safe(cb: EventCallback, ev: Event) -> None:
-    try:
-        cb(ev)
-    except Exception:  # noqa: BLE001 - a display problem never stops a study
-        pass
