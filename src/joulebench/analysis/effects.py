@@ -132,17 +132,7 @@ def fit_effects(trials: pd.DataFrame, axes: Sequence[str] | None = None, *,
     import statsmodels.formula.api as smf
 
     prim = response or primary_metric(trials)
-    label = "J/output-token" if prim.column == "energy_per_output_token_j" else \
-        ("tokens/s" if prim.column == "throughput_tok_s" else prim.column)
-    ok = trials[(trials["status"] == "ok")] if "status" in trials else trials
-    y = pd.to_numeric(ok.get(prim.column), errors="coerce") if prim.column in ok else pd.Series(dtype=float)
-    ok = ok[(y > 0) & np.isfinite(y)] if len(y) else ok.iloc[0:0]
-    res = EffectsResult(response=prim.column, label=label, energy_available=prim.energy_available,
-                        higher_is_better=prim.higher_is_better, n=int(len(ok)),
-                        n_configs=int(ok["config_id"].nunique()) if "config_id" in ok and len(ok) else 0)
-    if not prim.energy_available:
-        res.notes.append("No energy meter was available (energy fields are null): effects are computed on "
-                         "throughput (output tokens/s) instead of J/output-token.")
+    res, ok = _usable_trials(trials, prim)
     if axes is None:
         axes = [c[len("param."):] for c in ok.columns if c.startswith("param.")
                 and len({level_str(v) for v in ok[c]}) > 1]
@@ -160,36 +150,69 @@ def fit_effects(trials: pd.DataFrame, axes: Sequence[str] | None = None, *,
     for a in varying:
         d[names[a]] = pd.Categorical([level_str(v) for v in ok[f"param.{a}"]], categories=levels[a])
     main_terms = [f"C({names[a]})" for a in varying]
-    main_formula = "y ~ " + " + ".join(main_terms)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        main = smf.ols(main_formula, data=d).fit()
-    n_params = main.model.exog.shape[1]
-    if main.model.rank < n_params:
+        main = smf.ols("y ~ " + " + ".join(main_terms), data=d).fit()
+    if main.model.rank < main.model.exog.shape[1]:
         res.notes.append("Some axes are confounded in the finished trials (their levels always change "
                          "together or cells are missing); their separate effects are not identifiable.")
     ss_total = float(((d["y"] - d["y"].mean()) ** 2).sum())
-
-    # interactions, strongest main effects first, while the design allows them
-    chosen: list[tuple[str, str]] = []
-    final = main
-    if interactions and len(varying) > 1:
-        main_ss = type2_table(d, main_terms, [])
-        order = sorted(varying, key=lambda a: -main_ss[f"C({names[a]})"]["sum_sq"])
-        for a, b in combinations(order, 2):
-            terms = main_terms + [f"C({names[p]}):C({names[q]})" for p, q in chosen + [(a, b)]]
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                cand = smf.ols("y ~ " + " + ".join(terms), data=d).fit()
-            k = cand.model.exog.shape[1]
-            if cand.model.rank == k and res.n - k >= 2:
-                chosen.append((a, b))
-                final = cand
+    chosen, final = _choose_interactions(d, main, main_terms, varying, names, res.n) if \
+        interactions and len(varying) > 1 else ([], main)
     res.r_squared = float(final.rsquared) if ss_total > 0 else math.nan
     res.df_resid = float(final.df_resid)
+    _variance_tables(res, d, main_terms, chosen, varying, names, levels, ss_total)
+    _main_effect_ratios(res, main, d, varying, names, levels, confidence)
+    if main.df_resid <= 0:
+        res.notes.append("No residual degrees of freedom (one trial per configuration and a saturated "
+                         "design): variance shares are shown but have no F-test, and effects have no CI.")
+    res.headline = _headline(res)
+    return res
+
+
+def _usable_trials(trials: pd.DataFrame, prim: PrimaryMetric) -> tuple[EffectsResult, pd.DataFrame]:
+    """The finished trials with a positive, finite response, and the (empty) result they start."""
+    label = "J/output-token" if prim.column == "energy_per_output_token_j" else \
+        ("tokens/s" if prim.column == "throughput_tok_s" else prim.column)
+    ok = trials[(trials["status"] == "ok")] if "status" in trials else trials
+    y = pd.to_numeric(ok.get(prim.column), errors="coerce") if prim.column in ok else pd.Series(dtype=float)
+    ok = ok[(y > 0) & np.isfinite(y)] if len(y) else ok.iloc[0:0]
+    res = EffectsResult(response=prim.column, label=label, energy_available=prim.energy_available,
+                        higher_is_better=prim.higher_is_better, n=int(len(ok)),
+                        n_configs=int(ok["config_id"].nunique()) if "config_id" in ok and len(ok) else 0)
+    if not prim.energy_available:
+        res.notes.append("No energy meter was available (energy fields are null): effects are computed on "
+                         "throughput (output tokens/s) instead of J/output-token.")
+    return res, ok
+
+
+def _choose_interactions(d: pd.DataFrame, main, main_terms: list[str], varying: list[str],
+                         names: dict[str, str], n: int) -> tuple[list[tuple[str, str]], Any]:
+    """Interactions, strongest main effects first, while the design allows them; and the final fit."""
+    import statsmodels.formula.api as smf
+
+    chosen: list[tuple[str, str]] = []
+    final = main
+    main_ss = type2_table(d, main_terms, [])
+    order = sorted(varying, key=lambda a: -main_ss[f"C({names[a]})"]["sum_sq"])
+    for a, b in combinations(order, 2):
+        terms = main_terms + [f"C({names[p]}):C({names[q]})" for p, q in chosen + [(a, b)]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cand = smf.ols("y ~ " + " + ".join(terms), data=d).fit()
+        k = cand.model.exog.shape[1]
+        if cand.model.rank == k and n - k >= 2:
+            chosen.append((a, b))
+            final = cand
+    return chosen, final
+
+
+def _variance_tables(res: EffectsResult, d: pd.DataFrame, main_terms: list[str], chosen: list[tuple[str, str]],
+                     varying: list[str], names: dict[str, str], levels: dict[str, list[str]],
+                     ss_total: float) -> None:
+    """The axes' and interactions' shares of the variance (Type II), into ``res``."""
     inter_terms = [f"C({names[p]}):C({names[q]})" for p, q in chosen]
     aov = type2_table(d, main_terms, inter_terms)
-
     rows = []
     for a in varying:
         rows.append(_term_row(a, aov[f"C({names[a]})"], ss_total, n_levels=len(levels[a]),
@@ -204,7 +227,10 @@ def fit_effects(trials: pd.DataFrame, axes: Sequence[str] | None = None, *,
         res.notes.append("No interactions fitted: the design has no residual degrees of freedom for them "
                          "(add repeats or complete the crossing of the axes).")
 
-    # main effects as ratios, from the main-effects model
+
+def _main_effect_ratios(res: EffectsResult, main, d: pd.DataFrame, varying: list[str], names: dict[str, str],
+                        levels: dict[str, list[str]], confidence: float) -> None:
+    """Main effects as ratios, from the main-effects model, into ``res`` (with each axis's strongest)."""
     tcrit = float(_st.t.ppf(0.5 + confidence / 2, main.df_resid)) if main.df_resid > 0 else math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -226,11 +252,6 @@ def fit_effects(trials: pd.DataFrame, axes: Sequence[str] | None = None, *,
         if best is not None:
             res.strongest[a] = best
     res.main_effects = pd.DataFrame(me_rows)
-    if main.df_resid <= 0:
-        res.notes.append("No residual degrees of freedom (one trial per configuration and a saturated "
-                         "design): variance shares are shown but have no F-test, and effects have no CI.")
-    res.headline = _headline(res)
-    return res
 
 
 def type2_table(d: pd.DataFrame, main_terms: list[str], inter_terms: list[str]) -> dict[str, dict[str, float]]:

@@ -87,8 +87,6 @@ class TransformersBackend(Backend):
     def load(self, model) -> LoadInfo:
         import torch
 
-        from joulebench.models.tokenizer import builtin_tokenizer, hf_tokenizer
-
         p: TransformersParams = self.params
         t0 = time.perf_counter()
         spec = self._device_spec()
@@ -98,46 +96,9 @@ class TransformersBackend(Backend):
         torch.manual_seed(p.seed)
         info_notes: dict[str, Any] = {"device": dev}
         if model.kind == "synthetic":
-            from joulebench.models.synthetic import build_model
-
-            if len(ordinals) > 1:
-                self.model = self._synthetic_multi_gpu(model.arch, dtype, ordinals)
-            else:
-                self.model = build_model(model.arch, dtype=dtype, device=dev if dev != "cpu" else "cpu",
-                                         seed=self.options.get("weights_seed", 0),
-                                         attn_implementation=p.attn_implementation)
-            self.tokenizer = builtin_tokenizer(self.model.config.vocab_size)
+            self._load_synthetic(model, dtype, dev, ordinals)
         else:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-
-            kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": p.attn_implementation,
-                                      "trust_remote_code": bool(self.options.get("trust_remote_code", False))}
-            path = model.path or model.spec
-            if model.kind == "gguf":
-                from pathlib import Path
-
-                gp = Path(model.path).expanduser().resolve()
-                path, kwargs["gguf_file"] = str(gp.parent), gp.name
-            if p.quantization != "none":
-                from transformers import BitsAndBytesConfig
-
-                kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=p.quantization == "bnb-8bit",
-                                                                   load_in_4bit=p.quantization == "bnb-4bit")
-            if len(ordinals) > 1:
-                kwargs["device_map"] = "auto"
-                kwargs["max_memory"] = {i: torch.cuda.mem_get_info(i)[0] for i in ordinals}
-            elif dev != "cpu":
-                kwargs["device_map"] = dev
-            try:
-                self.model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-                tok = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"],
-                                                    **({"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}))
-            except OSError as e:
-                raise BackendError(f"cannot load model '{model.spec}': {e}") from None
-            if dev == "cpu" and "device_map" not in kwargs:
-                self.model.to("cpu")
-            self.model.eval()
-            self.tokenizer = hf_tokenizer(tok, model.spec)
+            self._load_pretrained(model, dtype, dev, ordinals)
         self.synchronize()
         weights = sum(t.numel() * t.element_size() for t in self.model.parameters())
         nparams = sum(t.numel() for t in self.model.parameters())
@@ -147,6 +108,61 @@ class TransformersBackend(Backend):
         return LoadInfo(load_s=time.perf_counter() - t0, weights_bytes=weights, parameters=nparams,
                         synthetic_weights=model.synthetic,
                         model_config={k: cfg.get(k) for k in keep}, notes=info_notes)
+
+    def _load_synthetic(self, model, dtype, dev: str, ordinals: list[int]) -> None:
+        from joulebench.models.synthetic import build_model
+        from joulebench.models.tokenizer import builtin_tokenizer
+
+        p: TransformersParams = self.params
+        if len(ordinals) > 1:
+            self.model = self._synthetic_multi_gpu(model.arch, dtype, ordinals)
+        else:
+            self.model = build_model(model.arch, dtype=dtype, device=dev if dev != "cpu" else "cpu",
+                                     seed=self.options.get("weights_seed", 0),
+                                     attn_implementation=p.attn_implementation)
+        self.tokenizer = builtin_tokenizer(self.model.config.vocab_size)
+
+    def _pretrained_kwargs(self, model, dtype, dev: str, ordinals: list[int]) -> tuple[str, dict[str, Any]]:
+        """The path and ``from_pretrained`` arguments of a Hugging Face (or GGUF) model."""
+        import torch
+
+        p: TransformersParams = self.params
+        kwargs: dict[str, Any] = {"dtype": dtype, "attn_implementation": p.attn_implementation,
+                                  "trust_remote_code": bool(self.options.get("trust_remote_code", False))}
+        path = model.path or model.spec
+        if model.kind == "gguf":
+            from pathlib import Path
+
+            gp = Path(model.path).expanduser().resolve()
+            path, kwargs["gguf_file"] = str(gp.parent), gp.name
+        if p.quantization != "none":
+            from transformers import BitsAndBytesConfig
+
+            kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=p.quantization == "bnb-8bit",
+                                                               load_in_4bit=p.quantization == "bnb-4bit")
+        if len(ordinals) > 1:
+            kwargs["device_map"] = "auto"
+            kwargs["max_memory"] = {i: torch.cuda.mem_get_info(i)[0] for i in ordinals}
+        elif dev != "cpu":
+            kwargs["device_map"] = dev
+        return path, kwargs
+
+    def _load_pretrained(self, model, dtype, dev: str, ordinals: list[int]) -> None:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from joulebench.models.tokenizer import hf_tokenizer
+
+        path, kwargs = self._pretrained_kwargs(model, dtype, dev, ordinals)
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+            tok = AutoTokenizer.from_pretrained(path, trust_remote_code=kwargs["trust_remote_code"],
+                                                **({"gguf_file": kwargs["gguf_file"]} if "gguf_file" in kwargs else {}))
+        except OSError as e:
+            raise BackendError(f"cannot load model '{model.spec}': {e}") from None
+        if dev == "cpu" and "device_map" not in kwargs:
+            self.model.to("cpu")
+        self.model.eval()
+        self.tokenizer = hf_tokenizer(tok, model.spec)
 
     def _synthetic_multi_gpu(self, arch, dtype, ordinals):
         """Random weights split over several GPUs by layer (accelerate's device map)."""

@@ -11,7 +11,6 @@ the exit status is non-zero only when a required check fails.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -165,16 +164,7 @@ def run_checks(*, client=None, probe_image: str | None = None) -> list[Check]:
     host = host_gpus()
     no_gpu = "error" in host or not host.get("gpus")
     if no_gpu:
-        why = host.get("error") or "NVML reports 0 GPUs"
-        checks.append(Check("host GPUs", False, f"no NVIDIA GPU on this host ({why})",
-                            "GPU studies need an NVIDIA GPU and driver; CPU studies still run "
-                            "(energy from RAPL where the CPU exposes it)", required=False))
-        checks.append(Check("GPU inside a container", False, "not run: this host has no NVIDIA GPU",
-                            "run `joulebench doctor` on the GPU machine", required=False))
-        checks.append(Check("driver / CUDA compatibility", False, "not run: no NVIDIA driver on this host",
-                            "", required=False))
-        checks.append(Check("GPUs free", False, "not run: no GPU on this host", "", required=False))
-        return checks
+        return checks + _no_gpu_checks(host)
 
     gpus = host["gpus"]
     checks.append(Check("host GPUs", True, f"{len(gpus)} x {gpus[0]['name']}, driver {host['driver']}, "
@@ -182,11 +172,7 @@ def run_checks(*, client=None, probe_image: str | None = None) -> list[Check]:
     # GPU inside a container, with the exact device request the runner sends.
     image = probe_image
     if image is None and client is not None:
-        from joulebench.runners.docker import images
-
-        infos = {i.engine: i for i in images.image_status(client=client)}
-        t = infos.get("transformers")
-        image = t.ref if t and t.current else None
+        image = _current_transformers_image(client)
     probe: dict[str, Any] = {}
     if client is None:
         checks.append(Check("GPU inside a container", False, "no container engine", "see 'container engine'"))
@@ -194,59 +180,93 @@ def run_checks(*, client=None, probe_image: str | None = None) -> list[Check]:
         checks.append(Check("GPU inside a container", False, "no engine image to probe with",
                             "joulebench images build transformers"))
     else:
-        try:
-            code, output = probe_in_container(client, image, [g["uuid"] for g in gpus])
-        except Exception as exc:   # the engine refused the GPU request (no NVIDIA runtime, no CDI spec)
-            from joulebench.runners.docker.client import api_message
+        container_check, probe = _container_gpu_check(client, image, gpus)
+        checks.append(container_check)
+    checks.append(_cuda_check(probe, host))
+    checks.append(_gpus_free_check(gpus))
+    return checks
 
-            code, output = None, f"the engine refused the container: {api_message(exc)}"
-        try:
-            probe = json.loads(output.strip().splitlines()[-1])
-        except (ValueError, IndexError):
-            probe = {}
-        seen = probe.get("gpus") or []
-        if code == 0 and len(seen) == len(gpus):
-            checks.append(Check("GPU inside a container", True, f"{len(seen)} GPU(s) visible in {image}"))
-        else:
-            runtimes = ""
-            try:
-                runtimes = ", ".join(sorted((client.info().get("Runtimes") or {}).keys()))
-            except Exception:
-                pass
-            checks.append(Check(
-                "GPU inside a container", False,
-                f"the probe in {image} saw {len(seen)} of {len(gpus)} GPU(s) (exit {code}): "
-                f"{probe.get('nvml_error') or output.strip()[-300:]}; engine runtimes: {runtimes or '?'}",
-                "install the NVIDIA Container Toolkit and configure the engine "
-                "(`nvidia-ctk runtime configure --runtime=docker`, or CDI for Podman: "
-                "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`), then restart it"))
-    # Driver vs the image's CUDA.
+
+def _no_gpu_checks(host: dict[str, Any]) -> list[Check]:
+    """The GPU checks on a host without an NVIDIA GPU: reported, none required."""
+    why = host.get("error") or "NVML reports 0 GPUs"
+    return [
+        Check("host GPUs", False, f"no NVIDIA GPU on this host ({why})",
+              "GPU studies need an NVIDIA GPU and driver; CPU studies still run "
+              "(energy from RAPL where the CPU exposes it)", required=False),
+        Check("GPU inside a container", False, "not run: this host has no NVIDIA GPU",
+              "run `joulebench doctor` on the GPU machine", required=False),
+        Check("driver / CUDA compatibility", False, "not run: no NVIDIA driver on this host",
+              "", required=False),
+        Check("GPUs free", False, "not run: no GPU on this host", "", required=False),
+    ]
+
+
+def _current_transformers_image(client) -> str | None:
+    from joulebench.runners.docker import images
+
+    infos = {i.engine: i for i in images.image_status(client=client)}
+    t = infos.get("transformers")
+    return t.ref if t and t.current else None
+
+
+def _container_gpu_check(client, image: str, gpus: list[dict[str, Any]]) -> tuple[Check, dict[str, Any]]:
+    """Probe the GPUs inside ``image``; the check and what the probe reported (empty if nothing)."""
+    try:
+        code, output = probe_in_container(client, image, [g["uuid"] for g in gpus])
+    except Exception as exc:   # the engine refused the GPU request (no NVIDIA runtime, no CDI spec)
+        from joulebench.runners.docker.client import api_message
+
+        code, output = None, f"the engine refused the container: {api_message(exc)}"
+    try:
+        probe = json.loads(output.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        probe = {}
+    seen = probe.get("gpus") or []
+    if code == 0 and len(seen) == len(gpus):
+        return Check("GPU inside a container", True, f"{len(seen)} GPU(s) visible in {image}"), probe
+    runtimes = ""
+    try:
+        runtimes = ", ".join(sorted((client.info().get("Runtimes") or {}).keys()))
+    except Exception:
+        pass
+    return Check(
+        "GPU inside a container", False,
+        f"the probe in {image} saw {len(seen)} of {len(gpus)} GPU(s) (exit {code}): "
+        f"{probe.get('nvml_error') or output.strip()[-300:]}; engine runtimes: {runtimes or '?'}",
+        "install the NVIDIA Container Toolkit and configure the engine "
+        "(`nvidia-ctk runtime configure --runtime=docker`, or CDI for Podman: "
+        "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`), then restart it"), probe
+
+
+def _cuda_check(probe: dict[str, Any], host: dict[str, Any]) -> Check:
+    """Driver vs the image's CUDA."""
     torch_cuda = probe.get("torch_cuda")
     if not torch_cuda:
         if probe.get("torch"):
-            checks.append(Check("driver / CUDA compatibility", False,
-                                f"image torch {probe['torch']} is a CPU build; the GPUs would sit idle",
-                                "build the GPU image: joulebench images build --gpu"))
-        else:
-            checks.append(Check("driver / CUDA compatibility", False,
-                                f"driver {host['driver']} supports CUDA {_cuda_str(host['cuda_driver'])}; "
-                                "the image's CUDA is unknown (not probed)", "see 'GPU inside a container'",
-                                required=False))
-    else:
-        want = tuple(int(x) for x in torch_cuda.split(".")[:2])
-        have = (host["cuda_driver"] // 1000, (host["cuda_driver"] % 1000) // 10)
-        ok = have >= want
-        checks.append(Check("driver / CUDA compatibility", ok,
-                            f"image torch {probe.get('torch')} needs CUDA {torch_cuda}; driver {host['driver']} "
-                            f"supports {_cuda_str(host['cuda_driver'])}",
-                            "" if ok else "update the NVIDIA driver, or build with an older TORCH_INDEX_URL/BASE_IMAGE"))
+            return Check("driver / CUDA compatibility", False,
+                         f"image torch {probe['torch']} is a CPU build; the GPUs would sit idle",
+                         "build the GPU image: joulebench images build --gpu")
+        return Check("driver / CUDA compatibility", False,
+                     f"driver {host['driver']} supports CUDA {_cuda_str(host['cuda_driver'])}; "
+                     "the image's CUDA is unknown (not probed)", "see 'GPU inside a container'",
+                     required=False)
+    want = tuple(int(x) for x in torch_cuda.split(".")[:2])
+    have = (host["cuda_driver"] // 1000, (host["cuda_driver"] % 1000) // 10)
+    ok = have >= want
+    return Check("driver / CUDA compatibility", ok,
+                 f"image torch {probe.get('torch')} needs CUDA {torch_cuda}; driver {host['driver']} "
+                 f"supports {_cuda_str(host['cuda_driver'])}",
+                 "" if ok else "update the NVIDIA driver, or build with an older TORCH_INDEX_URL/BASE_IMAGE")
+
+
+def _gpus_free_check(gpus: list[dict[str, Any]]) -> Check:
     busy = [g for g in gpus if g["processes"]]
-    checks.append(Check("GPUs free", not busy,
-                        "no compute processes on any GPU" if not busy else
-                        "; ".join(f"GPU {g['index']} ({g['uuid'][:12]}): pids {g['processes']}" for g in busy),
-                        "" if not busy else "wait for those jobs, or pick other GPUs with runner_options.gpus",
-                        required=False))
-    return checks
+    return Check("GPUs free", not busy,
+                 "no compute processes on any GPU" if not busy else
+                 "; ".join(f"GPU {g['index']} ({g['uuid'][:12]}): pids {g['processes']}" for g in busy),
+                 "" if not busy else "wait for those jobs, or pick other GPUs with runner_options.gpus",
+                 required=False)
 
 
 def exit_code(checks: list[Check]) -> int:

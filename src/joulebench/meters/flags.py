@@ -150,22 +150,32 @@ def window_flags(window: "WindowMeasurement", timeline: "pd.DataFrame | None" = 
       sampled instant power differs from the counter by more than ``integral_tolerance_rel``.
     * SAMPLER_GAPS: timeline gaps > ``gap_factor`` / ``sampler_hz`` inside the window.
     """
-    from joulebench.devices.nvml import THROTTLE_MASK, THROTTLE_NAMES
+    from joulebench.devices.nvml import THROTTLE_MASK
 
-    flags: list[QualityFlag] = []
     mask = THROTTLE_MASK if throttle_mask is None else throttle_mask
     gpus = [d for d in window.devices if d.info.kind == "gpu"]
+    found = [_short_window(window, counter_period_s),
+             _temperature_drift(gpus, temp_drift_c),
+             _power_out_of_range(window, gpus, device_idle, power_limits_w, idle_margin_rel, idle_margin_w)]
+    if timeline is not None and len(timeline) > 0 and "device_uuid" in getattr(timeline, "columns", ()):
+        tl = timeline[(timeline["t_s"] >= window.start_time_s) & (timeline["t_s"] <= window.end_time_s)]
+        found += [_throttling(tl, mask),
+                  _sampler_gaps(window, tl, gap_factor / sampler_hz),
+                  _counter_integral_disagree(window, gpus, tl, integral_min_window_s, integral_tolerance_rel)]
+    return [f for f in found if f is not None]
 
-    # short window
+
+def _short_window(window: "WindowMeasurement", counter_period_s: float | None) -> QualityFlag | None:
     periods = [counter_period_s] if counter_period_s is not None else \
         [d.info.counter_period_s for d in window.devices if d.energy_j is not None and d.info.counter_period_s]
     if periods and window.energy_j is not None:
         period = max(periods)
         if window.duration_s < 100 * period:
-            flags.append(QualityFlag(Flag.SHORT_WINDOW,
-                                     f"{window.duration_s:.2f} s < 100 x {period:g} s counter period"))
+            return QualityFlag(Flag.SHORT_WINDOW, f"{window.duration_s:.2f} s < 100 x {period:g} s counter period")
+    return None
 
-    # temperature drift
+
+def _temperature_drift(gpus: list, temp_drift_c: float) -> QualityFlag | None:
     drift = []
     for d in gpus:
         if d.start_temperature_c is not None and d.end_temperature_c is not None:
@@ -173,9 +183,13 @@ def window_flags(window: "WindowMeasurement", timeline: "pd.DataFrame | None" = 
             if abs(delta) > temp_drift_c:
                 drift.append(f"GPU {d.info.index}: {d.start_temperature_c:g} -> {d.end_temperature_c:g} C")
     if drift:
-        flags.append(QualityFlag(Flag.TEMPERATURE_DRIFT, "; ".join(drift) + f" (bound {temp_drift_c:g} C)"))
+        return QualityFlag(Flag.TEMPERATURE_DRIFT, "; ".join(drift) + f" (bound {temp_drift_c:g} C)")
+    return None
 
-    # power range
+
+def _power_out_of_range(window: "WindowMeasurement", gpus: list, device_idle: "IdleBaseline | None",
+                        power_limits_w: Mapping[str, float] | None, idle_margin_rel: float,
+                        idle_margin_w: float) -> QualityFlag | None:
     limits = dict(power_limits_w or {})
     out_of_range = []
     for d in gpus:
@@ -189,31 +203,34 @@ def window_flags(window: "WindowMeasurement", timeline: "pd.DataFrame | None" = 
         if idle_w is not None and mean_w < idle_w * (1 - idle_margin_rel) - idle_margin_w:
             out_of_range.append(f"GPU {d.info.index}: {_f(mean_w)} W below idle {_f(idle_w)} W")
     if out_of_range:
-        flags.append(QualityFlag(Flag.POWER_OUT_OF_RANGE, "; ".join(out_of_range)))
+        return QualityFlag(Flag.POWER_OUT_OF_RANGE, "; ".join(out_of_range))
+    return None
 
-    if timeline is None or len(timeline) == 0 or "device_uuid" not in getattr(timeline, "columns", ()):
-        return flags
-    tl = timeline[(timeline["t_s"] >= window.start_time_s) & (timeline["t_s"] <= window.end_time_s)]
 
-    # throttling
-    if "throttle_reasons" in tl.columns:
-        seen = {}
-        for uuid, bits in zip(tl["device_uuid"], tl["throttle_reasons"]):
-            if bits is None or (isinstance(bits, float) and math.isnan(bits)):
-                continue
-            hit = int(bits) & mask
-            if hit:
-                seen[uuid] = seen.get(uuid, 0) | hit
-        if seen:
-            parts = []
-            for uuid, bits in seen.items():
-                names = [n for b, n in THROTTLE_NAMES.items() if bits & b]
-                n = int(((tl["device_uuid"] == uuid) & (tl["throttle_reasons"].fillna(0).astype(int) & mask > 0)).sum())
-                parts.append(f"{uuid}: {','.join(names)} in {n} samples")
-            flags.append(QualityFlag(Flag.THROTTLING, "; ".join(parts)))
+def _throttling(tl: "pd.DataFrame", mask: int) -> QualityFlag | None:
+    from joulebench.devices.nvml import THROTTLE_NAMES
 
-    # sampler gaps (per device, inside the window, including its two ends)
-    gap_s = gap_factor / sampler_hz
+    if "throttle_reasons" not in tl.columns:
+        return None
+    seen = {}
+    for uuid, bits in zip(tl["device_uuid"], tl["throttle_reasons"]):
+        if bits is None or (isinstance(bits, float) and math.isnan(bits)):
+            continue
+        hit = int(bits) & mask
+        if hit:
+            seen[uuid] = seen.get(uuid, 0) | hit
+    if not seen:
+        return None
+    parts = []
+    for uuid, bits in seen.items():
+        names = [n for b, n in THROTTLE_NAMES.items() if bits & b]
+        n = int(((tl["device_uuid"] == uuid) & (tl["throttle_reasons"].fillna(0).astype(int) & mask > 0)).sum())
+        parts.append(f"{uuid}: {','.join(names)} in {n} samples")
+    return QualityFlag(Flag.THROTTLING, "; ".join(parts))
+
+
+def _sampler_gaps(window: "WindowMeasurement", tl: "pd.DataFrame", gap_s: float) -> QualityFlag | None:
+    """Per device, inside the window, including its two ends."""
     gaps = []
     for d in window.devices:
         t = sorted(tl.loc[tl["device_uuid"] == d.info.uuid, "t_s"].tolist())
@@ -224,23 +241,28 @@ def window_flags(window: "WindowMeasurement", timeline: "pd.DataFrame | None" = 
         if worst > gap_s:
             gaps.append(f"{d.info.uuid}: longest gap {worst:.2f} s")
     if gaps:
-        flags.append(QualityFlag(Flag.SAMPLER_GAPS, "; ".join(gaps) + f" (> {gap_s:.2f} s)"))
+        return QualityFlag(Flag.SAMPLER_GAPS, "; ".join(gaps) + f" (> {gap_s:.2f} s)")
+    return None
 
-    # counter vs power integral, long windows only
-    if window.duration_s > integral_min_window_s:
-        bad = []
-        for d in gpus:
-            if d.energy_j is None or d.source != "nvml-counter":
-                continue
-            integral = power_integral_j(tl[tl["device_uuid"] == d.info.uuid], window.start_time_s, window.end_time_s)
-            if integral is None or d.energy_j <= 0:
-                continue
-            rel = abs(integral - d.energy_j) / d.energy_j
-            if rel > integral_tolerance_rel:
-                bad.append(f"GPU {d.info.index}: counter {d.energy_j:.1f} J vs integral {integral:.1f} J ({rel:.1%})")
-        if bad:
-            flags.append(QualityFlag(Flag.COUNTER_INTEGRAL_DISAGREE, "; ".join(bad)))
-    return flags
+
+def _counter_integral_disagree(window: "WindowMeasurement", gpus: list, tl: "pd.DataFrame",
+                               integral_min_window_s: float, integral_tolerance_rel: float) -> QualityFlag | None:
+    """Counter vs power integral, long windows only."""
+    if window.duration_s <= integral_min_window_s:
+        return None
+    bad = []
+    for d in gpus:
+        if d.energy_j is None or d.source != "nvml-counter":
+            continue
+        integral = power_integral_j(tl[tl["device_uuid"] == d.info.uuid], window.start_time_s, window.end_time_s)
+        if integral is None or d.energy_j <= 0:
+            continue
+        rel = abs(integral - d.energy_j) / d.energy_j
+        if rel > integral_tolerance_rel:
+            bad.append(f"GPU {d.info.index}: counter {d.energy_j:.1f} J vs integral {integral:.1f} J ({rel:.1%})")
+    if bad:
+        return QualityFlag(Flag.COUNTER_INTEGRAL_DISAGREE, "; ".join(bad))
+    return None
 
 
 def power_integral_j(rows: "pd.DataFrame", start_s: float, end_s: float, column: str | None = None) -> float | None:

@@ -44,9 +44,8 @@ def _empty() -> dict[str, list]:
 IDLE_POLL_S = 0.5   # how often an idle sampler (between segments) checks that its parent lives
 
 
-def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root: str | None,
-                  parent_pid: int, start_recording: bool = True) -> None:
-    """Child process body. Only stdlib and joulebench.devices are imported here."""
+def _open_devices(conn, device_uuids: list[str], cpu: bool, rapl_root: str | None) -> list | None:
+    """The devices to poll, or None after sending the error to the parent (never hang it)."""
     try:
         from joulebench.devices import cpu_devices, gpus_by_uuid
         from joulebench.testing import install_from_environment
@@ -55,11 +54,35 @@ def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root
         devices = list(gpus_by_uuid(device_uuids))
         if cpu:
             devices += cpu_devices(rapl_root) if rapl_root else cpu_devices()
+        return devices
     except Exception as e:  # report, never hang the parent
         try:
             conn.send(("error", f"{type(e).__name__}: {e}"))
         finally:
             conn.close()
+        return None
+
+
+def _sample_into(cols: dict[str, list], devices: list) -> None:
+    """One row per device, appended to the columns (a device that fails gives a row of None)."""
+    for d in devices:
+        try:
+            row = d.sample()
+        except Exception:
+            row = dict.fromkeys(SAMPLE_KEYS)
+        cols["t_s"].append(time.time())
+        cols["device_uuid"].append(d.info.uuid)
+        cols["device_index"].append(d.info.index)
+        cols["kind"].append(d.info.kind)
+        for k in SAMPLE_KEYS:
+            cols[k].append(row.get(k))
+
+
+def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root: str | None,
+                  parent_pid: int, start_recording: bool = True) -> None:
+    """Child process body. Only stdlib and joulebench.devices are imported here."""
+    devices = _open_devices(conn, device_uuids, cpu, rapl_root)
+    if devices is None:
         return
     conn.send(("ready", [d.info.uuid for d in devices]))
     cols: dict[str, list] = _empty()
@@ -69,17 +92,7 @@ def _sampler_main(conn, device_uuids: list[str], hz: float, cpu: bool, rapl_root
     try:
         while True:
             if recording:
-                for d in devices:
-                    try:
-                        row = d.sample()
-                    except Exception:
-                        row = dict.fromkeys(SAMPLE_KEYS)
-                    cols["t_s"].append(time.time())
-                    cols["device_uuid"].append(d.info.uuid)
-                    cols["device_index"].append(d.info.index)
-                    cols["kind"].append(d.info.kind)
-                    for k in SAMPLE_KEYS:
-                        cols[k].append(row.get(k))
+                _sample_into(cols, devices)
                 next_t += period
                 now = time.monotonic()
                 if next_t < now - period:           # fell behind (overloaded host): skip, leaving a gap

@@ -16,8 +16,8 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from joulebench.results.store import atomic_write_bytes, atomic_write_json
 from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, ReusingRunner
@@ -139,6 +139,32 @@ class ProcessRunner(ReusingRunner):
             self._worker = w
 
 
+@dataclass
+class _FollowState:
+    """What ``WorkerProcess.follow`` learns from one experiment's events (each also passed on)."""
+    experiment_id: str
+    on_event: EventCallback
+    finished: list[str] = field(default_factory=list)
+    in_flight: str | None = None
+    started: bool = False
+    end: ExperimentEndEvent | None = None
+
+    def handle(self, ev: Event) -> None:
+        if isinstance(ev, ExperimentStartEvent) and ev.experiment_id == self.experiment_id:
+            self.started = True
+        elif isinstance(ev, TrialStartEvent):
+            self.in_flight = ev.trial_id
+        elif isinstance(ev, TrialEndEvent):
+            self.finished.append(ev.trial_id)
+            self.in_flight = None
+        elif isinstance(ev, ExperimentEndEvent) and ev.experiment_id == self.experiment_id:
+            self.end = ev
+        try:
+            self.on_event(ev)
+        except Exception:  # noqa: BLE001 - a display problem never stops a study
+            pass
+
+
 class WorkerProcess:
     """One spawned worker: its events on a queue, its log file, its inbox (when it serves several)."""
 
@@ -198,52 +224,10 @@ class WorkerProcess:
                until_end: bool) -> ExperimentOutcome:
         """Pass the experiment's events on until it ends (``until_end``: its experiment_end event;
         else the process exit), the worker dies, or the timeout passes."""
-        eid = experiment.experiment_id
-        finished: list[str] = []
-        state: dict[str, Any] = {"in_flight": None, "started": False, "end": None}   # end: ExperimentEndEvent
+        seen = _FollowState(experiment.experiment_id, on_event)
         deadline = time.monotonic() + timeout_s if timeout_s else None
-        timed_out = False
-        eos = False
-
-        def handle(ev: Event) -> None:
-            if isinstance(ev, ExperimentStartEvent) and ev.experiment_id == eid:
-                state["started"] = True
-            elif isinstance(ev, TrialStartEvent):
-                state["in_flight"] = ev.trial_id
-            elif isinstance(ev, TrialEndEvent):
-                finished.append(ev.trial_id)
-                state["in_flight"] = None
-            elif isinstance(ev, ExperimentEndEvent) and ev.experiment_id == eid:
-                state["end"] = ev
-            try:
-                on_event(ev)
-            except Exception:  # noqa: BLE001 - a display problem never stops a study
-                pass
-
         assert self.proc is not None
-        while True:
-            try:
-                ev = self.events.get(timeout=0.05)
-            except queue.Empty:
-                ev = False
-            if ev is None:
-                eos = True
-            elif ev:
-                handle(ev)
-                if until_end and state["end"] is not None:
-                    break
-                continue
-            if eos and self.proc.poll() is not None:
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                timed_out = True
-                kill_group(self.proc)
-                break
-            if eos:
-                try:
-                    self.proc.wait(timeout=0.05)
-                except subprocess.TimeoutExpired:
-                    pass
+        timed_out = self._relay(seen, deadline, until_end)
         if not self.alive():
             if self._reader is not None:
                 self._reader.join(timeout=5)
@@ -253,21 +237,48 @@ class WorkerProcess:
                 except queue.Empty:
                     break
                 if ev:
-                    handle(ev)
+                    seen.handle(ev)
         rc = self.proc.poll()
-        outcome = ExperimentOutcome(eid, rc, finished=finished, in_flight=state["in_flight"],
+        outcome = ExperimentOutcome(seen.experiment_id, rc, finished=seen.finished, in_flight=seen.in_flight,
                                     log_tail=_tail(self.log_path))
-        outcome.started = state["started"]
-        outcome.reusable = state["end"] is not None and not state["end"].error and rc is None
+        outcome.started = seen.started
+        outcome.reusable = seen.end is not None and not seen.end.error and rc is None
         if timed_out:
             outcome.error, outcome.error_kind = f"worker timed out after {timeout_s:.0f} s", ErrorKind.TIMEOUT
         elif rc is not None and rc not in (WorkerExit.OK, WorkerExit.LOAD_FAILED):   # load failed: recorded
             outcome.error = f"worker exited with {_describe_rc(rc)}"
             outcome.error_kind = ErrorKind.CRASH
-        elif rc is not None and until_end and state["end"] is None and rc == WorkerExit.OK:
+        elif rc is not None and until_end and seen.end is None and rc == WorkerExit.OK:
             outcome.error = "worker exited before it finished the experiment"
             outcome.error_kind = ErrorKind.CRASH
         return outcome
+
+    def _relay(self, seen: _FollowState, deadline: float | None, until_end: bool) -> bool:
+        """Hand events to ``seen`` until the end (see ``follow``); True when the deadline passed
+        (the worker's group is then killed)."""
+        eos = False
+        while True:
+            try:
+                ev = self.events.get(timeout=0.05)
+            except queue.Empty:
+                ev = False
+            if ev is None:
+                eos = True
+            elif ev:
+                seen.handle(ev)
+                if until_end and seen.end is not None:
+                    return False
+                continue
+            if eos and self.proc.poll() is not None:
+                return False
+            if deadline is not None and time.monotonic() > deadline:
+                kill_group(self.proc)
+                return True
+            if eos:
+                try:
+                    self.proc.wait(timeout=0.05)
+                except subprocess.TimeoutExpired:
+                    pass
 
     def stop(self, grace_s: float = TERM_GRACE_S) -> None:
         """Ask an idle worker to finish (it closes its engine and sampler), then make sure it is gone."""

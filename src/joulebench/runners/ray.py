@@ -33,8 +33,9 @@ from joulebench.config.device import DeviceSpec
 from joulebench.errors import JoulebenchError
 from joulebench.results.store import StudyStore, atomic_write_bytes
 from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, Runner
+from joulebench.runners.ray_task import TaskState
 from joulebench.spec import (ErrorKind, Event, EventItem, ExperimentSpec, NodeItem, OutcomeItem, RayItem,
-                             TrialEndEvent, TrialItem, TrialStartEvent)
+                             TrialEndEvent, TrialItem)
 
 # Ray exceptions that mean "the node or the task's worker process went away", not "the
 # experiment failed": the trial in flight is retried on resume.
@@ -141,8 +142,6 @@ def run_on_node(study_name: str, spec: ExperimentSpec, label: str, node_runner: 
     Yields a :class:`NodeItem` first, then an :class:`EventItem` per event, a :class:`TrialItem`
     (record + timeline bytes) for each finished trial, and one final :class:`OutcomeItem`.
     """
-    from joulebench.runners.process import ProcessRunner
-
     experiment_id = spec.experiment_id
     node = node_identity()
     yield NodeItem(node=node)
@@ -156,37 +155,10 @@ def run_on_node(study_name: str, spec: ExperimentSpec, label: str, node_runner: 
                      python=python, image=image)
     store = StudyStore(tmp)
     store.create()
-    if node_runner == "docker":
-        from joulebench.runners.docker.runner import DockerRunner
-
-        runner: Any = DockerRunner(image=image)
-        runner.prepare(tmp, study_name)
-    else:
-        runner = ProcessRunner(python=python)
+    runner = _node_runner(node_runner, image, python, tmp, study_name)
     items: queue.Queue = queue.Queue()
-
-    def on_event(ev: Event) -> None:
-        if isinstance(ev, TrialEndEvent):
-            tid = ev.trial_id
-            ts_path = store.timeseries_dir / f"{tid}.parquet"
-            items.put(TrialItem(event=ev, record=store.records_by_id().get(tid),
-                                timeseries=ts_path.read_bytes() if ts_path.exists() else None,
-                                logs={p.name: p.read_bytes() for p in store.logs_dir.glob(f"{tid}.*")}))
-        else:
-            items.put(EventItem(event=ev))
-
-    def target() -> None:
-        try:
-            out = runner.run_experiment(exp, on_event=on_event, timeout_s=timeout_s)
-            log = tmp / "logs" / f"{experiment_id}.log"
-            items.put(OutcomeItem(exit_code=out.exit_code, in_flight=out.in_flight, error=out.error,
-                                  error_kind=out.error_kind, log_tail=out.log_tail,
-                                  log=log.read_bytes() if log.exists() else b""))
-        except BaseException as e:  # noqa: BLE001 - reported to the driver, never lost
-            items.put(OutcomeItem(error=f"ray node {node['hostname']}: {type(e).__name__}: {e}",
-                                  error_kind=ErrorKind.INFRASTRUCTURE))
-
-    th = threading.Thread(target=target, name=f"joulebench-{experiment_id}", daemon=True)
+    th = threading.Thread(target=_run_and_ship, args=(runner, exp, store, items, node["hostname"], timeout_s),
+                          name=f"joulebench-{experiment_id}", daemon=True)
     th.start()
     try:
         while True:
@@ -202,6 +174,43 @@ def run_on_node(study_name: str, spec: ExperimentSpec, label: str, node_runner: 
             pass
         th.join(timeout=1.0)
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _node_runner(node_runner: str, image: str | None, python: str | None, tmp: Path, study_name: str) -> Any:
+    """The runner that runs the experiment on this node: a local worker process, or a container."""
+    if node_runner == "docker":
+        from joulebench.runners.docker.runner import DockerRunner
+
+        runner: Any = DockerRunner(image=image)
+        runner.prepare(tmp, study_name)
+        return runner
+    from joulebench.runners.process import ProcessRunner
+
+    return ProcessRunner(python=python)
+
+
+def _run_and_ship(runner: Any, exp: Experiment, store: StudyStore, items: queue.Queue, hostname: str,
+                  timeout_s: float | None) -> None:
+    """Thread body on the node: run the experiment, queueing its events, trials and final outcome."""
+    def on_event(ev: Event) -> None:
+        if isinstance(ev, TrialEndEvent):
+            tid = ev.trial_id
+            ts_path = store.timeseries_dir / f"{tid}.parquet"
+            items.put(TrialItem(event=ev, record=store.records_by_id().get(tid),
+                                timeseries=ts_path.read_bytes() if ts_path.exists() else None,
+                                logs={p.name: p.read_bytes() for p in store.logs_dir.glob(f"{tid}.*")}))
+        else:
+            items.put(EventItem(event=ev))
+
+    try:
+        out = runner.run_experiment(exp, on_event=on_event, timeout_s=timeout_s)
+        log = Path(exp.study_dir) / "logs" / f"{exp.experiment_id}.log"
+        items.put(OutcomeItem(exit_code=out.exit_code, in_flight=out.in_flight, error=out.error,
+                              error_kind=out.error_kind, log_tail=out.log_tail,
+                              log=log.read_bytes() if log.exists() else b""))
+    except BaseException as e:  # noqa: BLE001 - reported to the driver, never lost
+        items.put(OutcomeItem(error=f"ray node {hostname}: {type(e).__name__}: {e}",
+                              error_kind=ErrorKind.INFRASTRUCTURE))
 
 
 # ---------------------------------------------------------------------- driver side
@@ -302,83 +311,54 @@ class RayRunner(Runner):
                                                   experiment.python or self.python, timeout_s)
         with self._lock:
             self._running[eid] = gen
-        finished: list[str] = []
-        in_flight: str | None = None
-        node: dict[str, Any] = {}
-        started = last_check = time.monotonic()
+        task = TaskState(eid, store, on_event)
         lost = lost_error_types(ray)
         try:
-            while True:
-                if not node and time.monotonic() - last_check > FEASIBLE_RECHECK_S:
-                    # Still queued: if the only nodes that could run it died meanwhile, it would wait forever.
-                    last_check = time.monotonic()
-                    if not feasible_nodes(ray.nodes(), opts):
-                        ray.cancel(gen, force=True)
-                        return ExperimentOutcome(eid, None, finished, in_flight, error=infeasible,
-                                                 error_kind=ErrorKind.INFRASTRUCTURE)
-                if timeout_s and node and time.monotonic() - started > timeout_s + DRIVER_TIMEOUT_GRACE_S:
-                    ray.cancel(gen, force=True)
-                    return ExperimentOutcome(eid, None, finished, in_flight, error=f"ray task on "
-                                             f"{node.get('hostname')} stopped answering after {timeout_s:.0f} s",
-                                             error_kind=ErrorKind.TIMEOUT)
-                ready, _ = ray.wait([gen], timeout=POLL_S)
-                if not ready:
-                    continue
-                try:
-                    item: RayItem = ray.get(next(gen))
-                except StopIteration:
-                    return ExperimentOutcome(eid, None, finished, in_flight, error="ray task ended without an "
-                                             "outcome", error_kind=ErrorKind.WORKER_LOST)
-                if isinstance(item, NodeItem):
-                    node = item.node
-                    started = time.monotonic()
-                elif isinstance(item, EventItem):
-                    if isinstance(item.event, TrialStartEvent):
-                        in_flight = item.event.trial_id
-                    _safe(on_event, item.event)
-                elif isinstance(item, TrialItem):
-                    self._land_trial(store, item)
-                    finished.append(item.event.trial_id)
-                    in_flight = None
-                    _safe(on_event, item.event)
-                elif isinstance(item, OutcomeItem):
-                    if item.log:
-                        atomic_write_bytes(store.logs_dir / f"{eid}.log", item.log)
-                    return ExperimentOutcome(eid, item.exit_code, finished, item.in_flight or in_flight,
-                                             error=item.error, error_kind=item.error_kind, log_tail=item.log_tail)
+            return self._follow(ray, gen, task, opts, infeasible, timeout_s)
         except KeyboardInterrupt:
             ray.cancel(gen, force=True)
             raise
         except ray.exceptions.TaskCancelledError:
-            return ExperimentOutcome(eid, None, finished, in_flight, error="ray task cancelled (interrupted)",
-                                     error_kind=ErrorKind.INTERRUPTED)
+            return task.outcome(error="ray task cancelled (interrupted)", error_kind=ErrorKind.INTERRUPTED)
         except lost as e:
-            where = node.get("hostname") or "?"
-            return ExperimentOutcome(eid, None, finished, in_flight,
-                                     error=f"Ray node {where} ({node.get('ray_node_id', '?')[:12]}) or its worker "
-                                     f"was lost: {type(e).__name__}; resume runs the trial again",
-                                     error_kind=ErrorKind.WORKER_LOST, log_tail=str(e)[-4000:])
+            where = task.node.get("hostname") or "?"
+            return task.outcome(error=f"Ray node {where} ({task.node.get('ray_node_id', '?')[:12]}) or its worker "
+                                f"was lost: {type(e).__name__}; resume runs the trial again",
+                                error_kind=ErrorKind.WORKER_LOST, log_tail=str(e)[-4000:])
         except ray.exceptions.RayError as e:
-            return ExperimentOutcome(eid, None, finished, in_flight, error=f"ray task failed: {type(e).__name__}",
-                                     error_kind=ErrorKind.INFRASTRUCTURE, log_tail=str(e)[-4000:])
+            return task.outcome(error=f"ray task failed: {type(e).__name__}",
+                                error_kind=ErrorKind.INFRASTRUCTURE, log_tail=str(e)[-4000:])
         finally:
             with self._lock:
                 self._running.pop(eid, None)
 
-    @staticmethod
-    def _land_trial(store: StudyStore, item: TrialItem) -> None:
-        """Write a shipped trial into the study directory: timeline first, then the record."""
-        tid = item.event.trial_id
-        if item.timeseries is not None:
-            atomic_write_bytes(store.timeseries_dir / f"{tid}.parquet", item.timeseries)
-        for name, data in item.logs.items():
-            atomic_write_bytes(store.logs_dir / Path(name).name, data)
-        if item.record:
-            store.write_record(item.record)
-
-
-def _safe(cb: EventCallback, ev: Event) -> None:
-    try:
-        cb(ev)
-    except Exception:  # noqa: BLE001 - a display problem never stops a study
-        pass
+    def _follow(self, ray, gen, task: TaskState, opts: dict[str, Any], infeasible: str,
+                timeout_s: float | None) -> ExperimentOutcome:
+        """Take the task's items until its outcome; give up when no node can run it any more, or when
+        a started task stops answering well past its timeout."""
+        started = last_check = time.monotonic()
+        while True:
+            if not task.node and time.monotonic() - last_check > FEASIBLE_RECHECK_S:
+                # Still queued: if the only nodes that could run it died meanwhile, it would wait forever.
+                last_check = time.monotonic()
+                if not feasible_nodes(ray.nodes(), opts):
+                    ray.cancel(gen, force=True)
+                    return task.outcome(error=infeasible, error_kind=ErrorKind.INFRASTRUCTURE)
+            if timeout_s and task.node and time.monotonic() - started > timeout_s + DRIVER_TIMEOUT_GRACE_S:
+                ray.cancel(gen, force=True)
+                return task.outcome(error=f"ray task on {task.node.get('hostname')} stopped answering after "
+                                    f"{timeout_s:.0f} s", error_kind=ErrorKind.TIMEOUT)
+            ready, _ = ray.wait([gen], timeout=POLL_S)
+            if not ready:
+                continue
+            try:
+                item: RayItem = ray.get(next(gen))
+            except StopIteration:
+                return task.outcome(error="ray task ended without an outcome", error_kind=ErrorKind.WORKER_LOST)
+            if isinstance(item, NodeItem):
+                task.node = item.node
+                started = time.monotonic()
+                continue
+            outcome = task.take(item)
+            if outcome is not None:
+                return outcome

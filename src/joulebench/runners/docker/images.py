@@ -4,27 +4,27 @@ An image is tagged with a hash of everything that goes into it (the Dockerfile, 
 scripts, the build arguments, the local wheels' names and sizes, joulebench's version and source
 files), so an unchanged image is never rebuilt and a stale one is visible in ``joulebench env``.
 
-The build context is assembled here, not sent as the whole repository: the Dockerfiles see the
-repository layout (``pyproject.toml``, ``src/``, ``docker/common/``, ``docker/wheels/``,
-``docker/certs/``), so ``docker compose build`` with the repository root as context builds the
-same images. Extra wheels (``wheels_dir``) and an extra CA bundle (``ca_bundle``) are added to the
-context without being copied into the repository.
+The build context is assembled here (its files, tar and hash in ``context``), not sent as the
+whole repository: the Dockerfiles see the repository layout (``pyproject.toml``, ``src/``,
+``docker/common/``, ``docker/wheels/``, ``docker/certs/``), so ``docker compose build`` with the
+repository root as context builds the same images. Extra wheels (``wheels_dir``) and an extra CA
+bundle (``ca_bundle``) are added to the context without being copied into the repository.
 """
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import logging
 import os
-import tarfile
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from joulebench import __version__
 from joulebench.errors import JoulebenchError
+from joulebench.runners.docker.context import (
+    BuildContext, inputs_hash, local_wheel_satisfies, source_files, wheel_files,
+)
 
 log = logging.getLogger(__name__)
 
@@ -119,32 +119,6 @@ def resolve_build_args(*, base_image: str | None = None, cpu: bool | None = None
 
 # --------------------------------------------------------------------------- build context
 
-def _source_files(root: Path) -> list[tuple[str, Path]]:
-    """(archive name, file) of joulebench's own inputs."""
-    out: list[tuple[str, Path]] = []
-    for rel in ("pyproject.toml", "README.md"):
-        if (root / rel).is_file():
-            out.append((rel, root / rel))
-    for p in sorted((root / "src").rglob("*")):
-        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo") \
-                and not any(part.endswith(".egg-info") for part in p.parts):
-            out.append((p.relative_to(root).as_posix(), p))
-    for sub in ("common",):
-        for p in sorted((root / "docker" / sub).rglob("*")):
-            if p.is_file():
-                out.append((p.relative_to(root).as_posix(), p))
-    return out
-
-
-def _wheel_files(root: Path, wheels_dir: Path | None) -> list[tuple[str, Path]]:
-    seen: dict[str, Path] = {}
-    for d in [root / "docker" / "wheels"] + ([Path(wheels_dir)] if wheels_dir else []):
-        if d.is_dir():
-            for w in sorted(d.glob("*.whl")):
-                seen.setdefault(w.name, w)
-    return [(f"docker/wheels/{n}", p) for n, p in sorted(seen.items())]
-
-
 def _cert_files(root: Path, ca_bundle: Path | None) -> list[tuple[str, Path]]:
     out = [(f"docker/certs/{p.name}", p) for p in sorted((root / "docker" / "certs").glob("*.crt"))]
     if ca_bundle:
@@ -153,46 +127,6 @@ def _cert_files(root: Path, ca_bundle: Path | None) -> list[tuple[str, Path]]:
             raise ImageError(f"CA bundle not found: {ca}")
         out.append(("docker/certs/zz-extra-ca-bundle.crt", ca))
     return out
-
-
-def _local_wheel_satisfies(spec: str, wheel_names: list[str]) -> bool:
-    """True when ``name==version`` is pinned exactly and a wheel of that name and version is local."""
-    name, sep, version = spec.partition("==")
-    if not sep:
-        return False
-    prefix = f"docker/wheels/{name.strip().replace('-', '_')}-{version.strip()}-"
-    return any(n.startswith(prefix) for n in wheel_names)
-
-
-def _sha_file(p: Path) -> str:
-    h = hashlib.sha256()
-    with open(p, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-@dataclass
-class BuildContext:
-    engine: str
-    dockerfile: str                      # path inside the context
-    files: list[tuple[str, Path]] = field(default_factory=list)
-    build_args: dict[str, str] = field(default_factory=dict)
-    inputs_hash: str = ""
-
-    def write_tar(self, fh) -> None:
-        with tarfile.open(fileobj=fh, mode="w") as tar:
-            for d in ("docker/wheels", "docker/certs"):   # the Dockerfiles COPY these even when empty
-                info = tarfile.TarInfo(d)
-                info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o755, 0
-                tar.addfile(info)
-            for name, path in self.files:
-                info = tar.gettarinfo(str(path), arcname=name)
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mtime = 0
-                with open(path, "rb") as f:
-                    tar.addfile(info, f)
 
 
 def build_context(engine: str, *, root: Path | None = None, build_args: dict[str, str] | None = None,
@@ -211,8 +145,8 @@ def build_context(engine: str, *, root: Path | None = None, build_args: dict[str
     ignore = dockerfile.with_name("Dockerfile.dockerignore")
     if ignore.is_file():
         files.append((f"docker/{engine}/Dockerfile.dockerignore", ignore))
-    src = _source_files(root)
-    wheels = _wheel_files(root, wheels_dir)
+    src = source_files(root)
+    wheels = wheel_files(root, wheels_dir)
     certs = _cert_files(root, ca_bundle)
     files += src + wheels + certs
     args = dict(sorted((build_args or {}).items()))
@@ -221,20 +155,11 @@ def build_context(engine: str, *, root: Path | None = None, build_args: dict[str
             args.setdefault(k, v)
         args = dict(sorted(args.items()))
     if args.get("TORCH_INDEX_URL") == CPU_BUILD_ARGS["TORCH_INDEX_URL"] and \
-            _local_wheel_satisfies(args.get("TORCH_SPEC", ""), [n for n, _ in wheels]):
+            local_wheel_satisfies(args.get("TORCH_SPEC", ""), [n for n, _ in wheels]):
         args["TORCH_INDEX_URL"] = ""   # the local wheel is enough: no index (offline, and faster)
-
-    h = hashlib.sha256()
-    h.update(json.dumps({"engine": engine, "joulebench": __version__, "build_args": args}, sort_keys=True).encode())
-    for name, path in files[:2] + src:
-        if name == "README.md":      # documentation does not change the image's behaviour
-            continue
-        h.update(name.encode() + b"\0" + _sha_file(path).encode() + b"\0")
-    for name, path in wheels:        # wheels are large and immutable by name: name and size suffice
-        h.update(name.encode() + b"\0" + str(path.stat().st_size).encode() + b"\0")
-    # CA certificates are used by the build stage only and never reach the image: not hashed.
     return BuildContext(engine=engine, dockerfile=f"docker/{engine}/Dockerfile", files=files,
-                        build_args=args, inputs_hash=h.hexdigest()[:HASH_LEN])
+                        build_args=args,
+                        inputs_hash=inputs_hash(engine, args, files[:2] + src, wheels, HASH_LEN))
 
 
 # --------------------------------------------------------------------------- status and build
