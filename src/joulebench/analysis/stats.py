@@ -67,8 +67,11 @@ def repeats_for_ci_target(cv_value: float, ci_target: float, confidence: float =
         return None
     if cv_value == 0:
         return 2
-    for n in range(2, max_n + 1):
-        if float(_st.t.ppf(0.5 + confidence / 2, df=n - 1)) * cv_value / math.sqrt(n) <= ci_target:
+    q = 0.5 + confidence / 2
+    # t(n-1) > z, so the normal-quantile answer is a lower bound: search upward from it
+    start = max(2, math.ceil((float(_st.norm.ppf(q)) * cv_value / ci_target) ** 2))
+    for n in range(start, max_n + 1):
+        if float(_st.t.ppf(q, df=n - 1)) * cv_value / math.sqrt(n) <= ci_target:
             return n
     return None
 
@@ -276,17 +279,18 @@ def mark_outliers(trials, metrics: Sequence[str] | None = None, threshold: float
     df = trials.copy()
     metrics = [m for m in (metrics or [m[0] for m in METRICS]) if m in df.columns]
     names: list[list[str]] = [[] for _ in range(len(df))]
-    pos = {idx: i for i, idx in enumerate(df.index)}
+    ok = (df["status"] == "ok").to_numpy() if "status" in df else np.ones(len(df), bool)
+    ok_pos = np.flatnonzero(ok)
+    # positions (in df) of each configuration's finished trials, in table order: grouped once
+    groups = list(pd.Series(ok_pos).groupby(df["config_id"].to_numpy()[ok_pos], sort=False)) if len(ok_pos) else []
     for m in metrics:
-        col = pd.Series(False, index=df.index)
-        ok = df[df["status"] == "ok"] if "status" in df else df
-        for _, g in ok.groupby("config_id", sort=False):
-            vals = pd.to_numeric(g[m], errors="coerce").tolist()
-            mask = mad_outliers(vals, threshold)
-            for idx, flag in zip(g.index, mask):
-                if flag:
-                    col[idx] = True
-                    names[pos[idx]].append(m)
-        df[f"outlier_{m}"] = col.values
+        values = pd.to_numeric(df[m], errors="coerce").to_numpy(float)
+        flagged = np.zeros(len(df), bool)
+        for _, idx in groups:
+            rows = idx.to_numpy()
+            flagged[rows[mad_outliers(values[rows].tolist(), threshold)]] = True
+        for i in np.flatnonzero(flagged):
+            names[i].append(m)
+        df[f"outlier_{m}"] = flagged
     df["outlier_metrics"] = [";".join(n) for n in names]
     return df

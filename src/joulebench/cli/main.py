@@ -124,7 +124,7 @@ def _estimate(loaded, p, results_root: str | None):
     from joulebench.config.device import DeviceSpec
     from joulebench.study.checks import model_config_of
     from joulebench.study.estimate import earlier_runs, estimate_study, measured_trial_seconds
-    from joulebench.study.run import DEFAULT_RESULTS_ROOT
+    from joulebench.results.store import DEFAULT_RESULTS_ROOT
 
     spec = DeviceSpec.parse(loaded.config.device)
     try:

@@ -36,8 +36,10 @@ _plain_minor = matplotlib.ticker.FuncFormatter(
 def _save(fig, stem: Path) -> Path:
     stem.parent.mkdir(parents=True, exist_ok=True)
     png = stem.with_suffix(".png")
-    fig.savefig(png, dpi=DPI, bbox_inches="tight")
-    fig.savefig(stem.with_suffix(".pdf"), bbox_inches="tight")
+    # the tight box once (one layout pass), for both files: what bbox_inches="tight" computes per save
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.1)
+    fig.savefig(png, dpi=DPI, bbox_inches=bbox)
+    fig.savefig(stem.with_suffix(".pdf"), bbox_inches=bbox)
     plt.close(fig)
     return png
 
@@ -75,14 +77,20 @@ def plot_metric_per_config(summary: pd.DataFrame, trials: pd.DataFrame, metric: 
     ok = trials[trials["status"] == "ok"] if "status" in trials else trials
     out_col = f"outlier_{metric}"
     by_config = dict(tuple(ok.groupby("config_id", sort=False))) if len(ok) else {}
+    xs, ys, outs = [], [], []                   # every trial as one scatter (two artists, not two per bar)
     for yi, cid in zip(y, s["config_id"]):
         g = by_config.get(cid, ok.iloc[0:0])
         vals = pd.to_numeric(g.get(metric), errors="coerce").to_numpy(float)
         is_out = g[out_col].to_numpy(bool) if out_col in g else np.zeros(len(g), bool)
         jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else np.zeros(len(vals))
-        ax.scatter(vals[~is_out], yi + jitter[~is_out], s=12, color="black", zorder=3)
-        if is_out.any():
-            ax.scatter(vals[is_out], yi + jitter[is_out], s=30, color=_OUTLIER, marker="x", zorder=4)
+        xs.append(vals)
+        ys.append(yi + jitter)
+        outs.append(is_out)
+    if xs:
+        xv, yv, ov = np.concatenate(xs), np.concatenate(ys), np.concatenate(outs)
+        ax.scatter(xv[~ov], yv[~ov], s=12, color="black", zorder=3)
+        if ov.any():
+            ax.scatter(xv[ov], yv[ov], s=30, color=_OUTLIER, marker="x", zorder=4)
     ax.scatter([], [], s=12, color="black", label="trials")
     ax.scatter([], [], s=30, color=_OUTLIER, marker="x", label="MAD outlier (kept)")
     ax.set_yticks(y, labels, fontsize=8)

@@ -21,6 +21,8 @@ from typing import Any, Iterator
 # Failures that are not the configuration's fault: resume runs these trials again.
 from joulebench.spec import RETRYABLE_ERROR_KINDS  # noqa: F401 - re-exported
 
+DEFAULT_RESULTS_ROOT = Path("joulebench-results")   # where study directories go unless --out / --results-root
+
 
 def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> None:
     """Write temp file in the same folder, fsync, rename: readers never see half a file.

@@ -186,7 +186,7 @@ def run_nightly(study_path: str | Path, *, results_root: str | Path | None = Non
                 lock_wait_s: float | None = None, notify_command: str | None = None,
                 notify_webhook: str | None = None, runner: str | None = None, report: bool = True,
                 display: TeeDisplay | None = None) -> Summary:
-    from joulebench.study.run import DEFAULT_RESULTS_ROOT
+    from joulebench.results.store import DEFAULT_RESULTS_ROOT
 
     disp = display or TeeDisplay()
     t0 = time.time()

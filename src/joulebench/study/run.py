@@ -10,14 +10,14 @@ from joulebench import __version__
 from joulebench.config.device import DeviceSpec, fence_violations
 from joulebench.config.loader import LoadedStudy, load_study, parse_study_text
 from joulebench.errors import JoulebenchError, ResumeError
-from joulebench.results.store import StudyStore, atomic_write_bytes, atomic_write_json, sha256_bytes
+from joulebench.results.store import (DEFAULT_RESULTS_ROOT, StudyStore, atomic_write_bytes, atomic_write_json,
+                                     sha256_bytes)
 from joulebench.runners.registry import RunnerKind, capabilities, make_runner, resolve_kind
 from joulebench.study.display import Display
 from joulebench.study.locks import StudyLock, study_lock
 from joulebench.study.orchestrator import Orchestrator, StudyResult
 from joulebench.study.plan import Plan, build_plan
 
-DEFAULT_RESULTS_ROOT = Path("joulebench-results")
 
 
 def default_study_dir(name: str, root: Path | None = None) -> Path:
