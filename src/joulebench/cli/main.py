@@ -13,6 +13,7 @@ from rich.table import Table
 from joulebench import __version__
 from joulebench.errors import EXIT_INTERRUPTED, EXIT_INVALID, JoulebenchError, StudyErrors
 from joulebench.testing import install_from_environment
+from joulebench.runners.registry import KIND_NAMES
 
 console = Console()
 err_console = Console(stderr=True)
@@ -55,7 +56,7 @@ def main() -> None:
 @click.argument("study", required=False, type=click.Path(dir_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), help="study directory (default ./joulebench-results/<study>-<UTC time>)")
 @click.option("--dry-run", is_flag=True, help="validate and print the plan; run nothing")
-@click.option("--runner", type=click.Choice(["auto", "process", "docker", "ray"]), help="override the study's runner")
+@click.option("--runner", type=click.Choice(KIND_NAMES), help="override the study's runner")
 @click.option("--quiet", "-q", is_flag=True, help="plain log lines instead of a progress display")
 @click.option("--no-report", is_flag=True, help="skip building report.html at the end")
 @click.option("--on-busy-lock", type=click.Choice(["wait", "skip", "fail"]),
@@ -190,7 +191,7 @@ def _print_plan(path: Path, as_json: bool = False, show_all: bool = False, resul
 
 @main.command()
 @click.argument("study_dir", type=click.Path(file_okay=False, exists=True))
-@click.option("--runner", type=click.Choice(["auto", "process", "docker", "ray"]))
+@click.option("--runner", type=click.Choice(KIND_NAMES))
 @click.option("--quiet", "-q", is_flag=True)
 @click.option("--retry-failed", is_flag=True, help="also run again the trials that failed")
 @click.option("--no-report", is_flag=True)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from joulebench.errors import StudyError, StudyErrors
+from joulebench.config.device import DeviceSpec
 
 MAX_CONFIGURATIONS = 100_000        # a plan beyond this is refused before it is expanded
 MAX_PROMPT_FILE_LINES = 1_000_000   # lines of a prompts file checked at plan
@@ -144,7 +145,7 @@ def check_configurations(configs, *, base_dir: Path | None, file: str, host_gpus
     seen: set[str] = set()
     devices: set[str] = set()
     for c in configs:
-        device = str(c.params.get("device", "auto"))
+        device = str(DeviceSpec.of(c.params))
         if host_gpus and device not in devices:
             devices.add(device)
             err = check_device(device, c.origin, file)

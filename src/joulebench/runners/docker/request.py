@@ -83,7 +83,7 @@ def worker_device(device: str, n_gpus: int) -> str | None:
 
 def container_spec(spec: ExperimentSpec, gpus: list[str]) -> ExperimentSpec:
     """The experiment spec as the container gets it: ``worker_device`` set for its GPUs."""
-    device = worker_device(str(spec.first_params.get("device", "auto")), len(gpus))
+    device = worker_device(str(DeviceSpec.of(spec.first_params)), len(gpus))
     return spec if device is None else spec.model_copy(update={"worker_device": device})
 
 
