@@ -66,6 +66,8 @@ def test_docker_study_requests_exactly_the_experiments_gpus(device, host_ordinal
         spec = c.experiment_spec
         assert spec is not None
         assert spec["worker_device"] == "cuda:" + ",".join(str(i) for i in range(len(wanted)))
+        # ... and names the host GPUs it was given, so records keep the host's index
+        assert spec["gpus"] == [{"index": i, "uuid": fake_gpus[i]} for i in host_ordinals]
         # ... while the trial parameters (which the records keep) name the host's device.
         assert {t["params"]["device"] for t in spec["trials"]} == {device}
     # The fake container "ran" and failed: the study says so, nothing was measured on the CPU.

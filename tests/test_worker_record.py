@@ -147,3 +147,15 @@ def test_percentiles_and_analytic_flops():
     one = [RequestResult(index=0, input_tokens=1, output_tokens=1, submit_s=0.0)]
     assert analytic_flops(cfg, one)[0] == pytest.approx(768.0)
     assert analytic_flops({}, one)[0] is None
+
+
+def test_records_name_the_hosts_gpu_index_inside_a_container():
+    """A container sees its one GPU as index 0; the spec's host GPUs (index + UUID) give the host's index."""
+    from joulebench.spec import GpuRef
+
+    plain = trial_record(_spec(), TRIAL, FACTS, _measured())
+    assert plain["devices"][0]["index"] == 0
+    spec = _spec().model_copy(update={"gpus": [GpuRef(index=3, uuid="GPU-a")], "worker_device": "cuda:0"})
+    rec = trial_record(spec, TRIAL, FACTS, _measured())
+    assert rec["devices"][0]["index"] == 3 and rec["devices"][0]["uuid"] == "GPU-a"
+    assert set(rec) == set(plain)          # the same record shape

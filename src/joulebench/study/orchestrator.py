@@ -31,7 +31,7 @@ from joulebench.errors import EXIT_INTERRUPTED, EXIT_OK, EXIT_TRIALS_FAILED, Jou
 from joulebench.results.store import StudyStore
 from joulebench.runners.base import Experiment, ExperimentOutcome, Runner
 from joulebench.runners.registry import capabilities_of
-from joulebench.spec import ErrorKind, ExperimentSpec
+from joulebench.spec import ErrorKind, ExperimentSpec, GpuRef
 from joulebench.study.busy import BusyGuard
 from joulebench.study.checks import check_engine_environments
 from joulebench.study.display import Display
@@ -193,16 +193,17 @@ class Orchestrator:
         return n
 
     # ------------------------------------------------------------------ experiments
-    def _experiment_gpus(self, c: Configuration) -> list[str]:
-        """Experiment.gpus: the UUIDs of the host GPUs the experiment uses; where they cannot be resolved
-        here (no NVML; a Ray node's GPUs), the CUDA ordinals its device names."""
+    def _experiment_gpus(self, c: Configuration) -> list[GpuRef]:
+        """The host GPUs the experiment uses (index and UUID, resolved once); where they cannot be resolved
+        here (no NVML; a Ray node's GPUs), the CUDA ordinals its device names, without UUIDs."""
         spec = DeviceSpec.of(c.params)
         if self.capabilities.host_gpus:
             try:
-                return list(spec.resolve().uuids)
+                res = spec.resolve()
+                return [GpuRef(index=i, uuid=u) for i, u in zip(res.ordinals, res.uuids)]
             except JoulebenchError:
                 pass   # the worker reports the device problem in its records
-        return [str(o) for o in spec.ordinals]
+        return [GpuRef(index=o) for o in spec.ordinals]
 
     # ------------------------------------------------------------------ rounds
     def _done(self) -> set[str]:
@@ -294,12 +295,13 @@ class Orchestrator:
             self._attempt += 1
             attempt = self._attempt
         eid = f"r{r}-{configs[0].load_group}-{self._run_tag}{attempt:03d}"
-        spec = self._experiment_spec(eid, r, configs)
+        gpus = self._experiment_gpus(configs[0])
+        spec = self._experiment_spec(eid, r, configs).model_copy(update={"gpus": gpus})
         key, python = self._worker_key(configs[0])
         exp = Experiment(experiment_id=eid, study_name=self.cfg.name, study_dir=self.store.root, spec=spec,
                          trial_ids=spec.trial_ids,
                          label=f"{configs[0].params['backend']} {configs[0].params['model']}", python=python,
-                         worker_key=key, gpus=self._experiment_gpus(configs[0]))
+                         worker_key=key, gpus=[g.uuid or str(g.index) for g in gpus])
         progress = ExperimentProgress(self.store, self.display, r, exp.label, exp.trial_ids,
                                       labels={t.trial_id: c.label(self.axes) for t, c in zip(spec.trials, configs)})
         try:

@@ -175,11 +175,13 @@ def speed_fields(p: dict[str, Any], results: Sequence[RequestResult], passes: in
 
 
 def device_rows(window: WindowMeasurement, duration_s: float, device_idle: dict[str, Any] | None,
-                loaded_idle: IdleBaseline | None) -> list[dict[str, Any]]:
-    """One row per metered device of the window, with its idle references."""
+                loaded_idle: IdleBaseline | None, host_index: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    """One row per metered device of the window, with its idle references. ``host_index``: UUID -> the host's
+    index of that GPU (a container numbers its GPUs from 0; records say the host's)."""
     dev_per = (device_idle or {}).get("per_device_w", {})
+    host_index = host_index or {}
     return [{
-        "index": de.info.index, "uuid": de.info.uuid, "name": de.info.name, "kind": de.info.kind,
+        "index": host_index.get(de.info.uuid, de.info.index), "uuid": de.info.uuid, "name": de.info.name, "kind": de.info.kind,
         "energy_j": de.energy_j, "energy_source": de.source,
         "device_idle_w": dev_per.get(de.info.uuid),
         "loaded_idle_w": loaded_idle.per_device_w.get(de.info.uuid) if loaded_idle else None,
@@ -223,7 +225,8 @@ def trial_record(spec: ExperimentSpec, trial: TrialSpec, facts: WorkerFacts, m: 
         "peak_memory_bytes": m.peak_memory_bytes, "nvml_memory_used_bytes": m.nvml_memory_used_bytes,
         "weights_bytes": info.weights_bytes if info else None, "load_s": info.load_s if info else None,
         "load_energy_j": facts.load_energy_j,
-        "devices": device_rows(m.window, primary["duration_s"], spec.device_idle, facts.loaded_idle),
+        "devices": device_rows(m.window, primary["duration_s"], spec.device_idle, facts.loaded_idle,
+                               {g.uuid: g.index for g in spec.gpus if g.uuid}),
         "baselines": baselines_field(spec.device_idle, facts.loaded_idle, dev_idle_w, loaded_idle_w),
         "warmup": m.warmup, "thermal": m.thermal, "preflight": m.preflight,
         "flags": [f.to_dict() for f in m.flags],
