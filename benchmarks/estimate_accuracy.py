@@ -90,29 +90,32 @@ def measure(path: Path, work: Path) -> dict | None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--studies", nargs="*", type=Path)
+    ap.add_argument("--batch1", action="store_true", help="with --studies: the batch-1 study too")
     ap.add_argument("--markdown", type=Path)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="jb-estimate-"))
-    studies = args.studies
-    if not studies:
-        batch1 = work / "batch1.yaml"
-        batch1.write_text(yaml.safe_dump(BATCH1, sort_keys=False))
-        studies = [p for p in sorted((ROOT / "studies").glob("*.yaml")) if _runnable(p)] + [batch1]
-    rows = [r for r in (measure(p.resolve(), work) for p in studies) if r is not None]
-    load = os.getloadavg()[0]
+    batch1 = work / "batch1.yaml"
+    batch1.write_text(yaml.safe_dump(BATCH1, sort_keys=False))
+    studies = list(args.studies or [p for p in sorted((ROOT / "studies").glob("*.yaml")) if _runnable(p)])
+    if not args.studies or args.batch1:
+        studies.append(batch1)
     header = f"{'study':28s} {'estimate':>9s} {'measured':>9s} {'ratio':>6s} {'with history':>13s} {'ratio':>6s}"
-    print(header)
-    lines = [f"Host: {os.cpu_count()} CPUs, load average {load:.1f} at the end; target: ratio within [0.5, 2].", "",
-             "| study | estimate (s) | measured (s) | measured / estimate | estimate with history (s) | ratio |",
-             "|---|---|---|---|---|---|"]
-    for r in rows:
+    print(header, flush=True)
+    lines = [f"Host: {os.cpu_count()} CPUs; target: measured / estimate within [0.5, 2].", "",
+             "| study | estimate (s) | measured (s) | measured / estimate | estimate with history (s) | ratio | load |",
+             "|---|---|---|---|---|---|---|"]
+    for p in studies:                       # each row as soon as its study ran (a long list may be cut short)
+        r = measure(p.resolve(), work)
+        if r is None:
+            continue
         a, b = r["measured_s"] / r["estimate_s"], r["measured_s"] / r["estimate_with_history_s"]
+        load = os.getloadavg()[0]
         print(f"{r['study']:28s} {r['estimate_s']:9.0f} {r['measured_s']:9.0f} {a:6.2f} "
-              f"{r['estimate_with_history_s']:13.0f} {b:6.2f}")
+              f"{r['estimate_with_history_s']:13.0f} {b:6.2f}  load {load:.1f}", flush=True)
         lines.append(f"| {r['study']} | {r['estimate_s']:.0f} | {r['measured_s']:.0f} | {a:.2f} | "
-                     f"{r['estimate_with_history_s']:.0f} | {b:.2f} |")
-    if args.markdown:
-        args.markdown.write_text("\n".join(lines) + "\n")
+                     f"{r['estimate_with_history_s']:.0f} | {b:.2f} | {load:.1f} |")
+        if args.markdown:
+            args.markdown.write_text("\n".join(lines) + "\n")
     return 0
 
 
