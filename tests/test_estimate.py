@@ -75,3 +75,15 @@ def test_plan_prints_the_estimate_and_its_assumptions(write_study):
     proc = run_cli("plan", write_study(tiny_study("p")), timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "estimated time: about" in proc.stdout and "assumes: decode step" in proc.stdout
+
+
+def test_adaptive_repeats_give_a_range_and_llamacpp_is_sequential(write_study):
+    study = tiny_study("adaptive", repeats={"min": 3, "max": 5, "ci_target": 0.05})
+    est = estimate_study(build_plan(load_study(write_study(study))), on_gpu=False, model_config=None)
+    assert est.rounds == (3, 5) and est.up_to_s > est.likely_s
+    assert "for 3 round(s); up to" in est.describe() and "all 5 rounds" in est.describe()
+    fixed = estimate_study(build_plan(load_study(write_study(tiny_study("fixed", repeats=2)))), on_gpu=False,
+                           model_config=None)
+    assert fixed.up_to_s is None and "up to" not in fixed.describe()
+    p = {"backend": "llamacpp", "prompts": 12, "max_output_tokens": 32, "concurrency": 4}
+    assert pass_seconds(p, 0.01) == pytest.approx(12 * 32 * 0.01)

@@ -31,7 +31,9 @@ REPORT_S = 10.0
 @dataclass
 class StudyEstimate:
     low_s: float                         # what the study fixes, every pass taken as instantaneous
-    likely_s: float                      # with the pass lengths assumed or measured
+    likely_s: float                      # the first repeats.min rounds, pass lengths assumed or measured
+    up_to_s: float | None = None         # all repeats.max rounds (adaptive repeats), where that is more
+    rounds: tuple[int, int] = (1, 1)     # (repeats.min, repeats.max)
     measured_configs: int = 0            # configurations whose trial time an earlier run measured
     configs: int = 0
     assumptions: list[str] = field(default_factory=list)
@@ -39,7 +41,10 @@ class StudyEstimate:
     def describe(self) -> str:
         basis = (f"trial times measured by an earlier run for {self.measured_configs} of {self.configs} "
                  f"configurations" if self.measured_configs else "no earlier run of this study")
-        return (f"estimated time: about {_minutes(self.likely_s)} (at least {_minutes(self.low_s)}; {basis})")
+        more = (f"; up to {_minutes(self.up_to_s)} if adaptive repeats run all {self.rounds[1]} rounds"
+                if self.up_to_s is not None else "")
+        return (f"estimated time: about {_minutes(self.likely_s)} for {self.rounds[0]} round(s){more} "
+                f"(at least {_minutes(self.low_s)}; {basis})")
 
 
 def _minutes(s: float) -> str:
@@ -73,6 +78,8 @@ def pass_seconds(params: dict[str, Any], step_s: float) -> float:
     width = int(params.get("concurrency") or params.get("batch_size") or params.get("max_num_seqs") or 1)
     if params.get("backend") == "vllm" and params.get("mode") != "served":
         width = max(width, int(params.get("max_num_seqs") or 256))   # vLLM offline batches continuously
+    if params.get("backend") == "llamacpp":
+        width = 1                   # llama.cpp decodes one sequence at a time (its server queues the rest)
     steps = math.ceil(prompts / max(width, 1)) * int(params.get("max_output_tokens") or 32)
     return steps * step_s
 
@@ -114,29 +121,36 @@ def earlier_runs(study_name: str, roots: Iterable[Path]) -> list[Path]:
 
 def estimate_study(plan, *, on_gpu: bool, model_config: dict[str, Any] | None,
                    history: dict[str, float] | None = None) -> StudyEstimate:
-    """The time of the plan's first ``repeats.min`` rounds (adaptive repeats may add rounds)."""
+    """The time of the plan's first ``repeats.min`` rounds, and of all ``repeats.max`` rounds where adaptive
+    repeats may add rounds."""
     cfg = plan.config
     m = cfg.measurement
-    rounds = plan.min_repeats
     history = history or {}
     device = "gpu" if on_gpu else "cpu"
     warm = max(m.warmup.min_passes, 1) + 1          # the usual: min_passes, plus one to see it stable
-    starts = plan.worker_starts(rounds)
-    fixed = starts * (WORKER_START_S[device] + m.loaded_idle_s) + (m.device_idle_s if on_gpu else 0) + REPORT_S
-    low = fixed + len(plan.configs) * rounds * (TRIAL_OVERHEAD_S + m.min_window_s)
-    likely = fixed
     assumed: set[float] = set()
+    per_round = 0.0                                  # one round: every configuration once
     for c in plan.configs:
         if c.config_id in history:
-            likely += rounds * history[c.config_id]
+            per_round += history[c.config_id]
             continue
         step = step_seconds(c.params.get("backend", "transformers"), on_gpu, model_config)
         assumed.add(round(step * 1000, 1))
-        likely += rounds * trial_seconds(pass_seconds(c.params, step), m.min_window_s, warm)
+        per_round += trial_seconds(pass_seconds(c.params, step), m.min_window_s, warm)
+
+    def fixed(rounds: int) -> float:
+        return (plan.worker_starts(rounds) * (WORKER_START_S[device] + m.loaded_idle_s)
+                + (m.device_idle_s if on_gpu else 0) + REPORT_S)
+
+    rounds = plan.min_repeats
+    low = fixed(rounds) + len(plan.configs) * rounds * (TRIAL_OVERHEAD_S + m.min_window_s)
+    likely = max(fixed(rounds) + rounds * per_round, low)
+    most = plan.max_repeats
+    up_to = max(fixed(most) + most * per_round, likely) if most > rounds else None
     notes = [f"a worker start (imports, model load) ~{WORKER_START_S[device]:g} s"]
     if assumed:
         notes.insert(0, "decode step ~" + "/".join(f"{a:g}" for a in sorted(assumed)) + " ms (assumed; "
                      "a window and the warm-up are whole passes of the workload)")
-    return StudyEstimate(low_s=low, likely_s=max(likely, low), measured_configs=sum(c.config_id in history
-                                                                                      for c in plan.configs),
+    return StudyEstimate(low_s=low, likely_s=likely, up_to_s=up_to, rounds=(rounds, most),
+                         measured_configs=sum(c.config_id in history for c in plan.configs),
                          configs=len(plan.configs), assumptions=notes)
