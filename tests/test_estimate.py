@@ -17,7 +17,9 @@ def test_a_pass_is_sequential_batches_of_decode_steps():
     p = {"backend": "transformers", "prompts": 8, "max_output_tokens": 256, "batch_size": 1}
     assert pass_seconds(p, 0.025) == pytest.approx(8 * 256 * 0.025)       # the 1B batch-1 case: 51 s a pass
     assert pass_seconds({**p, "batch_size": 8}, 0.025) == pytest.approx(256 * 0.025)
-    assert pass_seconds({**p, "backend": "vllm"}, 0.01) == pytest.approx(256 * 0.01)   # continuous batching
+    # vLLM: batch_size caps the requests in flight; unset, the scheduler takes the whole workload at once
+    assert pass_seconds({**p, "backend": "vllm", "batch_size": 4}, 0.01) == pytest.approx(2 * 256 * 0.01)
+    assert pass_seconds({**p, "backend": "vllm", "batch_size": None}, 0.01) == pytest.approx(256 * 0.01)
 
 
 def test_a_window_is_whole_passes():

@@ -19,11 +19,13 @@ from typing import Any, Iterable
 # Assumed seconds per decode step at small batch (the engine's per-step overhead dominates there);
 # measured figures replace them (see estimate_study's history).
 STEP_S = {("transformers", "gpu"): 0.025, ("transformers", "cpu"): 0.01,
-          ("vllm", "gpu"): 0.012, ("vllm", "cpu"): 0.02,
+          ("vllm", "gpu"): 0.012, ("vllm", "cpu"): 0.2,   # vLLM on 2 CPU cores: ~0.3 s a step measured
           ("llamacpp", "gpu"): 0.008, ("llamacpp", "cpu"): 0.01}
 CPU_FLOPS = 4e9             # effective FLOP/s of a small-batch CPU decode step on 2 cores (a 135M model in
                             # transformers measured 167 ms a step at load average 2.5: busy hosts are slower)
 WORKER_START_S = {"gpu": 25.0, "cpu": 8.0}   # interpreter, engine imports, model load (small model)
+ENGINE_START_S = {"vllm": 40.0}                # more for engines that start a server or compile (vLLM CPU:
+                                               # a 40 s load measured on 2 cores)
 TRIAL_OVERHEAD_S = 1.0      # pre-flight, thermal read, record
 REPORT_S = 10.0
 
@@ -76,8 +78,8 @@ def pass_seconds(params: dict[str, Any], step_s: float) -> float:
     """One pass: every prompt once, in batches (offline) or as concurrent streams (served)."""
     prompts = int(params.get("prompts") or 8)
     width = int(params.get("concurrency") or params.get("batch_size") or params.get("max_num_seqs") or 1)
-    if params.get("backend") == "vllm" and params.get("mode") != "served":
-        width = max(width, int(params.get("max_num_seqs") or 256))   # vLLM offline batches continuously
+    if params.get("backend") == "vllm" and params.get("mode") != "served" and not params.get("batch_size"):
+        width = min(prompts, int(params.get("max_num_seqs") or 256))  # vLLM's scheduler takes the whole workload
     if params.get("backend") == "llamacpp":
         width = 1                   # llama.cpp decodes one sequence at a time (its server queues the rest)
     steps = math.ceil(prompts / max(width, 1)) * int(params.get("max_output_tokens") or 32)
@@ -138,8 +140,10 @@ def estimate_study(plan, *, on_gpu: bool, model_config: dict[str, Any] | None,
         assumed.add(round(step * 1000, 1))
         per_round += trial_seconds(pass_seconds(c.params, step), m.min_window_s, warm)
 
+    start_s = WORKER_START_S[device] + max(ENGINE_START_S.get(c.params.get("backend"), 0.0) for c in plan.configs)
+
     def fixed(rounds: int) -> float:
-        return (plan.worker_starts(rounds) * (WORKER_START_S[device] + m.loaded_idle_s)
+        return (plan.worker_starts(rounds) * (start_s + m.loaded_idle_s)
                 + (m.device_idle_s if on_gpu else 0) + REPORT_S)
 
     rounds = plan.min_repeats
@@ -147,7 +151,7 @@ def estimate_study(plan, *, on_gpu: bool, model_config: dict[str, Any] | None,
     likely = max(fixed(rounds) + rounds * per_round, low)
     most = plan.max_repeats
     up_to = max(fixed(most) + most * per_round, likely) if most > rounds else None
-    notes = [f"a worker start (imports, model load) ~{WORKER_START_S[device]:g} s"]
+    notes = [f"a worker start (imports, model load) ~{start_s:g} s"]
     if assumed:
         notes.insert(0, "decode step ~" + "/".join(f"{a:g}" for a in sorted(assumed)) + " ms (assumed; "
                      "a window and the warm-up are whole passes of the workload)")
