@@ -96,8 +96,9 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="jb-estimate-"))
     batch1 = work / "batch1.yaml"
     batch1.write_text(yaml.safe_dump(BATCH1, sort_keys=False))
-    studies = list(args.studies or [p for p in sorted((ROOT / "studies").glob("*.yaml")) if _runnable(p)])
-    if not args.studies or args.batch1:
+    studies = list(args.studies if args.studies is not None
+                   else [p for p in sorted((ROOT / "studies").glob("*.yaml")) if _runnable(p)])
+    if args.studies is None or args.batch1:
         studies.append(batch1)
     header = f"{'study':28s} {'estimate':>9s} {'measured':>9s} {'ratio':>6s} {'with history':>13s} {'ratio':>6s}"
     print(header, flush=True)

@@ -45,8 +45,8 @@ def test_batch1_estimate_is_far_above_the_old_floor(write_study):
                        sweep={"batch_size": [1, 16]}, repeats=2)
     plan = build_plan(load_study(write_study(study)))
     est = estimate_study(plan, on_gpu=True, model_config=None)
-    # batch 1: 8 x 256 steps at 25 ms = 51 s a pass; warm-up 2 passes + a window of 1 pass, 2 rounds
-    assert est.likely_s > 2 * 3 * 51
+    # batch 1: 8 x 256 steps at 25 ms = 51 s a pass; a window of 1 whole pass (+ a one-batch warm-up), 2 rounds
+    assert est.likely_s > 2 * 51 + 2 * 2 * 256 * 0.025
     assert est.low_s < est.likely_s and "decode step ~25 ms (assumed" in est.assumptions[0]
     assert "no earlier run" in est.describe()
 
@@ -89,3 +89,14 @@ def test_adaptive_repeats_give_a_range_and_llamacpp_is_sequential(write_study):
     assert fixed.up_to_s is None and "up to" not in fixed.describe()
     p = {"backend": "llamacpp", "prompts": 12, "max_output_tokens": 32, "concurrency": 4}
     assert pass_seconds(p, 0.01) == pytest.approx(12 * 32 * 0.01)
+
+
+def test_transformers_warms_one_batch_the_other_engines_the_workload():
+    from joulebench.study.estimate import warmup_pass_seconds
+
+    p = {"backend": "transformers", "prompts": 8, "max_output_tokens": 64, "batch_size": 1}
+    assert warmup_pass_seconds(p, 0.05) == pytest.approx(64 * 0.05)            # one batch
+    assert pass_seconds(p, 0.05) == pytest.approx(8 * 64 * 0.05)               # the window's pass: all 8
+    assert trial_seconds(25.6, 3.0, 2, 3.2) == pytest.approx(TRIAL_OVERHEAD_S + 6.4 + 25.6)
+    v = {**p, "backend": "vllm"}
+    assert warmup_pass_seconds(v, 0.05) == pass_seconds(v, 0.05)

@@ -86,10 +86,19 @@ def pass_seconds(params: dict[str, Any], step_s: float) -> float:
     return steps * step_s
 
 
-def trial_seconds(pass_s: float, min_window_s: float, warmup_passes: int) -> float:
+def warmup_pass_seconds(params: dict[str, Any], step_s: float) -> float:
+    """One warm-up pass: transformers warms one batch (every batch has the same shapes); the other engines
+    run the whole workload (``Backend.warmup_requests``)."""
+    if params.get("backend", "transformers") == "transformers":
+        return int(params.get("max_output_tokens") or 32) * step_s
+    return pass_seconds(params, step_s)
+
+
+def trial_seconds(pass_s: float, min_window_s: float, warmup_passes: int, warm_pass_s: float | None = None) -> float:
     """A trial: warm-up passes, then a window of whole passes at least ``min_window_s`` long."""
     window_passes = max(1, math.ceil(min_window_s / pass_s)) if pass_s > 0 else 1
-    return TRIAL_OVERHEAD_S + warmup_passes * pass_s + max(min_window_s, window_passes * pass_s)
+    warm = warmup_passes * (pass_s if warm_pass_s is None else warm_pass_s)
+    return TRIAL_OVERHEAD_S + warm + max(min_window_s, window_passes * pass_s)
 
 
 def measured_trial_seconds(study_dirs: Iterable[Path]) -> dict[str, float]:
@@ -138,7 +147,8 @@ def estimate_study(plan, *, on_gpu: bool, model_config: dict[str, Any] | None,
             continue
         step = step_seconds(c.params.get("backend", "transformers"), on_gpu, model_config)
         assumed.add(round(step * 1000, 1))
-        per_round += trial_seconds(pass_seconds(c.params, step), m.min_window_s, warm)
+        per_round += trial_seconds(pass_seconds(c.params, step), m.min_window_s, warm,
+                                   warmup_pass_seconds(c.params, step))
 
     start_s = WORKER_START_S[device] + max(ENGINE_START_S.get(c.params.get("backend"), 0.0) for c in plan.configs)
 
