@@ -70,3 +70,22 @@ def test_parse_model(spec, kind):
 def test_parse_model_rejects_nonsense():
     with pytest.raises(StudyError):
         parse_model("not a model spec")
+
+
+def test_config_only_synthetic_model_for_dummy_weight_engines(tmp_path):
+    """load_format: dummy engines get config.json and the tokenizer, no weight files (8B: no 16 GB write)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    from joulebench.models.synthetic import architectures, materialize_synthetic
+
+    path = materialize_synthetic("llama-3.1-8b", dtype="bfloat16", root=tmp_path, weights=False)
+    assert not list(path.glob("*.safetensors"))
+    cfg = AutoConfig.from_pretrained(path)
+    assert cfg.hidden_size == architectures()["llama-3.1-8b"]["hidden_size"]
+    assert cfg.num_hidden_layers == architectures()["llama-3.1-8b"]["num_hidden_layers"]
+    tok = AutoTokenizer.from_pretrained(path)
+    assert len(tok("hello world")["input_ids"]) > 0
+    # cached: a second call returns the same folder without rewriting it
+    stamp = (path / "config.json").stat().st_mtime_ns
+    assert materialize_synthetic("llama-3.1-8b", dtype="bfloat16", root=tmp_path, weights=False) == path
+    assert (path / "config.json").stat().st_mtime_ns == stamp

@@ -46,13 +46,15 @@ class VLLMParams(ModeParams):
     max_model_len: int | None = None
     trust_remote_code: bool = False
     tokenizer: str | None = None
+    load_format: str | None = None             # "dummy": vLLM fills random weights (synthetic models: no weight files)
     cpu_kvcache_space_gb: int | None = None    # VLLM_CPU_KVCACHE_SPACE, GiB (CPU builds only; default 1)
     engine_args: dict[str, Any] = {}           # anything else, passed to LLM(...) / the server as --flags
 
 
 _VLLM_LOAD = ("dtype", "quantization", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
               "kv_cache_dtype", "block_size", "enable_prefix_caching", "enable_chunked_prefill", "enforce_eager",
-              "tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "trust_remote_code", "tokenizer")
+              "tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "trust_remote_code", "tokenizer",
+              "load_format")
 
 
 def is_cpu_build() -> bool:
@@ -113,7 +115,8 @@ class VLLMBackend(Backend):
             from joulebench.models import materialize
 
             dtype = self.params.dtype if self.params.dtype not in ("auto", None) else "bfloat16"
-            return str(materialize(model, dtype)), True
+            dummy = (self.params.load_format or self.params.engine_args.get("load_format")) == "dummy"
+            return str(materialize(model, dtype, weights=not dummy)), True
         if kind == "gguf" and self._cpu:
             raise BackendError("vLLM on CPU has no GGUF loader: give a safetensors model directory "
                                "(or use backend: llamacpp for .gguf files)")

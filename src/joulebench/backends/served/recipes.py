@@ -62,7 +62,7 @@ def _append_options(cmd: list[str], options: Options, mapping: dict[str, str], b
 VLLM_SERVER_KEYS = ("dtype", "quantization", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
                     "kv_cache_dtype", "block_size", "enable_prefix_caching", "enable_chunked_prefill",
                     "enforce_eager", "tensor_parallel_size", "pipeline_parallel_size", "max_model_len", "seed",
-                    "trust_remote_code", "tokenizer")
+                    "trust_remote_code", "tokenizer", "load_format")
 _VLLM_BOOL = {"enable_prefix_caching", "enable_chunked_prefill", "enforce_eager", "trust_remote_code"}
 
 
