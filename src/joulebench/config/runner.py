@@ -62,6 +62,15 @@ class DockerOptions(_Strict):
     env: dict[str, str] = Field(default_factory=dict, description="extra environment of every container "
                                                                   "(no secrets: visible in inspect)")
     python: str = Field("python", description="the interpreter in the image that runs the worker")
+    user: str | None = Field(None, description="UID[:GID] inside the container; default: the host user, or the "
+                                               "images' unprivileged user 10001 when the dispatcher is root")
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9]+(:[0-9]+)?", v):
+            raise ValueError(f"user must be UID or UID:GID (numbers), not {v!r}")
+        return v
 
     @field_validator("driver_dir")
     @classmethod

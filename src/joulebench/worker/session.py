@@ -229,7 +229,7 @@ def runner_environment(env: dict[str, Any]) -> dict[str, Any]:
                                  ENV_PASSTHROUGH, ENV_IMAGE, ENV_IMAGE_ID, ENV_RUNNER)
 
     g = os.environ.get
-    runner: dict[str, Any] = {"kind": g(ENV_RUNNER) or ("container" if env.get("in_container") else "process")}
+    runner: dict[str, Any] = {"kind": g(ENV_RUNNER) or "process"}
     for key, var in (("container_engine", ENV_ENGINE), ("gpu_passthrough", ENV_PASSTHROUGH), ("image", ENV_IMAGE),
                      ("image_id", ENV_IMAGE_ID)):
         if g(var):

@@ -95,24 +95,12 @@ def container_spec(spec: ExperimentSpec, gpus: list[str]) -> ExperimentSpec:
 
 # --------------------------------------------------------------------------- isolation
 
-def gpu_ulimits_kwargs(capped_to_own: bool = False) -> list:
-    """NVIDIA's recommended limits for PyTorch in containers (pinned memory, deep stacks). ``capped_to_own``
-    (Podman, which runs as the dispatcher's user and may lack CAP_SYS_RESOURCE): never above this process's
-    own hard limits, which the engine could not raise."""
-    import resource
-
+def gpu_ulimits_kwargs() -> list:
+    """NVIDIA's recommended limits for PyTorch in containers (pinned memory, deep stacks)."""
     import docker
 
-    def capped(res: int, want: int) -> int:
-        hard = resource.getrlimit(res)[1]
-        if not capped_to_own or hard == resource.RLIM_INFINITY:
-            return want
-        return hard if want == -1 else min(want, hard)
-
-    memlock = capped(resource.RLIMIT_MEMLOCK, -1)
-    stack = capped(resource.RLIMIT_STACK, 67108864)
-    return [docker.types.Ulimit(name="memlock", soft=memlock, hard=memlock),
-            docker.types.Ulimit(name="stack", soft=stack, hard=stack)]
+    return [docker.types.Ulimit(name="memlock", soft=-1, hard=-1),
+            docker.types.Ulimit(name="stack", soft=67108864, hard=67108864)]
 
 
 def isolation_kwargs(*, gpus: list[str] | None = None, settings: ContainerSettings | None = None,
@@ -146,9 +134,11 @@ def isolation_kwargs(*, gpus: list[str] | None = None, settings: ContainerSettin
             kw["mounts"] = [Mount(target=t, source=src, type="bind", read_only=ro) for src, t, ro in gmounts]
         if genv:
             kw["environment"] = genv
-    if gpus and gpu_ulimits:
-        pt = passthrough or Passthrough()
-        kw["ulimits"] = gpu_ulimits_kwargs(capped_to_own=bool(pt.engine and pt.engine.is_podman))
+    pt = passthrough or Passthrough()
+    if gpus and gpu_ulimits and not (pt.engine and pt.engine.is_podman):
+        # Podman (rootful without CAP_SYS_RESOURCE, or rootless) refuses to raise limits above its own:
+        # its containers keep the engine's limits.
+        kw["ulimits"] = gpu_ulimits_kwargs()
     return kw
 
 
