@@ -185,8 +185,9 @@ BASE_IMAGE = os.environ.get("JOULEBENCH_BASE_IMAGE", "localhost/joulebench-base:
 
 @pytest.mark.containers
 def test_real_podman_takes_exactly_gpu_1s_device_nodes(two_gpus, driver_dir, tmp_path, monkeypatch):
-    """Created (not started) by the real Podman service: its inspect shows GPU 1's node, ctl and uvm, the
-    driver bind. The nodes are real character devices with NVIDIA's major number in a stand-in /dev."""
+    """The real Podman service takes the device-node request: inside the container exactly GPU 1's node,
+    nvidiactl and nvidia-uvm, the driver folder bound read-only and on LD_LIBRARY_PATH. The nodes are real
+    character devices with NVIDIA's major numbers in a stand-in /dev (no driver behind them)."""
     from joulebench.runners.base import Experiment
     from joulebench.runners.docker.gpu import DeviceNodes, Passthrough, engine_info
     from joulebench.runners.docker.request import ContainerSettings, container_kwargs
@@ -217,20 +218,24 @@ def test_real_podman_takes_exactly_gpu_1s_device_nodes(two_gpus, driver_dir, tmp
         client.containers.get(kw["name"]).remove(force=True)
     except Exception:
         pass
+    # Podman 4.3's inspect leaves HostConfig.Devices empty, so look inside: the container lists its nodes.
+    kw["command"] = ["sh", "-c", 'for f in /dev/nvidia*; do stat -c "%n %t %T" "$f"; done; '
+                                 'echo "LD=$LD_LIBRARY_PATH"; ls "$LD_LIBRARY_PATH"']
     c = client.containers.create(**kw)
     try:
-        hc = client.api.inspect_container(c.id)["HostConfig"]
-        nodes = {(d["PathOnHost"], d["PathInContainer"]) for d in hc["Devices"]}
-        assert (str(dev / f"nvidia{MINORS[1]}"), f"/dev/nvidia{MINORS[1]}") in nodes
-        assert not any(p.endswith(f"nvidia{MINORS[0]}") for p, _ in nodes)          # never GPU 0
-        assert {t for _, t in nodes} == {f"/dev/nvidia{MINORS[1]}", "/dev/nvidiactl", "/dev/nvidia-uvm"}
-        binds = hc.get("Binds") or []
-        assert any(b.startswith(f"{driver_dir}:{driver_dir}:") and "ro" in b.split(":")[2].split(",") for b in binds), binds
-        env = dict(e.split("=", 1) for e in client.api.inspect_container(c.id)["Config"]["Env"])
-        assert env["LD_LIBRARY_PATH"] == str(driver_dir / "lib64")
+        mounts = {m["Destination"]: m for m in client.api.inspect_container(c.id)["Mounts"]}
+        assert mounts[str(driver_dir)]["Source"] == str(driver_dir) and mounts[str(driver_dir)]["RW"] is False
+        c.start()
+        assert c.wait(timeout=60)["StatusCode"] == 0
+        out = c.logs().decode()
     finally:
         c.remove(force=True)
         client.close()
+    nodes = {line.split()[0]: (int(line.split()[1], 16), int(line.split()[2], 16))
+             for line in out.splitlines() if line.startswith("/dev/nvidia")}
+    assert nodes == {f"/dev/nvidia{MINORS[1]}": (195, MINORS[1]), "/dev/nvidiactl": (195, 255),
+                     "/dev/nvidia-uvm": (511, 0)}, out        # GPU 1's node only, never GPU 0's
+    assert f"LD={driver_dir / 'lib64'}" in out and "libcuda.so.1" in out
 
 
 @pytest.mark.containers
@@ -239,15 +244,9 @@ def test_real_container_assigned_an_unseen_gpu_fails_its_trial_loudly(two_gpus, 
     real container has no GPU; its trial fails with gpu-unavailable instead of measuring the CPU."""
     client = _podman_client(monkeypatch)
     client.close()
-    prefix = os.path.realpath(sys.base_prefix)
-    src = Path(__file__).resolve().parents[1] / "src"
-    mounts = [{"source": p, "target": p} for p in dict.fromkeys([prefix, sys.prefix])]
-    mounts.append({"source": str(src), "target": "/jb-src"})
-    pythonpath = ":".join(["/jb-src"] + [p for p in sys.path if p.startswith((prefix, sys.prefix))])
     study = tiny_study("loud", device="cuda:1", runner="docker",
-                       runner_options={"reuse_workers": False, "docker": {
-                           "image": BASE_IMAGE, "gpu_passthrough": "device-request", "python": sys.executable,
-                           "user": "0:0", "mounts": mounts, "env": {"PYTHONPATH": pythonpath}}})
+                       runner_options={"reuse_workers": False,
+                                       "docker": _host_python_options(gpu_passthrough="device-request")})
     res = run_study(write_study(study), out=tmp_path / "out", quiet=True, report=False)
     recs = list(StudyStore(tmp_path / "out").records_by_id().values())
     assert res.exit_code != 0 and recs
@@ -259,3 +258,57 @@ def test_real_container_assigned_an_unseen_gpu_fails_its_trial_loudly(two_gpus, 
         assert r.get("energy_j") is None                  # nothing measured on the CPU
     starts = [json.loads(line) for line in (tmp_path / "out" / "containers.jsonl").read_text().splitlines()]
     assert len(starts) == 1 and starts[0]["start_to_ready_s"] > 0
+
+
+def _host_python_options(**extra) -> dict:
+    """The engine's base image running this interpreter and this checkout, bound read-only (as the GPU
+    hosts run their own /usr in a tiny image)."""
+    prefix = os.path.realpath(sys.base_prefix)
+    src = Path(__file__).resolve().parents[1] / "src"
+    mounts = [{"source": p, "target": p} for p in dict.fromkeys([prefix, sys.prefix])]
+    mounts.append({"source": str(src), "target": "/jb-src"})
+    pythonpath = ":".join(["/jb-src"] + [p for p in sys.path if p.startswith((prefix, sys.prefix))])
+    return {"image": BASE_IMAGE, "python": sys.executable, "user": "0:0", "mounts": mounts,
+            "env": {"PYTHONPATH": pythonpath}, **extra}
+
+
+@pytest.mark.containers
+def test_one_container_serves_every_round_and_its_start_cost_is_recorded(tmp_path, monkeypatch):
+    """Two rounds, one container: one start (containers.jsonl), one worker, one model load; the records
+    say runner docker, the engine and the image."""
+    client = _podman_client(monkeypatch)
+    client.close()
+    study = tiny_study("reuse", runner="docker", repeats=2,
+                       runner_options={"docker": _host_python_options()})
+    res = run_study(study, out=tmp_path / "out", quiet=True, report=False)
+    recs = list(StudyStore(tmp_path / "out").records_by_id().values())
+    assert res.exit_code == 0 and len(recs) == 2 and all(r["status"] == "ok" for r in recs)
+    assert len({r["worker_id"] for r in recs}) == 1 and len({r["experiment_id"] for r in recs}) == 2
+    starts = [json.loads(line) for line in (tmp_path / "out" / "containers.jsonl").read_text().splitlines()]
+    assert len(starts) == 1 and 0 < starts[0]["start_to_ready_s"] < 120
+    runner = recs[0]["environment"]["runner"]
+    assert runner["kind"] == "docker" and runner["image"] == BASE_IMAGE and runner["image_id"].startswith("sha256:")
+    assert runner["container_engine"].startswith("Podman") and "gpu_passthrough" not in runner   # a CPU study
+
+
+@pytest.mark.containers
+def test_doctor_probes_the_gpu_as_the_runner_passes_it_and_names_the_fix(two_gpus, monkeypatch):
+    """A real probe container on Podman: the old device request is ignored (NVML sees nothing inside:
+    the fix names device-nodes); device nodes that this host lacks are refused by the engine (the fix
+    names the nodes and the driver bind)."""
+    from joulebench.cli import doctor
+    from joulebench.testing import install_from_environment
+
+    install_from_environment()
+    client = _podman_client(monkeypatch)
+    try:
+        checks = {c.name: c for c in doctor.run_checks(client=client, probe_image=BASE_IMAGE,
+                                                       gpu_passthrough="device-request", python="python3")}
+        probe = checks["GPU inside a container"]
+        assert probe.ok is False and "saw 0 of 2 GPU(s)" in probe.detail and "device-request" in probe.detail
+        assert "Podman ignores device requests through its Docker API" in probe.fix
+        checks = {c.name: c for c in doctor.run_checks(client=client, probe_image=BASE_IMAGE, python="python3")}
+        probe = checks["GPU inside a container"]
+        assert probe.ok is False and "device-nodes" in probe.detail and "device nodes" in probe.fix
+    finally:
+        client.close()
