@@ -200,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--model", default="synthetic:llama-3.2-1b")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--n-prompts", type=int, default=32)
+    ap.add_argument("--n-prompts", type=int, default=16)
     ap.add_argument("--max-input-tokens", type=int, default=256)
     ap.add_argument("--max-output-tokens", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     if not os.environ.get("DOCKER_HOST"):
         print("warning: DOCKER_HOST is unset; using the default Docker socket", file=sys.stderr)
     tmp = Path(tempfile.mkdtemp(prefix="jb-containers-gpu-"))
+    from joulebench.testing import install_from_environment
+
+    install_from_environment()   # the real NVML unless JOULEBENCH_FAKE_NVML names a fake
     if args.smoke:
         args.n_prompts, args.max_output_tokens, args.max_input_tokens = 4, 4, 32
         args.batch_sizes, args.repeats = [1, 2], 2
@@ -227,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     client.close()
     method = resolve_method("auto", engine)
     gpus = host_gpu_table()
-    gpu_name = "cpu-smoke" if args.smoke else "unknown"
+    gpu_name = "cpu-smoke" if args.smoke else "no-gpu"
     if gpus and not args.smoke:
         from joulebench.devices import resolve_gpus
 
