@@ -17,9 +17,10 @@ Writes benchmarks/results/containers-gpu-<gpu>-<date>.json (``--out`` to overrid
 figures: J/output-token per configuration with 95 % intervals and window power for both runners, their
 ratio, the share of wall time inside measured windows, the container start-to-ready cost per experiment.
 
-    python benchmarks/containers_gpu.py --prompts data/aienergyscore_text_generation.jsonl \\
-        --image localhost/hostshell --python python3 --mount /usr --mount /opt \\
-        --mount "$PWD/src" --mount /tmp/site:/jb-site
+    PYTHONPATH=$PWD/src:/tmp/site python3 benchmarks/containers_gpu.py \\
+        --prompts data/aienergyscore_text_generation.jsonl \\
+        --image localhost/hostshell --python python3 --user 0:0 \\
+        --mount /usr --mount /opt --mount "$PWD/src:/jb-src" --mount /tmp/site:/jb-site
 
 ``--mount SRC[:TARGET]`` binds read-only (TARGET defaults to SRC). Unless ``--no-auto-pythonpath``, the
 container's PYTHONPATH is this interpreter's own ``sys.path`` entries that lie under a mount, mapped to
