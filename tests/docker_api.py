@@ -36,6 +36,7 @@ class Created:
 class FakeEngine:
     exit_code: int = 1
     exit_output: str = "no engine here: the fake API only records the create request\n"
+    version: dict[str, Any] | None = None      # the /version document (default: a Docker engine's)
     created: list[Created] = field(default_factory=list)
     calls: list[str] = field(default_factory=list)
     containers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -90,7 +91,8 @@ def _handler(engine: FakeEngine):
             if path == "/_ping":
                 return self._send(200, text="OK")
             if path == "/version":
-                return self._send(200, {"ApiVersion": API_VERSION, "Version": "fake", "MinAPIVersion": "1.24"})
+                return self._send(200, engine.version or {"ApiVersion": API_VERSION, "Version": "fake",
+                                                          "MinAPIVersion": "1.24"})
             if path == "/containers/json":
                 return self._send(200, [])
             if path.startswith("/images/") and path.endswith("/json"):

@@ -47,7 +47,7 @@ def test_events_keep_the_wire_format_of_the_untyped_protocol():
 
 def test_enum_values_equal_the_strings_and_codes_on_record():
     assert {k.value for k in ErrorKind} == {"error", "crash", "timeout", "interrupted", "infrastructure",
-                                             "worker-lost"}
+                                             "worker-lost", "gpu-unavailable"}
     assert {k.value for k in RETRYABLE_ERROR_KINDS} == {"interrupted", "infrastructure", "worker-lost"}
     assert ErrorKind.WORKER_LOST == "worker-lost"
     assert [int(c) for c in WorkerExit] == [0, 2, 3, 130, 141]

@@ -22,6 +22,21 @@ from joulebench.config.study import MeasurementConfig
 SPEC_VERSION = 1
 EVENT_PREFIX = "@@joulebench "   # a worker's event lines; everything else on stdout is engine output
 
+# What a container runner tells its worker through the environment (the records keep it).
+ENV_ASSIGNED_GPUS = "JOULEBENCH_ASSIGNED_GPUS"      # host GPUs (UUIDs) given to the container
+ENV_GPU_PASSTHROUGH = "JOULEBENCH_GPU_PASSTHROUGH"  # a GpuPassthrough value
+ENV_CONTAINER_ENGINE = "JOULEBENCH_CONTAINER_ENGINE"  # e.g. "Podman 4.3.1"
+ENV_RUNNER = "JOULEBENCH_RUNNER"
+ENV_IMAGE = "JOULEBENCH_IMAGE"
+ENV_IMAGE_ID = "JOULEBENCH_IMAGE_ID"
+
+
+class GpuPassthrough(str, Enum):
+    """How a container got its GPUs."""
+    DEVICE_REQUEST = "device-request"  # an NVIDIA DeviceRequest (Docker with the NVIDIA Container Toolkit)
+    DEVICE_NODES = "device-nodes"      # /dev/nvidia* nodes and a read-only bind of the driver folder
+    CDI = "cdi"                        # CDI device names (Podman's own API)
+
 
 class Phase(str, Enum):
     LOAD = "load"
@@ -45,6 +60,7 @@ class ErrorKind(str, Enum):
     INTERRUPTED = "interrupted"        # Ctrl-C / SIGTERM
     INFRASTRUCTURE = "infrastructure"  # the worker could not start (image, interpreter, container engine)
     WORKER_LOST = "worker-lost"        # the worker (or its Ray node) vanished without a word
+    GPU_UNAVAILABLE = "gpu-unavailable"  # the worker was given GPUs it cannot see (container passthrough)
 
 
 RETRYABLE_ERROR_KINDS = frozenset({ErrorKind.INTERRUPTED, ErrorKind.INFRASTRUCTURE, ErrorKind.WORKER_LOST})

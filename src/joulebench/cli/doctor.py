@@ -1,8 +1,9 @@
 """``joulebench doctor``: pre-flight checks for container runs on GPUs, each with a fix hint.
 
 Checks, in order: the container engine answers; each engine image is current (or buildable);
-the host has NVIDIA GPUs (NVML); a container sees them (an NVML probe inside the engine image,
-through the same device request the runner sends); the driver supports the CUDA version the
+the host has NVIDIA GPUs (NVML); a container sees them (an NVML and CUDA probe inside the engine image,
+with the GPUs passed in as the runner passes them on this engine: a device request on Docker, device nodes
+and the driver bind on Podman); the driver supports the CUDA version the
 image's torch was built for; and the GPUs are free of other processes.
 
 A check that does not apply (no GPU on this host) says so honestly and is not *required*:
@@ -33,6 +34,8 @@ try:
     import torch
     out["torch"] = torch.__version__
     out["torch_cuda"] = torch.version.cuda
+    out["cuda_available"] = bool(torch.cuda.is_available())
+    out["cuda_devices"] = torch.cuda.device_count() if out["cuda_available"] else 0
 except Exception as e:
     out["torch_error"] = f"{type(e).__name__}: {e}"
 print(json.dumps(out))
@@ -144,14 +147,19 @@ def check_images(client) -> list[Check]:
     return out
 
 
-def probe_in_container(client, image: str, gpus: list[str] | None) -> tuple[int | None, str]:
-    """Run the NVML probe in ``image`` with the runner's isolation and GPU request; (exit code, output)."""
+def probe_in_container(client, image: str, gpus: list[str] | None, *, passthrough=None,
+                       python: str = "python") -> tuple[int | None, str]:
+    """Run the NVML and CUDA probe in ``image`` with the runner's isolation and GPU passthrough; (exit code,
+    output)."""
     from joulebench.runners.docker.client import run_probe
 
-    return run_probe(client, image, ["python", "-c", NVML_PROBE], gpus=gpus, timeout_s=120)
+    return run_probe(client, image, [python, "-c", NVML_PROBE], gpus=gpus, timeout_s=120, passthrough=passthrough)
 
 
-def run_checks(*, client=None, probe_image: str | None = None) -> list[Check]:
+def run_checks(*, client=None, probe_image: str | None = None, gpu_passthrough: str = "auto",
+               python: str = "python", driver_dir: str | None = None) -> list[Check]:
+    """Every check. The GPU probe passes the GPUs as the runner would (``gpu_passthrough``: auto picks per
+    engine; ``driver_dir`` for device nodes) and runs ``python`` in the image."""
     checks: list[Check] = []
     if client is None:
         engine_check, client = check_engine()
@@ -180,7 +188,8 @@ def run_checks(*, client=None, probe_image: str | None = None) -> list[Check]:
         checks.append(Check("GPU inside a container", False, "no engine image to probe with",
                             "joulebench images build transformers"))
     else:
-        container_check, probe = _container_gpu_check(client, image, gpus)
+        container_check, probe = _container_gpu_check(client, image, gpus, gpu_passthrough=gpu_passthrough,
+                                                      python=python, driver_dir=driver_dir)
         checks.append(container_check)
     checks.append(_cuda_check(probe, host))
     checks.append(_gpus_free_check(gpus))
@@ -210,11 +219,18 @@ def _current_transformers_image(client) -> str | None:
     return t.ref if t and t.current else None
 
 
-def _container_gpu_check(client, image: str, gpus: list[dict[str, Any]]) -> tuple[Check, dict[str, Any]]:
-    """Probe the GPUs inside ``image``; the check and what the probe reported (empty if nothing)."""
+def _container_gpu_check(client, image: str, gpus: list[dict[str, Any]], *, gpu_passthrough: str = "auto",
+                         python: str = "python", driver_dir: str | None = None) -> tuple[Check, dict[str, Any]]:
+    """Probe the GPUs inside ``image``, passed in as the runner passes them; the check and what the probe
+    reported (empty if nothing)."""
+    from joulebench.runners.docker.gpu import Passthrough
+    from joulebench.worker.gpus import missing_piece
+
+    pt = Passthrough.for_client(client, gpu_passthrough, driver_dir=driver_dir)
+    how = f"{pt.engine}, gpu_passthrough {pt.method}"
     try:
-        code, output = probe_in_container(client, image, [g["uuid"] for g in gpus])
-    except Exception as exc:   # the engine refused the GPU request (no NVIDIA runtime, no CDI spec)
+        code, output = probe_in_container(client, image, [g["uuid"] for g in gpus], passthrough=pt, python=python)
+    except Exception as exc:   # the engine refused the GPU request (no NVIDIA runtime, no device nodes)
         from joulebench.runners.docker.client import api_message
 
         code, output = None, f"the engine refused the container: {api_message(exc)}"
@@ -223,20 +239,22 @@ def _container_gpu_check(client, image: str, gpus: list[dict[str, Any]]) -> tupl
     except (ValueError, IndexError):
         probe = {}
     seen = probe.get("gpus") or []
-    if code == 0 and len(seen) == len(gpus):
-        return Check("GPU inside a container", True, f"{len(seen)} GPU(s) visible in {image}"), probe
+    cuda_ok = "torch" not in probe or probe.get("cuda_devices", 0) >= len(gpus)
+    if code == 0 and len(seen) == len(gpus) and cuda_ok:
+        cuda = f", CUDA sees {probe['cuda_devices']}" if "torch" in probe else ""
+        return Check("GPU inside a container", True,
+                     f"NVML sees {len(seen)} GPU(s){cuda} in {image} ({how})"), probe
     runtimes = ""
     try:
         runtimes = ", ".join(sorted((client.info().get("Runtimes") or {}).keys()))
     except Exception:
         pass
+    cuda = f", CUDA {probe.get('cuda_devices', 0)}" if "torch" in probe else ""
     return Check(
         "GPU inside a container", False,
-        f"the probe in {image} saw {len(seen)} of {len(gpus)} GPU(s) (exit {code}): "
+        f"the probe in {image} ({how}) saw {len(seen)} of {len(gpus)} GPU(s) by NVML{cuda} (exit {code}): "
         f"{probe.get('nvml_error') or output.strip()[-300:]}; engine runtimes: {runtimes or '?'}",
-        "install the NVIDIA Container Toolkit and configure the engine "
-        "(`nvidia-ctk runtime configure --runtime=docker`, or CDI for Podman: "
-        "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`), then restart it"), probe
+        missing_piece(pt.method, str(pt.engine))), probe
 
 
 def _cuda_check(probe: dict[str, Any], host: dict[str, Any]) -> Check:

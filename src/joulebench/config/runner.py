@@ -13,9 +13,11 @@ The flat keys are moved into their group before validation (:data:`FLAT_KEYS`), 
 """
 from __future__ import annotations
 
+import os
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -27,8 +29,74 @@ class ProcessOptions(_Strict):
     environments: dict[str, str] = Field(default_factory=dict, description="backend -> python interpreter")
 
 
+class DockerMount(_Strict):
+    source: str = Field(description="absolute host path")
+    target: str = Field(description="absolute path inside the container")
+    read_only: bool = True
+
+    @field_validator("source", "target")
+    @classmethod
+    def _absolute(cls, v: str, info) -> str:
+        if not v.startswith("/"):
+            raise ValueError(f"{info.field_name} must be an absolute path, not {v!r}")
+        if "\x00" in v or ":" in v:
+            raise ValueError(f"{info.field_name} {v!r} may not contain ':' or NUL")
+        return os.path.normpath(v)
+
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+# Environment names that carry secrets: refused here (they would show in `inspect` and in logs); the
+# Hugging Face token goes in as a read-only file instead.
+_SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL)", re.I)
+
+
 class DockerOptions(_Strict):
     image: str | None = Field(None, description="container image override (docker runner)")
+    gpu_passthrough: Literal["auto", "device-request", "device-nodes"] = Field(
+        "auto", description="how containers get their GPUs: an NVIDIA device request (Docker with the NVIDIA "
+                            "Container Toolkit), the device nodes plus a read-only bind of the driver folder "
+                            "(Podman, whose Docker API ignores device requests); auto picks per engine")
+    driver_dir: str | None = Field(None, description="host folder of the NVIDIA driver libraries (libcuda.so.1) "
+                                                     "bound read-only for device-nodes; default: from ldconfig")
+    mounts: list[DockerMount] = Field(default_factory=list, description="extra bind mounts of every container")
+    env: dict[str, str] = Field(default_factory=dict, description="extra environment of every container "
+                                                                  "(no secrets: visible in inspect)")
+    python: str = Field("python", description="the interpreter in the image that runs the worker")
+    user: str | None = Field(None, description="UID[:GID] inside the container; default: the host user, or the "
+                                               "images' unprivileged user 10001 when the dispatcher is root")
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[0-9]+(:[0-9]+)?", v):
+            raise ValueError(f"user must be UID or UID:GID (numbers), not {v!r}")
+        return v
+
+    @field_validator("driver_dir")
+    @classmethod
+    def _driver_dir(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError(f"driver_dir must be an absolute path, not {v!r}")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for name in v:
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"environment name {name!r} is not a valid variable name")
+            if _SECRET_NAME.search(name):
+                raise ValueError(f"environment name {name!r} looks like a secret: container environment is "
+                                 "visible to anyone who can inspect the container; pass secrets as files "
+                                 "(the Hugging Face token is mounted read-only by the runner)")
+        return v
+
+    @field_validator("python")
+    @classmethod
+    def _python(cls, v: str) -> str:
+        if not v or any(c.isspace() for c in v):
+            raise ValueError(f"python must be one interpreter name or absolute path (no spaces), not {v!r}")
+        return v
 
 
 class RayOptions(_Strict):

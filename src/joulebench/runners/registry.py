@@ -34,7 +34,13 @@ def _process(opts: "RunnerOptions") -> Runner:
 def _docker(opts: "RunnerOptions") -> Runner:
     from joulebench.runners.docker.runner import DockerRunner
 
-    return DockerRunner(image=opts.docker.image)
+    from joulebench.runners.docker.request import ContainerSettings
+
+    d = opts.docker
+    settings = ContainerSettings(env=dict(d.env), extra_mounts=[(m.source, m.target, m.read_only) for m in d.mounts],
+                                 user=d.user)
+    return DockerRunner(image=d.image, settings=settings, python=d.python, gpu_passthrough=d.gpu_passthrough,
+                        driver_dir=d.driver_dir)
 
 
 def _ray(opts: "RunnerOptions") -> Runner:

@@ -34,6 +34,7 @@ JSON spec (the file named by ``JOULEBENCH_FAKE_NVML``; every key optional)::
           "uuid": "GPU-0000...",        # default: a stable UUID from the index
           "name": "NVIDIA H100 80GB HBM3",
           "pci_bus_id": "00000000:00:06.0",
+          "minor_number": 0,            # the device node /dev/nvidia<minor>; default: the index
           "power_limit_w": 700, "memory_total_bytes": 85520809984,
           "memory_used_bytes": 524288000,
           "power_w": 120.0,             # or "power_schedule": [[0, 70], [5, 300]]
@@ -202,6 +203,7 @@ class FakeGpu:
         self.uuid = spec.get("uuid") or _stable_uuid(index)
         self.name = spec.get("name", "NVIDIA H100 80GB HBM3")
         self.pci_bus_id = spec.get("pci_bus_id", f"00000000:{index + 6:02X}:00.0")
+        self.minor_number = int(spec.get("minor_number", index))   # /dev/nvidia<minor>
         self.power_limit_w = float(spec.get("power_limit_w", 700.0))
         self.memory_total_bytes = int(spec.get("memory_total_bytes", 85_520_809_984))
         self.memory_used_bytes = spec.get("memory_used_bytes", 524_288_000)
@@ -469,6 +471,9 @@ class FakeNVML:
 
     def nvmlDeviceGetIndex(self, h) -> int:
         return self._gpu(h).index
+
+    def nvmlDeviceGetMinorNumber(self, h) -> int:
+        return self._gpu(h).minor_number
 
     def nvmlDeviceGetPciInfo(self, h) -> _PciInfo:
         return _PciInfo(self._gpu(h).pci_bus_id)

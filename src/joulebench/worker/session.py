@@ -32,7 +32,7 @@ from joulebench.results.store import StudyStore
 from joulebench.spec import (ErrorKind, ExperimentEndEvent, ExperimentSpec, ExperimentStartEvent, Phase,
                              PhaseEvent, TrialEndEvent, TrialSpec, TrialStartEvent, TrialStatus, WorkerExit)
 from joulebench.system.snapshot import collect_environment
-from joulebench.worker.gpus import unused_gpus, used_gpus
+from joulebench.worker.gpus import GpuUnavailable, check_assigned_gpus, unused_gpus, used_gpus
 from joulebench.worker.record import WorkerFacts, failed_record
 from joulebench.worker.trial import WarmState, run_trial
 
@@ -68,6 +68,11 @@ class ExperimentSession:
         self.emit(ExperimentStartEvent(experiment_id=eid, worker_id=self.worker_id))
         try:
             self._load()
+        except GpuUnavailable as e:   # never a silent CPU fallback; not retried (the engine lacks something)
+            for t in self.spec.trials:
+                self._write_failed(t, str(e), ErrorKind.GPU_UNAVAILABLE)
+            self.emit(ExperimentEndEvent(experiment_id=eid, error=str(e)))
+            return WorkerExit.LOAD_FAILED
         except Exception as e:  # noqa: BLE001 - a load failure fails every trial of the experiment
             err = f"{type(e).__name__}: {e}"
             for t in self.spec.trials:
@@ -120,6 +125,8 @@ class ExperimentSession:
         from joulebench.meters.window import EnergyWindow
 
         first = self.spec.first_params
+        self.env = runner_environment(collect_environment())
+        assigned = check_assigned_gpus()   # raises GpuUnavailable before any model is loaded
         backend_cls = get_backend_class(first["backend"])
         engine = {k: v for k, v in first.items() if k in backend_cls.Params.model_fields}
         # A container numbers its passed GPUs from 0: its runner says so in ``worker_device``.
@@ -128,10 +135,11 @@ class ExperimentSession:
                    "seed": self.spec.seed, "weights_seed": 0}
         self.backend = backend_cls(backend_cls.Params.model_validate(engine), options)
         self.load_identity = load_identity(self.spec)
-        self.env = collect_environment()
         model = parse_model(first["model"])
         resolved = device.resolve()
         intended, self.devices = list(resolved.ordinals), resolved.devices
+        if assigned and len(assigned) == len(self.devices):
+            self.devices = assigned     # a container's GPUs, metered by the UUIDs the host assigned
         self.cpu_devs = cpu_devices()
         self.phase(Phase.LOAD)
         with EnergyWindow(self.devices + self.cpu_devs) as w:
@@ -212,6 +220,23 @@ class ExperimentSession:
                 self.backend.close()
             except Exception:  # noqa: BLE001
                 pass
+
+
+def runner_environment(env: dict[str, Any]) -> dict[str, Any]:
+    """The environment snapshot plus where the worker runs: runner kind, container engine, GPU passthrough,
+    image (set by the docker runner; the process runner's workers say ``process``)."""
+    from joulebench.spec import (ENV_ASSIGNED_GPUS, ENV_CONTAINER_ENGINE as ENV_ENGINE, ENV_GPU_PASSTHROUGH as
+                                 ENV_PASSTHROUGH, ENV_IMAGE, ENV_IMAGE_ID, ENV_RUNNER)
+
+    g = os.environ.get
+    runner: dict[str, Any] = {"kind": g(ENV_RUNNER) or "process"}
+    for key, var in (("container_engine", ENV_ENGINE), ("gpu_passthrough", ENV_PASSTHROUGH), ("image", ENV_IMAGE),
+                     ("image_id", ENV_IMAGE_ID)):
+        if g(var):
+            runner[key] = g(var)
+    if g(ENV_ASSIGNED_GPUS):
+        runner["assigned_gpus"] = g(ENV_ASSIGNED_GPUS).split(",")
+    return {**env, "runner": runner}
 
 
 def load_identity(spec: ExperimentSpec) -> dict[str, Any]:

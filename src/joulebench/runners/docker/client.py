@@ -122,14 +122,19 @@ def call(fn: Callable, *args, attempts: int = 4, **kwargs):
 # --------------------------------------------------------------------------- probes
 
 def run_probe(client, image: str, command: list[str], *, gpus: list[str] | None = None,
-              timeout_s: float = 120, labels: dict[str, str] | None = None) -> tuple[int | None, str]:
-    """Run a short command in ``image`` with the runner's isolation; (exit code or None on timeout, output).
-    The container is always removed."""
+              timeout_s: float = 120, labels: dict[str, str] | None = None, passthrough=None,
+              mounts: list | None = None, environment: dict[str, str] | None = None) -> tuple[int | None, str]:
+    """Run a short command in ``image`` with the runner's isolation and GPU passthrough; (exit code or None
+    on timeout, output). The container is always removed."""
     import docker
 
+    kw = isolation_kwargs(gpus=gpus, gpu_ulimits=False, passthrough=passthrough)
+    env = {"HOME": "/tmp", **kw.pop("environment", {}), **(environment or {})}
+    all_mounts = list(mounts or []) + kw.pop("mounts", [])
+    if all_mounts:
+        kw["mounts"] = all_mounts
     c = call(client.containers.create, image=image, command=command, detach=True,
-             labels={LABEL_RUNNER: "probe", **(labels or {})}, environment={"HOME": "/tmp"},
-             **isolation_kwargs(gpus=gpus, gpu_ulimits=False))
+             labels={LABEL_RUNNER: "probe", **(labels or {})}, environment=env, **kw)
     try:
         call(c.start)
         try:

@@ -43,6 +43,8 @@ class LiveContainer:
     beat: threading.Thread | None = None
     beat_stop: threading.Event = field(default_factory=threading.Event)
     seq: int = 0
+    created_at: float = 0.0          # monotonic time of the create call (start cost)
+    first_for: Any = None            # the experiment that started it, until its first event arrives
 
     def alive(self) -> bool:
         return self.waiter is not None and self.waiter.is_alive()

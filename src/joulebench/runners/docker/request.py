@@ -3,8 +3,8 @@
 Every container starts unprivileged: network ``none`` (loopback only), all capabilities dropped,
 ``no-new-privileges``, an init process (so SIGTERM stops the worker), a read-only root file system
 with a tmpfs ``/tmp``, memory and pid limits, labels naming the study, the experiment and the
-dispatcher. GPUs go in through one NVIDIA device request for exactly the experiment's GPUs (NVML
-UUIDs where known, else host ordinals). Inside, the engine numbers the passed GPUs from 0, so the
+dispatcher. GPUs go in as the engine takes them (gpu.py): one NVIDIA device request for exactly the
+experiment's GPUs on Docker, their device nodes and the driver folder on Podman. Inside, the engine numbers the passed GPUs from 0, so the
 spec the container reads carries ``worker_device`` (e.g. ``cuda:0`` for the host's ``cuda:1``), while
 the trials' parameters, which the records keep, still name the host's device.
 """
@@ -19,6 +19,7 @@ from typing import Any, Iterable
 from joulebench.config.device import DeviceSpec
 from joulebench.spec import ExperimentSpec
 from joulebench.runners.base import Experiment
+from joulebench.runners.docker.gpu import ENV_PASSTHROUGH, Passthrough
 from joulebench.runners.docker.mounts import (CONTAINER_EXPERIMENT, CONTAINER_HF_CACHE, CONTAINER_OUT,
                                               CONTAINER_TOKEN, hf_hub_cache, local_paths, slug, study_dir_key)
 
@@ -33,6 +34,11 @@ IMAGE_UID = 10001           # the unprivileged user of the engine images
 # Engines that exchange tensors through shared memory (NCCL, worker processes) need a large /dev/shm.
 LARGE_SHM_ENGINES = frozenset({"vllm", "sglang", "trtllm"})
 WORKER_COMMAND = ["python", "-m", "joulebench.worker.main", CONTAINER_EXPERIMENT, "--out", CONTAINER_OUT]
+
+
+def worker_command(python: str = "python") -> list[str]:
+    """The worker's command line with the image's interpreter (``runner_options.docker.python``)."""
+    return [python or "python"] + WORKER_COMMAND[1:]
 
 
 @dataclass
@@ -89,9 +95,20 @@ def container_spec(spec: ExperimentSpec, gpus: list[str]) -> ExperimentSpec:
 
 # --------------------------------------------------------------------------- isolation
 
+def gpu_ulimits_kwargs() -> list:
+    """NVIDIA's recommended limits for PyTorch in containers (pinned memory, deep stacks)."""
+    import docker
+
+    return [docker.types.Ulimit(name="memlock", soft=-1, hard=-1),
+            docker.types.Ulimit(name="stack", soft=67108864, hard=67108864)]
+
+
 def isolation_kwargs(*, gpus: list[str] | None = None, settings: ContainerSettings | None = None,
-                     engine: str | None = None, gpu_ulimits: bool = True) -> dict[str, Any]:
-    """The isolation every joulebench container gets (experiments and probes alike)."""
+                     engine: str | None = None, gpu_ulimits: bool = True,
+                     passthrough: Passthrough | None = None) -> dict[str, Any]:
+    """The isolation every joulebench container gets (experiments and probes alike). GPUs go in by
+    ``passthrough`` (default: an NVIDIA device request); its mounts come back under ``mounts``
+    (docker SDK Mounts) and its environment under ``environment``."""
     s = settings or ContainerSettings()
     kw: dict[str, Any] = dict(
         network_mode="none",            # loopback only: engine servers listen on 127.0.0.1 inside
@@ -109,13 +126,19 @@ def isolation_kwargs(*, gpus: list[str] | None = None, settings: ContainerSettin
     if s.ipc_mode:
         kw["ipc_mode"] = s.ipc_mode
     if gpus:
-        kw["device_requests"] = [gpu_device_request(gpus)]
-    if gpus and gpu_ulimits:
-        import docker
+        from docker.types import Mount
 
-        # NVIDIA's recommended limits for PyTorch in containers (pinned memory, deep stacks).
-        kw["ulimits"] = [docker.types.Ulimit(name="memlock", soft=-1, hard=-1),
-                         docker.types.Ulimit(name="stack", soft=67108864, hard=67108864)]
+        gkw, gmounts, genv = (passthrough or Passthrough()).apply([str(g) for g in gpus])
+        kw.update(gkw)
+        if gmounts:
+            kw["mounts"] = [Mount(target=t, source=src, type="bind", read_only=ro) for src, t, ro in gmounts]
+        if genv:
+            kw["environment"] = genv
+    pt = passthrough or Passthrough()
+    if gpus and gpu_ulimits and not (pt.engine and pt.engine.is_podman):
+        # Podman (rootful without CAP_SYS_RESOURCE, or rootless) refuses to raise limits above its own:
+        # its containers keep the engine's limits.
+        kw["ulimits"] = gpu_ulimits_kwargs()
     return kw
 
 
@@ -174,17 +197,29 @@ def _mounts_and_env(experiment: Experiment, staging: Path, settings: ContainerSe
 
 def container_kwargs(experiment: Experiment, *, image: str, staging: Path, gpus: list[str],
                      settings: ContainerSettings, command: list[str] | None = None,
-                     mount_hf_cache: bool = True, token_file: Path | None = None) -> dict[str, Any]:
-    """Everything sent to ``containers.create`` for one experiment (pure apart from path checks)."""
+                     mount_hf_cache: bool = True, token_file: Path | None = None,
+                     passthrough: Passthrough | None = None, python: str = "python",
+                     extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Everything sent to ``containers.create`` for one experiment (pure apart from path checks and the
+    driver folder of the ``device-nodes`` passthrough). ``extra_env``: the runner's facts for the records
+    (engine, image)."""
     gpus = [str(g) for g in gpus]
     mounts, env = _mounts_and_env(experiment, staging, settings, mount_hf_cache=mount_hf_cache,
                                   token_file=token_file)
+    passthrough = passthrough or Passthrough()
+    iso = isolation_kwargs(gpus=gpus, settings=settings, engine=backend_of(experiment.spec), passthrough=passthrough)
+    mounts += iso.pop("mounts", [])
+    gpu_env = iso.pop("environment", {})
     if gpus:
         env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
         env["JOULEBENCH_ASSIGNED_GPUS"] = ",".join(gpus)
+        env[ENV_PASSTHROUGH] = passthrough.method
+        for k, v in gpu_env.items():   # the driver's library folder first, the user's own after it
+            env[k] = f"{v}:{env[k]}" if k == "LD_LIBRARY_PATH" and env.get(k) else v
+    env.update(extra_env or {})
     return dict(
         image=image,
-        command=list(command) if command else list(WORKER_COMMAND),
+        command=list(command) if command else worker_command(python),
         name=container_name(experiment),
         labels=labels_for(experiment),
         mounts=mounts,
@@ -193,5 +228,5 @@ def container_kwargs(experiment: Experiment, *, image: str, staging: Path, gpus:
         stop_signal="SIGTERM",
         detach=True,
         user=container_user(settings),
-        **isolation_kwargs(gpus=gpus, settings=settings, engine=backend_of(experiment.spec)),
+        **iso,
     )

@@ -29,6 +29,7 @@ from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome
 from joulebench.spec import ErrorKind
 from joulebench.runners.docker import mounts
 from joulebench.runners.docker.client import Containers, api_message, call, connect
+from joulebench.runners.docker.gpu import ENV_ENGINE, ENV_IMAGE, ENV_IMAGE_ID, ENV_RUNNER, Passthrough
 from joulebench.runners.docker.live import LiveContainer, Progress, failure, oom_hint, serve_args
 from joulebench.runners.docker.request import ContainerSettings, backend_of, container_kwargs, container_spec
 
@@ -42,12 +43,14 @@ class DockerRunner(ReusingRunner):
                  timeout_s: float | None = None, *, image: str | None = None, settings: ContainerSettings | None = None,
                  build_missing: bool = True, command: list[str] | None = None,
                  mount_hf_cache: bool = True, pass_hf_token: bool = True, poll_s: float = 0.1,
-                 progress: Callable[[str, str], None] | None = None):
+                 progress: Callable[[str, str], None] | None = None, python: str = "python",
+                 gpu_passthrough: str = "auto", driver_dir: str | None = None, dev_dir: str = "/dev"):
         """``images``: engine -> image reference (default: each engine's current content-hash image,
         built when missing if ``build_missing``). ``gpus``: override every experiment's GPU list.
         ``timeout_s``: default per-experiment timeout. ``command``: replaces the worker command
         (diagnostics, tests). ``image``: one image for every experiment (a study's
-        ``runner_options.image``)."""
+        ``runner_options.image``). ``python``: the image's interpreter. ``gpu_passthrough``: auto,
+        device-request or device-nodes (gpu.py; auto picks per engine, learnt at the first container)."""
         self.image = image
         self.images = dict(images or {})
         self.gpus = gpus
@@ -65,6 +68,39 @@ class DockerRunner(ReusingRunner):
         self.idle_timeout_s = 1800.0        # a serving container idle this long ends itself
         self.heartbeat_timeout_s = 60.0     # ... and sooner when this dispatcher stops beating (crash, kill -9)
         self._image_errors: dict[str, Exception] = {}
+        self.python = python
+        self.gpu_passthrough = gpu_passthrough
+        self.driver_dir = driver_dir
+        self.dev_dir = dev_dir
+        self._passthrough: Passthrough | None = None
+        self._image_ids: dict[str, str | None] = {}
+        self.start_costs: list[dict[str, Any]] = []   # per container: create+start until its first event
+
+    @property
+    def passthrough(self) -> Passthrough:
+        """How GPUs go in: learnt from the engine that answers, once."""
+        if self._passthrough is None:
+            self._passthrough = Passthrough.for_client(self.client, self.gpu_passthrough, driver_dir=self.driver_dir,
+                                                       dev_dir=self.dev_dir)
+            log.info("container engine %s; GPU passthrough %s", self._passthrough.engine, self._passthrough.method)
+        return self._passthrough
+
+    def image_id(self, image: str) -> str | None:
+        if image not in self._image_ids:
+            try:
+                self._image_ids[image] = self.client.images.get(image).id
+            except Exception:   # noqa: BLE001 - only a fact for the records
+                self._image_ids[image] = None
+        return self._image_ids[image]
+
+    def record_facts(self, image: str) -> dict[str, str]:
+        """What the worker copies into each record's environment: runner, engine, image."""
+        pt = self.passthrough
+        facts = {ENV_RUNNER: "docker", ENV_ENGINE: str(pt.engine) if pt.engine else "unknown", ENV_IMAGE: image}
+        iid = self.image_id(image)
+        if iid:
+            facts[ENV_IMAGE_ID] = iid
+        return facts
 
     @property
     def client(self):
@@ -124,7 +160,8 @@ class DockerRunner(ReusingRunner):
         """Everything sent to ``containers.create`` for one experiment."""
         return container_kwargs(experiment, image=image, staging=staging, gpus=self.gpus_for(experiment),
                                 settings=self.settings, command=self.command, mount_hf_cache=self.mount_hf_cache,
-                                token_file=token_file)
+                                token_file=token_file, passthrough=self.passthrough, python=self.python,
+                                extra_env=self.record_facts(image))
 
     def merge(self, experiment: Experiment, staging: Path) -> list[str]:
         """Copy the worker's records and timelines into the study directory (atomic); return trial ids."""
@@ -164,6 +201,8 @@ class DockerRunner(ReusingRunner):
         staging = mounts.stage(experiment.study_dir, experiment.experiment_id,
                                container_spec(experiment.spec, self.gpus_for(experiment)))
         live = LiveContainer(key=experiment.worker_key if serve else None, staging=staging)
+        live.created_at = time.monotonic()
+        live.first_for = experiment
         try:
             self._create(experiment, live, serve=serve)
         except (docker.errors.DockerException, JoulebenchError) as exc:
@@ -246,6 +285,8 @@ class DockerRunner(ReusingRunner):
                on_event: EventCallback) -> None:
         while not live.events.empty():
             ev = live.events.get_nowait()
+            if live.first_for is not None:
+                self._started(live, experiment)
             trial_id = progress.take(ev)
             if trial_id is not None:
                 # The record is on the mounted volume already: merge it now, so the orchestrator (and a
@@ -258,6 +299,23 @@ class DockerRunner(ReusingRunner):
                 on_event(ev)
             except Exception as exc:   # a display callback must not kill the experiment
                 log.error("event callback failed: %s", exc)
+
+    def _started(self, live: LiveContainer, experiment: Experiment) -> None:
+        """The container's first event: its start cost (create + start until the worker speaks), kept in
+        ``<study>/containers.jsonl`` for the report."""
+        import json
+
+        cost = {"experiment_id": live.first_for.experiment_id, "container": getattr(live.container, "name", None),
+                "start_to_ready_s": round(time.monotonic() - live.created_at, 4),
+                "engine": str(self.passthrough.engine), "passthrough": self.passthrough.method,
+                "gpus": self.gpus_for(experiment), "at": time.time()}
+        live.first_for = None
+        self.start_costs.append(cost)
+        try:
+            with open(Path(experiment.study_dir) / "containers.jsonl", "a") as fh:
+                fh.write(json.dumps(cost) + "\n")
+        except OSError as exc:
+            log.warning("could not record the container start cost: %s", exc)
 
     def _stop_idle(self, live: LiveContainer) -> None:
         """Stop the idle serving container (a ``stop`` file: it closes its engine), then remove it."""
