@@ -113,7 +113,9 @@ class VLLMBackend(Backend):
             from joulebench.models import materialize
 
             dtype = self.params.dtype if self.params.dtype not in ("auto", None) else "bfloat16"
-            return str(materialize(model, dtype)), True
+            # engine_args.load_format: dummy -> vLLM makes random weights: write only config and tokenizer
+            dummy = self.params.engine_args.get("load_format") == "dummy"
+            return str(materialize(model, dtype, weights=not dummy)), True
         if kind == "gguf" and self._cpu:
             raise BackendError("vLLM on CPU has no GGUF loader: give a safetensors model directory "
                                "(or use backend: llamacpp for .gguf files)")

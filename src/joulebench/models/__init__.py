@@ -76,12 +76,15 @@ def check_model_exists(source: ModelSource, *, yaml_path: str = "model", base_di
                              hint="give an existing directory or .gguf file (relative to the current directory)")
 
 
-def materialize(source: ModelSource, dtype: str = "bfloat16", *, seed: int = 0) -> Path:
-    """A directory or file an engine can load from disk (synthetic models are written once and cached)."""
+def materialize(source: ModelSource, dtype: str = "bfloat16", *, seed: int = 0, weights: bool = True) -> Path:
+    """A directory or file an engine can load from disk (synthetic models are written once and cached).
+
+    ``weights=False``: a synthetic model's config and tokenizer only, for engines that make random
+    weights themselves (``load_format: dummy``)."""
     if source.kind == "synthetic":
         from joulebench.models.synthetic import materialize_synthetic
 
-        return materialize_synthetic(source.arch, dtype=dtype, seed=seed)
+        return materialize_synthetic(source.arch, dtype=dtype, seed=seed, weights=weights)
     if source.kind in ("local", "gguf"):
         return Path(source.path).expanduser().resolve()
     return Path(source.spec)  # a hub id: engines resolve it through their own cache

@@ -104,27 +104,38 @@ def cache_root() -> Path:
 
 
 def materialize_synthetic(arch: str, *, dtype: str = "bfloat16", seed: int = 0,
-                          root: Path | None = None) -> Path:
+                          root: Path | None = None, weights: bool = True) -> Path:
     """Write a synthetic model as a normal model directory (safetensors, config, tokenizer).
 
-    Engines that load from disk (vLLM) use this. Cached by (arch, dtype, seed); written to
+    Engines that load from disk (vLLM, SGLang) use this. Cached by (arch, dtype, seed); written to
     a temporary folder and renamed, so a crash never leaves a half model behind.
-    """
-    import torch
 
+    ``weights=False`` writes only config.json and the tokenizer (no torch needed, instant even for
+    an 8B shape): for engines told to make their own random weights (``load_format: dummy``).
+    """
     root = Path(root) if root else cache_root() / "synthetic"
-    target = root / f"{arch}-{dtype}-seed{seed}"
+    target = root / (f"{arch}-{dtype}-seed{seed}" if weights else f"{arch}-{dtype}-config-only")
     if (target / "joulebench-synthetic.json").exists():
         return target
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{arch}-", dir=root))
     try:
-        model = build_model(arch, dtype=getattr(torch, dtype), device="cpu", seed=seed)
-        model.save_pretrained(tmp, safe_serialization=True)
-        save_builtin_tokenizer(model.config.vocab_size, tmp)
+        if weights:
+            import torch
+
+            model = build_model(arch, dtype=getattr(torch, dtype), device="cpu", seed=seed)
+            model.save_pretrained(tmp, safe_serialization=True)
+            vocab_size = model.config.vocab_size
+            del model
+        else:
+            cfg = arch_config_dict(arch)
+            cfg.update(torch_dtype=dtype, dtype=dtype)
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=1))
+            vocab_size = cfg["vocab_size"]
+        save_builtin_tokenizer(vocab_size, tmp)
         (tmp / "joulebench-synthetic.json").write_text(json.dumps(
-            {"arch": arch, "dtype": dtype, "seed": seed, "synthetic_weights": True}, indent=1))
-        del model
+            {"arch": arch, "dtype": dtype, "seed": seed, "synthetic_weights": True, "weights_written": weights},
+            indent=1))
         try:
             os.replace(tmp, target)
         except OSError:  # another process won the race
