@@ -164,3 +164,29 @@ def test_served_load_writes_only_config_for_dummy_weights_and_reports_a_missing_
     assert "sglang" in text.lower() and ("No module named" in text or "ModuleNotFoundError" in text)
     assert f"{sys.executable} -m sglang.launch_server" in text and "--attention-backend triton" in text
     assert backend.tokenizer is not None and backend.tokenize_count("hello") > 0
+
+
+def test_raw_recipe_options_take_vllm_names_without_duplicate_flags():
+    cmd = recipes.SGLANG.build_command(PY, "m", "127.0.0.1", 1, {"gpu_memory_utilization": 0.8})
+    assert value(cmd, "--mem-fraction-static") == "0.8"
+    cmd = recipes.SGLANG.build_command(PY, "m", "127.0.0.1", 1, {"gpu_memory_utilization": 0.8,
+                                                                 "mem_fraction_static": 0.7})
+    assert value(cmd, "--mem-fraction-static") == "0.7"
+
+
+def test_runtime_resolves_trial_then_engine_values_and_passes_the_rest_on():
+    backend = SGLangBackend(SGLangParams(temperature=0.5, concurrency=4, seed=3))
+    try:
+        rt = backend.runtime({"max_output_tokens": 32, "concurrency": 8, "force_output_tokens": True,
+                              "dataset": "aienergyscore"})
+    finally:
+        backend.close()
+    assert rt["concurrency"] == 8 and rt["temperature"] == 0.5 and rt["seed"] == 3
+    assert rt["max_output_tokens"] == 32 and rt["force_output_tokens"] is True and rt["request_rate"] is None
+    assert rt["dataset"] == "aienergyscore"
+    unloaded = SGLangBackend(SGLangParams())
+    try:
+        with pytest.raises(BackendError, match="before load"):
+            unloaded.generate([], {})
+    finally:
+        unloaded.close()

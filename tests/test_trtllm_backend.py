@@ -122,3 +122,11 @@ def test_load_time_and_runtime_parameters():
     assert load_parameters(a) == load_parameters(a | {"concurrency": 16})
     assert load_parameters(a) != load_parameters(a | {"max_num_seqs": 16})
     assert TRTLLMBackend.check_params({"device": "cpu"}) and TRTLLMBackend.check_params({"device": "cuda"}) == []
+
+
+def test_raw_recipe_options_take_vllm_names_without_duplicate_flags():
+    cmd = recipes.TRTLLM.build_command(PY, "m", "127.0.0.1", 1, {"max_num_batched_tokens": 4096, "max_seq_len": 512,
+                                                                 "gpu_memory_utilization": 0.5,
+                                                                 "kv_cache_free_gpu_memory_fraction": 0.9})
+    assert value(cmd, "--max_num_tokens") == "4096" and value(cmd, "--max_seq_len") == "512"
+    assert value(cmd, "--kv_cache_free_gpu_memory_fraction") == "0.9"

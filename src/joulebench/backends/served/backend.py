@@ -159,7 +159,10 @@ class ServedEngineBackend(Backend):
 
     # ------------------------------------------------------------- generate
     def runtime(self, runtime: dict[str, Any]) -> dict[str, Any]:
-        rt = {k: runtime_value(runtime, self.params, k) for k in RUNTIME_KEYS}
+        """The trial's parameters with the runtime ones resolved (trial first, then the engine's defaults);
+        every other key is passed on as it came, so workload keys the served mode learns reach it."""
+        rt = dict(runtime)
+        rt.update({k: runtime_value(runtime, self.params, k) for k in RUNTIME_KEYS})
         rt["max_output_tokens"] = int(rt["max_output_tokens"] or 16)
         return rt
 

@@ -58,6 +58,17 @@ def _append_options(cmd: list[str], options: Options, mapping: dict[str, str], b
     return cmd
 
 
+def _aliased(options: Options, aliases: dict[str, str]) -> Options:
+    """Options with each alias moved to its canonical name (the canonical name wins when both are set)."""
+    out = dict(options)
+    for alias, canonical in aliases.items():
+        if alias in out:
+            value = out.pop(alias)
+            if out.get(canonical) is None:
+                out[canonical] = value
+    return out
+
+
 # ---------------------------------------------------------------- vLLM
 VLLM_SERVER_KEYS = ("dtype", "quantization", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
                     "kv_cache_dtype", "block_size", "enable_prefix_caching", "enable_chunked_prefill",
@@ -117,7 +128,6 @@ LLAMACPP = ServerRecipe(name="llamacpp", build_command=_llamacpp_command, health
 SGLANG_FLAGS = {"dtype": "--dtype", "quantization": "--quantization", "kv_cache_dtype": "--kv-cache-dtype",
                 "tensor_parallel_size": "--tp-size", "max_num_seqs": "--max-running-requests",
                 "mem_fraction_static": "--mem-fraction-static",
-                "gpu_memory_utilization": "--mem-fraction-static",   # vLLM's name, same meaning
                 "chunked_prefill_size": "--chunked-prefill-size", "attention_backend": "--attention-backend",
                 "cuda_graph_max_bs": "--cuda-graph-max-bs", "sampling_backend": "--sampling-backend",
                 "grammar_backend": "--grammar-backend", "load_format": "--load-format",
@@ -129,6 +139,7 @@ def _sglang_command(python: str, model: str, host: str, port: int, options: Opti
 
     cmd = [python, "-m", "sglang.launch_server", "--model-path", model, "--host", host, "--port", str(port),
            "--served-model-name", "joulebench-model"]
+    options = _aliased(options, {"gpu_memory_utilization": "mem_fraction_static"})   # vLLM's name, same flag
     _append_options(cmd, options, SGLANG_FLAGS, set())
     if options.get("cuda_graphs") is False or options.get("enforce_eager") is True:
         cmd.append("--disable-cuda-graph")
@@ -155,13 +166,14 @@ SGLANG = ServerRecipe(name="sglang", build_command=_sglang_command, served_model
 
 # ---------------------------------------------------------------- TensorRT-LLM (recipe only: not run here)
 TRTLLM_FLAGS = {"backend": "--backend", "tensor_parallel_size": "--tp_size", "pipeline_parallel_size": "--pp_size",
-                "max_num_seqs": "--max_batch_size", "max_num_batched_tokens": "--max_num_tokens",
-                "max_num_tokens": "--max_num_tokens", "max_model_len": "--max_seq_len",
-                "max_seq_len": "--max_seq_len",
+                "max_num_seqs": "--max_batch_size", "max_num_tokens": "--max_num_tokens",
+                "max_model_len": "--max_seq_len",
                 "kv_cache_free_gpu_memory_fraction": "--kv_cache_free_gpu_memory_fraction",
-                "gpu_memory_utilization": "--kv_cache_free_gpu_memory_fraction",
                 "tokenizer": "--tokenizer", "extra_llm_api_options": "--extra_llm_api_options",
                 "log_level": "--log_level"}
+# vLLM's names of the same flags (used when the trtllm name is not given)
+_TRTLLM_ALIASES = {"max_num_batched_tokens": "max_num_tokens", "max_seq_len": "max_model_len",
+                   "gpu_memory_utilization": "kv_cache_free_gpu_memory_fraction"}
 
 
 def _trtllm_command(python: str, model: str, host: str, port: int, options: Options) -> list[str]:
@@ -172,6 +184,7 @@ def _trtllm_command(python: str, model: str, host: str, port: int, options: Opti
 
     exe = str(Path(python).with_name("trtllm-serve"))
     cmd = [exe, "serve", model, "--host", host, "--port", str(port)]
+    options = _aliased(options, _TRTLLM_ALIASES)
     _append_options(cmd, options, TRTLLM_FLAGS, set())
     for key in ("trust_remote_code", "enable_chunked_prefill"):
         if options.get(key):
