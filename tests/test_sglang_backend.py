@@ -91,6 +91,7 @@ def test_forced_length_is_ignore_eos_without_min_tokens():
     ({"load_format": "random"}, "load_format"),
     ({"kv_cache_dtype": "int4"}, "kv_cache_dtype"),
     ({"dtype": "fp64"}, "dtype"),
+    ({"quantization": "int3"}, "unknown quantization 'int3'.*fp8"),
     ({"mode": "offline"}, "mode: served only"),
     ({"mem_fraction_static": 0.8, "gpu_memory_utilization": 0.9}, "give one"),
     ({"mem_fraction_static": 1.2}, "mem_fraction_static"),

@@ -33,6 +33,11 @@ from joulebench.backends.served.params import ModeParams
 AttentionBackend = Literal["fa3", "triton", "flashinfer", "torch_native"]
 KVCacheDtype = Literal["auto", "fp8_e5m2", "fp8_e4m3", "bf16", "bfloat16"]
 LoadFormat = Literal["auto", "pt", "safetensors", "npcache", "dummy", "sharded_state", "gguf", "bitsandbytes"]
+# SGLang's --quantization choices (0.5.x)
+QUANTIZATIONS = frozenset({
+    "awq", "fp8", "mxfp8", "gptq", "marlin", "gptq_marlin", "awq_marlin", "bitsandbytes", "gguf", "modelopt",
+    "modelopt_fp8", "modelopt_fp4", "petit_nvfp4", "w8a8_int8", "w8a8_fp8", "moe_wna16", "w4afp8", "mxfp4",
+    "auto-round", "compressed-tensors", "qoq", "quark", "unquant"})
 
 
 class SGLangParams(ModeParams):
@@ -80,6 +85,9 @@ class SGLangParams(ModeParams):
             raise ValueError("enable_prefix_caching and disable_radix_cache contradict each other: give one")
         if self.cuda_graph_max_bs is not None and not self.graphs_on:
             raise ValueError("cuda_graph_max_bs needs CUDA graphs (cuda_graphs is false)")
+        if self.quantization is not None and self.quantization not in QUANTIZATIONS:
+            raise ValueError(f"unknown quantization '{self.quantization}' for SGLang; one of: "
+                             f"{', '.join(sorted(QUANTIZATIONS))}")
         if self.chunked_prefill_size is not None and self.chunked_prefill_size != -1 \
                 and self.chunked_prefill_size < 1:
             raise ValueError("chunked_prefill_size must be a positive token count, or -1 to disable chunking")
