@@ -106,3 +106,18 @@ def test_probe_in_the_real_image_finds_no_gpu_without_the_toolkit(fake_gpus, mon
     assert "device-nodes" in probe.fix or "nvidia-container-toolkit" in probe.fix
     assert c["driver / CUDA compatibility"].ok is False
     assert "CPU build" in c["driver / CUDA compatibility"].detail
+
+
+def test_gpu_only_images_are_a_warning_that_says_where_to_build_them(monkeypatch):
+    from joulebench.runners.docker.client import connect, engine_available
+
+    host = os.environ.get("JOULEBENCH_TEST_DOCKER_HOST") or os.environ.get("DOCKER_HOST")
+    if host:
+        monkeypatch.setenv("DOCKER_HOST", host)
+    if not engine_available(timeout_s=2):
+        pytest.skip("no container engine answers")
+    checks = _by_name(doctor.check_images(connect()))
+    for engine in ("sglang", "trtllm"):
+        c = checks[f"image {engine}"]
+        if not c.ok:      # nobody builds these on a CPU host, but a GPU host may have them
+            assert c.status == "warn" and "GPU-only image" in c.detail and "--gpu" in c.fix

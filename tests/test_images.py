@@ -34,8 +34,8 @@ def _hash(engine="transformers", **kw):
 
 
 def test_engines_are_the_dockerfile_folders(tree):
-    assert images.available_engines() == ["transformers", "vllm"]
-    with pytest.raises(images.ImageError, match="no Dockerfile for engine 'tensorrt'.*transformers, vllm"):
+    assert images.available_engines() == ["sglang", "transformers", "trtllm", "vllm"]
+    with pytest.raises(images.ImageError, match="no Dockerfile for engine 'tensorrt'.*transformers, trtllm, vllm"):
         images.build_context("tensorrt")
 
 
@@ -105,7 +105,7 @@ def test_context_has_the_repository_layout_and_nothing_else(tree, tmp_path):
 
 
 def test_every_dockerfile_takes_base_image_and_runs_unprivileged():
-    for engine in ("transformers", "vllm"):
+    for engine in ("transformers", "vllm", "sglang", "trtllm"):
         text = (REPO / "docker" / engine / "Dockerfile").read_text()
         assert re.search(r"^ARG BASE_IMAGE=\S+:\S+$", text, re.M)        # a pinned default base
         assert "FROM ${BASE_IMAGE}" in text
@@ -133,3 +133,33 @@ def test_compose_file_is_consistent_with_the_images():
     assert any("/studies:" in v for v in d["volumes"]) and any("/results:" in v for v in d["volumes"])
     assert d["depends_on"]["transformers"]["condition"] == "service_completed_successfully"
     assert "--runner docker" in " ".join(d["entrypoint"]) and "STUDY" in " ".join(d["entrypoint"])
+
+
+def test_gpu_engine_dockerfiles_sit_on_their_upstream_images():
+    sg = (REPO / "docker/sglang/Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=lmsysorg/sglang:v0\.5\.17-cu130$", sg, re.M)   # SGLang 0.5.17, CUDA 13
+    assert 'ARG SGLANG_SPEC=""' in sg and "--system-site-packages" in sg
+    assert "COPY docker/certs/ /opt/jb-build/certs/" in sg and "pip-install.sh" in sg      # the CA bundle
+    assert "joulebench.backends.sglang" in sg and 'joulebench.engine="sglang"' in sg
+    tr = (REPO / "docker/trtllm/Dockerfile").read_text()
+    assert re.search(r"^ARG BASE_IMAGE=nvcr\.io/nvidia/tensorrt-llm/release:\S+$", tr, re.M)
+    assert "NOT BUILT OR RUN" in tr and "/opt/joulebench/bin/trtllm-serve" in tr
+    assert "COPY docker/certs/ /opt/jb-build/certs/" in tr and 'joulebench.engine="trtllm"' in tr
+    for engine in ("sglang", "trtllm"):
+        ignore = (REPO / "docker" / engine / "Dockerfile.dockerignore").read_text()
+        assert ignore.splitlines()[1] == "*" and "!src/" in ignore
+
+
+def test_cpu_builds_skip_gpu_only_engines(tree, monkeypatch):
+    assert images.GPU_ONLY_ENGINES == {"sglang", "trtllm"}
+    ctx = images.build_context("sglang", build_args={"BASE_IMAGE": "lmsysorg/sglang:v0.5.17-cu130"})
+    assert ctx.dockerfile == "docker/sglang/Dockerfile" and "docker/sglang/Dockerfile.dockerignore" in \
+        [name for name, _ in ctx.files]
+    cpu = {"base_image": "localhost/joulebench-base:bookworm"}
+    with pytest.raises(images.ImageError, match="sglang image has no CPU build"):
+        images.build_images(["sglang"], client=object(), **cpu)
+    # every engine in a CPU build: the GPU-only ones are skipped before the engine is asked anything
+    monkeypatch.setattr(images, "available_engines", lambda root=None: ["sglang", "trtllm"])
+    said = []
+    assert images.build_images(None, client=object(), progress=lambda e, m: said.append((e, m)), **cpu) == []
+    assert [e for e, _ in said] == ["sglang", "trtllm"] and all("GPU-only" in m for _, m in said)

@@ -79,12 +79,12 @@ DRIVER = textwrap.dedent("""
 
 
 def run_backend(python: str, backend: str, model: str, params: dict, runs: list[dict], tmp_path: Path,
-                timeout_s: float = 420) -> dict:
+                timeout_s: float = 420, env: dict | None = None) -> dict:
     """Load and generate with a real engine inside its own environment (a child interpreter)."""
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     cfg = {"backend": backend, "model": model, "params": params, "runs": runs, "prompts": PROMPTS}
-    env = dict(os.environ)
+    env = dict(os.environ) | dict(env or {})
     env.setdefault("JOULEBENCH_CACHE", str(tmp_path.parent / "jb-cache"))
     proc = subprocess.run([python, str(script), json.dumps(cfg)], capture_output=True, text=True,
                           timeout=timeout_s, env=env, cwd=tmp_path)
@@ -206,3 +206,21 @@ def test_vllm_served_concurrency_and_poisson_with_steady_state_and_clean_shutdow
     # Poisson arrivals: submits spread out in time (6 requests at 20/s: ~0.25 s of arrivals)
     submits = sorted(r["submit_s"] for r in poisson["results"])
     assert submits[-1] - submits[0] > 0.02
+
+
+@pytest.mark.vllm
+def test_vllm_served_dummy_weights_from_a_config_only_synthetic_model(tmp_path):
+    """engine_args: {load_format: dummy} (the engines-gpu study's vLLM side): the synthetic model is written
+    as config and tokenizer only, and vLLM makes its own random weights."""
+    py = require_engine("vllm")
+    cache = tmp_path / "cache"
+    out = run_backend(py, "vllm", MODEL, {"mode": "served", "dtype": "bfloat16", "max_num_seqs": 4,
+                                          "engine_args": {"load_format": "dummy"}},
+                      [{"max_output_tokens": 8, "force_output_tokens": True, "concurrency": 2}], tmp_path,
+                      env={"JOULEBENCH_CACHE": str(cache)})
+    cmd = out["notes"]["command"]
+    assert cmd[cmd.index("--load-format") + 1] == "dummy"
+    model_dir = Path(cmd[cmd.index("--model") + 1])
+    assert model_dir.name.endswith("-config-only") and (model_dir / "config.json").is_file()
+    assert not list(model_dir.glob("*.safetensors"))
+    assert_timings(out["runs"][0]["results"], n_out=8)

@@ -15,6 +15,8 @@ _REGISTRY: dict[str, str] = {
     "transformers": "joulebench.backends.transformers:TransformersBackend",
     "vllm": "joulebench.backends.vllm:VLLMBackend",
     "llamacpp": "joulebench.backends.llamacpp:LlamaCppBackend",
+    "sglang": "joulebench.backends.sglang:SGLangBackend",
+    "trtllm": "joulebench.backends.trtllm:TRTLLMBackend",
 }
 
 # Engine packages each backend needs at run time (for `joulebench env`).
@@ -22,6 +24,8 @@ ENGINE_PACKAGES: dict[str, tuple[str, ...]] = {
     "transformers": ("torch", "transformers"),
     "vllm": ("vllm",),
     "llamacpp": ("llama_cpp",),
+    "sglang": ("sglang",),
+    "trtllm": ("tensorrt_llm",),
 }
 
 

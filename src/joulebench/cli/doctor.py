@@ -134,6 +134,12 @@ def check_images(client) -> list[Check]:
             out.append(Check(f"image {info.engine}", True, f"{info.ref} is current"))
             continue
         buildable = f"buildable from docker/{info.engine}/Dockerfile"
+        if info.engine in images.GPU_ONLY_ENGINES:
+            state = f"stale (have {', '.join(info.stale_tags)})" if info.present else "missing"
+            out.append(Check(f"image {info.engine}", False, f"{info.ref} {state}; a GPU-only image (no CPU "
+                             f"build), {buildable} on a GPU host",
+                             f"joulebench images build {info.engine} --gpu   (on the GPU host)", required=False))
+            continue
         if base:
             try:
                 client.images.get(base)

@@ -107,7 +107,7 @@ def materialize_synthetic(arch: str, *, dtype: str = "bfloat16", seed: int = 0,
                           root: Path | None = None, weights: bool = True) -> Path:
     """Write a synthetic model as a normal model directory (safetensors, config, tokenizer).
 
-    Engines that load from disk (vLLM) use this. Cached by (arch, dtype, seed); written to
+    Engines that load from disk (vLLM, SGLang) use this. Cached by (arch, dtype, seed); written to
     a temporary folder and renamed, so a crash never leaves a half model behind.
     ``weights=False`` writes only config.json and the tokenizer: for engines that make their own
     random weights (vLLM's and SGLang's ``load_format: dummy``), which saves writing and reading

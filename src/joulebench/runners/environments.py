@@ -195,7 +195,7 @@ def check_environment(python: str | None, backend: str | None = None, *, timeout
             result["errors"].append(f"the environment at {exe} cannot import {m} "
                                     f"({data['errors'].get(m, 'not importable')})")
             hints.append(f"install the {backend} engine there (scripts/setup-{backend}-env.sh VENV)"
-                         if backend in ("vllm", "llamacpp") else f"install {m} into {exe}")
+                         if backend in ("vllm", "llamacpp", "sglang") else f"install {m} into {exe}")
     result["hint"] = "; ".join(hints) or None
     result["ok"] = not result["errors"]
     return result

@@ -20,12 +20,14 @@ from typing import Any, Iterable
 # measured figures replace them (see estimate_study's history).
 STEP_S = {("transformers", "gpu"): 0.025, ("transformers", "cpu"): 0.01,
           ("vllm", "gpu"): 0.012, ("vllm", "cpu"): 0.2,   # vLLM on 2 CPU cores: ~0.3 s a step measured
-          ("llamacpp", "gpu"): 0.008, ("llamacpp", "cpu"): 0.01}
+          ("llamacpp", "gpu"): 0.008, ("llamacpp", "cpu"): 0.01,
+          ("sglang", "gpu"): 0.012}                        # assumed like vLLM's (not measured here)
 CPU_FLOPS = 4e9             # effective FLOP/s of a small-batch CPU decode step on 2 cores (a 135M model in
                             # transformers measured 167 ms a step at load average 2.5: busy hosts are slower)
 WORKER_START_S = {"gpu": 25.0, "cpu": 8.0}   # interpreter, engine imports, model load (small model)
-ENGINE_START_S = {"vllm": 40.0}                # more for engines that start a server or compile (vLLM CPU:
-                                               # a 40 s load measured on 2 cores)
+ENGINE_START_S = {"vllm": 40.0,                # more for engines that start a server or compile (vLLM CPU:
+                  "sglang": 60.0}              # a 40 s load measured on 2 cores; SGLang on an H100: 99 s the
+                                               # first start, 48-51 s later ones, offline engine)
 TRIAL_OVERHEAD_S = 1.0      # pre-flight, thermal read, record
 REPORT_S = 10.0
 

@@ -240,7 +240,12 @@ def _check_fence(configs: list[Configuration], loaded: LoadedStudy) -> None:
 
 
 def _base_parameters(loaded: LoadedStudy) -> tuple[dict[str, Any], dict[str, str]]:
-    """The study's top-level, workload and engine parameters, and the YAML path each came from."""
+    """The study's top-level, workload and engine parameters, and the YAML path each came from.
+
+    An ``engine:`` entry named after a backend and holding a mapping (``engine: {sglang: {...}}``) is
+    that backend's own section: see ``_backend_sections``."""
+    from joulebench.backends import backend_names
+
     cfg = loaded.config
     base: dict[str, Any] = {"model": cfg.model, "backend": cfg.backend, "device": cfg.device}
     origins: dict[str, str] = {"model": "model", "backend": "backend", "device": "device"}
@@ -250,6 +255,8 @@ def _base_parameters(loaded: LoadedStudy) -> tuple[dict[str, Any], dict[str, str
         if k in fields_set:
             origins[k] = f"workload.{k}"
     for k, v in cfg.engine.items():
+        if k in backend_names() and isinstance(v, dict):
+            continue
         base[k] = v
         origins[k] = f"engine.{k}"
     overlap = [k for k in cfg.engine if k in COMMON_KEYS or k in WORKLOAD_KEYS]
@@ -272,9 +279,27 @@ def _variants(loaded: LoadedStudy) -> list[tuple[str, dict[str, Any]]]:
     return variants
 
 
+def _backend_sections(loaded: LoadedStudy) -> dict[str, dict[str, Any]]:
+    """``engine: {<backend>: {...}}``: parameters that apply only to configurations of that backend,
+    so ``backend`` can be a sweep axis while each engine keeps parameters the others do not have."""
+    from joulebench.backends import backend_names
+
+    out = {}
+    for k, v in loaded.config.engine.items():
+        if k in backend_names() and isinstance(v, dict):
+            overlap = [p for p in v if p in COMMON_KEYS or p in WORKLOAD_KEYS]
+            if overlap:
+                raise StudyError(f"'{overlap[0]}' belongs at the top level or under workload:, not under "
+                                 f"engine.{k}:", file=loaded.file, path=f"engine.{k}.{overlap[0]}")
+            out[k] = v
+    return out
+
+
 def _combine(base: dict[str, Any], origins: dict[str, str], vpath: str, variant: dict[str, Any],
-             axes: dict[str, list[Any]], combo: tuple) -> tuple[dict[str, Any], dict[str, str]]:
-    """The raw parameters of one variant x sweep combination, and where each came from."""
+             axes: dict[str, list[Any]], combo: tuple,
+             sections: dict[str, dict[str, Any]] | None = None) -> tuple[dict[str, Any], dict[str, str]]:
+    """The raw parameters of one variant x sweep combination, and where each came from.
+    Precedence: engine < engine.<backend> < the experiment < the sweep."""
     raw = dict(base)
     orig = dict(origins)
     for k, v in variant.items():
@@ -283,6 +308,11 @@ def _combine(base: dict[str, Any], origins: dict[str, str], vpath: str, variant:
     for n, v in zip(axes, combo):
         raw[n] = v
         orig[n] = f"sweep.{n}[{axes[n].index(v)}]"
+    section = (sections or {}).get(raw.get("backend"), {})
+    for k, v in section.items():
+        if k not in variant and k not in axes:
+            raw[k] = v
+            orig[k] = f"engine.{raw['backend']}.{k}"
     return raw, orig
 
 
@@ -306,6 +336,7 @@ def build_plan(loaded: LoadedStudy) -> Plan:
     """Expand the sweep and validate every configuration. Raises StudyError (exit 2)."""
     cfg = loaded.config
     base, origins = _base_parameters(loaded)
+    sections = _backend_sections(loaded)
     axes = dict(cfg.sweep)
     variants = _variants(loaded)
     names = list(axes)
@@ -317,7 +348,7 @@ def build_plan(loaded: LoadedStudy) -> Plan:
     invalid: list[StudyError] = []
     for vpath, variant in variants:
         for combo in combos:
-            raw, orig = _combine(base, origins, vpath, variant, axes, combo)
+            raw, orig = _combine(base, origins, vpath, variant, axes, combo, sections)
             params = _resolve(raw, orig, loaded)
             where = vpath or ("sweep" if names else "(study)")
             problems = combination_problems(params)

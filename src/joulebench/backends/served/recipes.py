@@ -58,6 +58,17 @@ def _append_options(cmd: list[str], options: Options, mapping: dict[str, str], b
     return cmd
 
 
+def _aliased(options: Options, aliases: dict[str, str]) -> Options:
+    """Options with each alias moved to its canonical name (the canonical name wins when both are set)."""
+    out = dict(options)
+    for alias, canonical in aliases.items():
+        if alias in out:
+            value = out.pop(alias)
+            if out.get(canonical) is None:
+                out[canonical] = value
+    return out
+
+
 # ---------------------------------------------------------------- vLLM
 VLLM_SERVER_KEYS = ("dtype", "quantization", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
                     "kv_cache_dtype", "block_size", "enable_prefix_caching", "enable_chunked_prefill",
@@ -113,38 +124,81 @@ LLAMACPP = ServerRecipe(name="llamacpp", build_command=_llamacpp_command, health
 
 
 # ---------------------------------------------------------------- SGLang
+# Option (as the SGLang backend names it, see backends/sglang.py server_options) -> server flag.
+SGLANG_FLAGS = {"dtype": "--dtype", "quantization": "--quantization", "kv_cache_dtype": "--kv-cache-dtype",
+                "tensor_parallel_size": "--tp-size", "max_num_seqs": "--max-running-requests",
+                "mem_fraction_static": "--mem-fraction-static",
+                "chunked_prefill_size": "--chunked-prefill-size", "attention_backend": "--attention-backend",
+                "cuda_graph_max_bs": "--cuda-graph-max-bs", "sampling_backend": "--sampling-backend",
+                "grammar_backend": "--grammar-backend", "load_format": "--load-format",
+                "max_model_len": "--context-length", "tokenizer": "--tokenizer-path", "seed": "--random-seed"}
+
+
 def _sglang_command(python: str, model: str, host: str, port: int, options: Options) -> list[str]:
+    from joulebench.backends.served.backend import flag_values
+
     cmd = [python, "-m", "sglang.launch_server", "--model-path", model, "--host", host, "--port", str(port),
            "--served-model-name", "joulebench-model"]
-    mapping = {"dtype": "--dtype", "quantization": "--quantization", "kv_cache_dtype": "--kv-cache-dtype",
-               "tensor_parallel_size": "--tp-size", "max_num_seqs": "--max-running-requests",
-               "gpu_memory_utilization": "--mem-fraction-static", "max_model_len": "--context-length",
-               "seed": "--random-seed"}
-    _append_options(cmd, options, mapping, set())
-    if options.get("enable_prefix_caching") is False:
+    options = _aliased(options, {"gpu_memory_utilization": "mem_fraction_static"})   # vLLM's name, same flag
+    _append_options(cmd, options, SGLANG_FLAGS, set())
+    if options.get("cuda_graphs") is False or options.get("enforce_eager") is True:
+        cmd.append("--disable-cuda-graph")
+    if options.get("radix_cache") is False or options.get("enable_prefix_caching") is False \
+            or options.get("disable_radix_cache") is True:
         cmd.append("--disable-radix-cache")
+    for key in ("skip_tokenizer_init", "trust_remote_code"):
+        if options.get(key):
+            cmd.append(_flag(key))
+    cmd += flag_values(options.get("engine_args") or {})
     return cmd
 
 
+def _sglang_force(n: int, options: Options) -> dict[str, Any]:
+    # ignore_eos with max_tokens yields exactly max_tokens; min_tokens is refused by SGLang when it
+    # runs with skip_tokenizer_init, and is not needed.
+    return {"ignore_eos": True}
+
+
 SGLANG = ServerRecipe(name="sglang", build_command=_sglang_command, served_model_name="joulebench-model",
+                      force_length_fields=_sglang_force, ready_timeout_s=900.0,
                       stream_options={"include_usage": True, "continuous_usage_stats": True})
 
 
-# ---------------------------------------------------------------- TensorRT-LLM
+# ---------------------------------------------------------------- TensorRT-LLM (recipe only: not run here)
+TRTLLM_FLAGS = {"backend": "--backend", "tensor_parallel_size": "--tp_size", "pipeline_parallel_size": "--pp_size",
+                "max_num_seqs": "--max_batch_size", "max_num_tokens": "--max_num_tokens",
+                "max_model_len": "--max_seq_len",
+                "kv_cache_free_gpu_memory_fraction": "--kv_cache_free_gpu_memory_fraction",
+                "tokenizer": "--tokenizer", "extra_llm_api_options": "--extra_llm_api_options",
+                "log_level": "--log_level"}
+# vLLM's names of the same flags (used when the trtllm name is not given)
+_TRTLLM_ALIASES = {"max_num_batched_tokens": "max_num_tokens", "max_seq_len": "max_model_len",
+                   "gpu_memory_utilization": "kv_cache_free_gpu_memory_fraction"}
+
+
 def _trtllm_command(python: str, model: str, host: str, port: int, options: Options) -> list[str]:
     # `trtllm-serve` is a console script of the tensorrt_llm package in the engine's environment.
     from pathlib import Path
 
+    from joulebench.backends.served.backend import flag_values
+
     exe = str(Path(python).with_name("trtllm-serve"))
     cmd = [exe, "serve", model, "--host", host, "--port", str(port)]
-    mapping = {"tensor_parallel_size": "--tp_size", "pipeline_parallel_size": "--pp_size",
-               "max_num_seqs": "--max_batch_size", "max_num_batched_tokens": "--max_num_tokens",
-               "max_model_len": "--max_seq_len", "gpu_memory_utilization": "--kv_cache_free_gpu_memory_fraction"}
-    _append_options(cmd, options, mapping, set())
+    options = _aliased(options, _TRTLLM_ALIASES)
+    _append_options(cmd, options, TRTLLM_FLAGS, set())
+    for key in ("trust_remote_code", "enable_chunked_prefill"):
+        if options.get(key):
+            cmd.append("--" + key)
+    cmd += flag_values(options.get("engine_args") or {}, sep="_")
     return cmd
 
 
+def _trtllm_force(n: int, options: Options) -> dict[str, Any]:
+    return {"ignore_eos": True, "min_tokens": n}
+
+
 TRTLLM = ServerRecipe(name="trtllm", build_command=_trtllm_command, ready_timeout_s=1800.0,
+                      force_length_fields=_trtllm_force,
                       stream_options={"include_usage": True, "continuous_usage_stats": True})
 
 

