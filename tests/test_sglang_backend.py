@@ -159,7 +159,8 @@ def test_served_load_writes_only_config_for_dummy_weights_and_reports_a_missing_
     files = sorted(p.name for p in model_dir.iterdir())
     assert "config.json" in files and "tokenizer.json" in files
     assert not any(f.endswith((".safetensors", ".bin")) for f in files)
-    assert json.loads((model_dir / "config.json").read_text())["torch_dtype"] == "bfloat16"
+    cfg = json.loads((model_dir / "config.json").read_text())
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "bfloat16"
     text = str(exc.value)
     assert "sglang server" in text and "exited" in text
     assert "sglang" in text.lower() and ("No module named" in text or "ModuleNotFoundError" in text)
