@@ -312,3 +312,49 @@ def test_classes_shape_prompts_and_lengths(tmp_path):
     reqs = build_requests({"dataset": "synthetic", "prompts": 6, "input_tokens": 3, "max_output_tokens": 50,
                            "output_tokens": {"distribution": "uniform", "low": 10, "high": 40}}, _Tok())
     assert all(10 <= r.max_output_tokens <= 40 and r.request_class is None for r in reqs)
+
+
+# ------------------------------------------------------------------ the study file, the table, the summary
+def test_study_with_classes_and_slo_plans_and_errors_name_the_yaml_path(write_study):
+    from joulebench.config import load_study
+    from joulebench.errors import StudyError
+    from joulebench.study.plan import build_plan
+
+    from .conftest import tiny_study
+
+    classes = [{"name": "short", "share": 0.5, "input_tokens": 4, "output_tokens": 2},
+               {"name": "long", "share": 0.5, "input_tokens": 8, "output_tokens": 4}]
+    wl = {"dataset": "synthetic", "prompts": 8, "max_output_tokens": 4, "classes": classes,
+          "slo": {"ttft_s": 0.5, "tpot_s": 0.05}}
+    plan = build_plan(load_study(write_study(tiny_study(backend="vllm", engine={"mode": "served"}, workload=wl))))
+    params = plan.configs[0].params
+    assert params["classes"][1]["name"] == "long" and params["slo"] == {"ttft_s": 0.5, "tpot_s": 0.05}
+    # without shapes the parameters keep their earlier keys (configuration ids unchanged)
+    plain = build_plan(load_study(write_study(tiny_study()))).configs[0].params
+    assert not {"classes", "slo", "output_tokens"} & set(plain)
+    # transformers runs static batches: per-request lengths are refused at plan time
+    with pytest.raises(StudyError, match="needs mode: served or backend: vllm"):
+        build_plan(load_study(write_study(tiny_study(workload=wl))))
+    with pytest.raises(StudyError) as err:
+        build_plan(load_study(write_study(tiny_study(backend="vllm", engine={"mode": "served"},
+                                                     workload={**wl, "slo": {"ttft": 0.5}}))))
+    assert "workload.slo" in str(err.value)
+
+
+def test_served_figures_reach_the_table_and_the_one_summary():
+    from joulebench.analysis.summary import summarize_records
+
+    def rec(i, goodput):
+        return {"trial_id": f"c-r{i}", "config_id": "c", "status": "ok", "params": {"mode": "served"},
+                "steady_state": {"batch": 8, "running_batch_mean": 7.5},
+                "per_request_energy": {"energy_j": {"median": 2.0 + i, "p90": 4.0, "p99": 5.0, "mean": 2.5, "n": 9},
+                                       "conservation_rel_error": 1e-16},
+                "slo": {"attainment": 0.9, "goodput_req_s": 3.0, "goodput_req_per_j": goodput}}
+    from joulebench.results.table import flatten_record
+
+    row = flatten_record(rec(0, 0.01))
+    assert (row["request_energy_j_median"], row["goodput_req_per_j"], row["steady_running_batch_mean"]) == (2.0, 0.01, 7.5)
+    assert "per_request_energy" not in row and "slo" not in row
+    assert "goodput_req_per_j" not in flatten_record({"trial_id": "x", "config_id": "c", "status": "ok"})
+    (c,) = summarize_records([rec(0, 0.01), rec(1, 0.03)])
+    assert c.mean("goodput_req_per_j") == pytest.approx(0.02) and c.mean("request_energy_j_median") == 2.5
