@@ -284,10 +284,11 @@ class LoadGenerator:
                                 firsts += 1
                                 if steady and firsts == batch and self.on_window_start is not None:
                                     self.on_window_start(t)
-                    completed = time.perf_counter()
-                    done += 1
-                    if steady and done == n - batch and self.on_window_end is not None:
-                        self.on_window_end(completed)
+                        # the response ended: count it before anything awaits (completion order = count order)
+                        completed = time.perf_counter()
+                        done += 1
+                        if steady and done == n - batch and self.on_window_end is not None:
+                            self.on_window_end(completed)
                 res = _to_result(req, submit, state, max_tokens=body.get("max_tokens"))
                 res.completed_s = completed
                 return res
