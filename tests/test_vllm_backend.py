@@ -59,7 +59,8 @@ DRIVER = textwrap.dedent("""
         info = backend.load(parse_model(cfg["model"]))
         runs = []
         for rt in cfg["runs"]:
-            reqs = [Request(i, p) for i, p in enumerate(cfg["prompts"])]
+            lengths = rt.pop("lengths", None) or [None] * len(cfg["prompts"])   # per-request forced lengths
+            reqs = [Request(i, p, max_output_tokens=k) for i, (p, k) in enumerate(zip(cfg["prompts"], lengths))]
             t0 = time.perf_counter()
             res = backend.generate(reqs, rt)
             wall = time.perf_counter() - t0
@@ -165,10 +166,13 @@ def test_vllm_offline_exact_forced_lengths_and_step_timestamps(tmp_path):
     out = run_backend(py, "vllm", MODEL, {"mode": "offline", "dtype": "bfloat16", "max_num_seqs": 4},
                       [{"max_output_tokens": 12, "force_output_tokens": True},
                        {"max_output_tokens": 7, "force_output_tokens": True, "batch_size": 2},
-                       {"max_output_tokens": 9, "force_output_tokens": False, "temperature": 0.0}], tmp_path)
+                       {"max_output_tokens": 9, "force_output_tokens": False, "temperature": 0.0},
+                       {"max_output_tokens": 9, "force_output_tokens": True, "lengths": [1, 2, 3, 5, 8, 9]}], tmp_path)
     assert out["notes"]["mode"] == "offline" and out["notes"]["cpu"] is True
     assert out["notes"]["engine_kwargs"]["enforce_eager"] is True      # CPU default
-    forced, capped, free = out["runs"]
+    forced, capped, free, shaped = out["runs"]
+    # workload shapes: each request forced to its own length
+    assert [r["output_tokens"] for r in sorted(shaped["results"], key=lambda r: r["index"])] == [1, 2, 3, 5, 8, 9]
     assert_timings(forced["results"], n_out=12)
     assert_timings(capped["results"], n_out=7)
     # batch_size=2 caps requests in flight: never more than 2 overlap
