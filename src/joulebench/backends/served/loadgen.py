@@ -251,8 +251,14 @@ class LoadGenerator:
         async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
             t0 = time.perf_counter()
 
+            def first_token(t: float) -> None:
+                nonlocal firsts
+                firsts += 1
+                if steady and firsts == batch and self.on_window_start is not None:
+                    self.on_window_start(t)
+
             async def one(req: Request, offset: float) -> RequestResult:
-                nonlocal firsts, done
+                nonlocal done
                 delay = t0 + offset - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -265,25 +271,7 @@ class LoadGenerator:
                         if resp.status_code != 200:
                             detail = (await resp.aread()).decode("utf-8", "replace")[:2000]
                             raise BackendError(f"server answered {resp.status_code} to request {req.index}: {detail}")
-                        async for line in resp.aiter_lines():
-                            t = time.perf_counter()
-                            if not line.startswith("data:"):
-                                continue
-                            data = line[5:].strip()
-                            if data == "[DONE]":
-                                break
-                            try:
-                                chunk = json.loads(data)
-                            except json.JSONDecodeError:
-                                continue
-                            if "error" in chunk and not chunk.get("choices"):
-                                raise BackendError(f"server error on request {req.index}: {chunk['error']}")
-                            had_token = bool(state.times)
-                            _consume_chunk(state, chunk, t)
-                            if not had_token and state.times:
-                                firsts += 1
-                                if steady and firsts == batch and self.on_window_start is not None:
-                                    self.on_window_start(t)
+                        await _read_stream(resp, req, state, first_token)
                         # the response ended: count it before anything awaits (completion order = count order)
                         completed = time.perf_counter()
                         done += 1
@@ -301,6 +289,27 @@ class LoadGenerator:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
+
+
+async def _read_stream(resp, req: Request, state: _StreamState, first_token: Callable[[float], None]) -> None:
+    """Consume one response's server-sent events into ``state``; ``first_token(t)`` when its first token comes."""
+    async for line in resp.aiter_lines():
+        t = time.perf_counter()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError:
+            continue
+        if "error" in chunk and not chunk.get("choices"):
+            raise BackendError(f"server error on request {req.index}: {chunk['error']}")
+        had_token = bool(state.times)
+        _consume_chunk(state, chunk, t)
+        if not had_token and state.times:
+            first_token(t)
 
 
 def _to_result(req: Request, submit: float, state: _StreamState, max_tokens: int | None = None) -> RequestResult:
