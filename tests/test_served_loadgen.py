@@ -109,26 +109,28 @@ def _res(i, submit, times):
     return RequestResult(index=i, input_tokens=1, output_tokens=len(times), submit_s=submit, token_times_s=times)
 
 
-def test_steady_state_is_first_completion_to_last_submission():
-    # Closed loop, concurrency 2, four requests: r0 and r1 start at 0; r0 ends at 3 -> r2 starts; r1 ends at 4 -> r3.
+def test_steady_state_is_bth_first_token_to_n_minus_bth_completion():
+    # Closed loop, concurrency 2 (B = 2), four requests: r0 and r1 start at 0; r0 ends at 3 -> r2; r1 ends at 4 -> r3.
     rs = [_res(0, 0.0, [1.0, 2.0, 3.0]), _res(1, 0.0, [1.5, 2.5, 4.0]),
           _res(2, 3.0, [3.5, 4.5, 6.0]), _res(3, 4.0, [5.0, 5.5, 7.0])]
-    ss = steady_state(rs)
-    assert (ss.start_s, ss.end_s) == (3.0, 4.0)
-    assert ss.duration_s == 1.0
-    # tokens timestamped in [3, 4]: r0@3.0, r1@4.0, r2@3.5
-    assert ss.output_tokens == 3 and ss.throughput_tok_s == 3.0
+    ss = steady_state(rs, 2)
+    # 2nd first token at 1.5; 2nd completion (N - B = 2) at 4.0
+    assert (ss.start_s, ss.end_s) == (1.5, 4.0)
+    assert ss.duration_s == 2.5
+    # tokens timestamped in [1.5, 4]: r0 2.0, 3.0; r1 1.5, 2.5, 4.0; r2 3.5
+    assert ss.output_tokens == 6 and ss.throughput_tok_s == pytest.approx(6 / 2.5)
     assert ss.requests_inside == () and ss.requests_overlapping == 3
-    assert ss.as_dict()["definition"].startswith("first completed")
+    # running: r0 1.5-3 (1.5 s), r1 1.5-4 (2.5 s), r2 3.5-4 (0.5 s) over 2.5 s
+    assert ss.running_batch_mean == pytest.approx(4.5 / 2.5)
+    assert ss.as_dict()["definition"].startswith("B-th first token")
 
 
-def test_no_steady_state_when_everything_is_sent_at_once():
+def test_no_steady_state_with_fewer_than_two_b_requests():
     rs = [_res(i, 0.0, [1.0 + i, 2.0 + i]) for i in range(4)]
-    assert steady_state(rs) is None
-    assert steady_state([_res(0, 0.0, [1.0])]) is None
+    assert steady_state(rs, 4) is None and steady_state(rs, 3) is None
+    assert steady_state([_res(0, 0.0, [1.0])], 1) is None
 
 
-# ------------------------------------------------------------------ recipes
 def test_recipes_build_argument_lists_not_shell_strings():
     v = recipes.VLLM.build_command("/venv/bin/python", "/m", "127.0.0.1", 8123,
                                    {"dtype": "bfloat16", "enforce_eager": True, "enable_prefix_caching": False,
@@ -238,3 +240,62 @@ def test_load_generator_reports_http_errors(tmp_path):
         gen = LoadGenerator(f"http://127.0.0.1:{port}")
         with pytest.raises(BackendError, match="400.*max_tokens too large"):
             gen.run([Request(0, "hi")], lambda r: {"prompt": r.prompt}, LoadSpec(concurrency=1))
+
+
+STREAMING_SERVER = textwrap.dedent("""
+    import http.server, json, socketserver, sys, time
+    class H(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            n = int(body["max_tokens"])
+            self.send_response(200)
+            self.send_header("Content-Type", "text/event-stream")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            time.sleep(0.05)                                   # prefill
+            for k in range(1, n + 1):
+                chunk = {"choices": [{"text": "x", "finish_reason": "length" if k == n else None}],
+                         "usage": {"prompt_tokens": 3, "completion_tokens": k}}
+                self.wfile.write(("data: " + json.dumps(chunk) + "\\n\\n").encode())
+                self.wfile.flush()
+                time.sleep(0.02)
+            self.wfile.write(b"data: [DONE]\\n\\n")
+            self.wfile.flush()
+        def log_message(self, *a): pass
+    class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+    S(("127.0.0.1", int(sys.argv[1])), H).serve_forever()
+""")
+
+
+def test_live_hooks_fire_at_the_steady_window_edges_over_real_http(tmp_path):
+    """A real streaming HTTP server: the hooks fire at the B-th first token and the (N-B)-th completion, the
+    same instants steady_state() finds afterwards; per-request max_tokens reach the server."""
+    port = free_port()
+    with ServerProcess([sys.executable, "-c", STREAMING_SERVER, str(port)], log_path=tmp_path / "s.log") as srv:
+        import httpx
+
+        def ready():
+            try:
+                return httpx.post(f"http://127.0.0.1:{port}/v1/completions", json={"max_tokens": 1}).status_code == 200
+            except httpx.HTTPError:
+                return False
+        srv.wait_ready(ready, timeout_s=20)
+        fired = {}
+        gen = LoadGenerator(f"http://127.0.0.1:{port}", on_window_start=lambda t: fired.setdefault("start", t),
+                            on_window_end=lambda t: fired.setdefault("end", t))
+        reqs = [Request(i, "hi", max_output_tokens=4 + i) for i in range(8)]
+        res = gen.run(reqs, lambda r: {"prompt": r.prompt, "max_tokens": r.max_output_tokens},
+                      LoadSpec(concurrency=3, batch=3))
+        assert [r.output_tokens for r in res] == [4 + i for i in range(8)]
+        assert all(r.completed_s >= r.token_times_s[-1] for r in res)
+        ss = steady_state(res, 3)
+        assert (fired["start"], fired["end"]) == (ss.start_s, ss.end_s)
+        assert sorted(r.token_times_s[0] for r in res)[2] == ss.start_s
+        assert sorted(r.completed_s for r in res)[8 - 3 - 1] == ss.end_s
+        assert 0 < ss.running_batch_mean <= 3.0 + 1e-9
+        # N < 2B: no hooks at all
+        fired.clear()
+        gen.run(reqs[:5], lambda r: {"prompt": r.prompt, "max_tokens": 2}, LoadSpec(batch=3))
+        assert fired == {}

@@ -59,7 +59,8 @@ DRIVER = textwrap.dedent("""
         info = backend.load(parse_model(cfg["model"]))
         runs = []
         for rt in cfg["runs"]:
-            reqs = [Request(i, p) for i, p in enumerate(cfg["prompts"])]
+            lengths = rt.pop("lengths", None) or [None] * len(cfg["prompts"])   # per-request forced lengths
+            reqs = [Request(i, p, max_output_tokens=k) for i, (p, k) in enumerate(zip(cfg["prompts"], lengths))]
             t0 = time.perf_counter()
             res = backend.generate(reqs, rt)
             wall = time.perf_counter() - t0
@@ -68,7 +69,7 @@ DRIVER = textwrap.dedent("""
                 {"index": r.index, "input_tokens": r.input_tokens, "output_tokens": r.output_tokens,
                  "submit_s": r.submit_s, "times": r.token_times_s, "exact": r.token_times_exact,
                  "ttft_s": r.ttft_s, "latency_s": r.latency_s, "tpot_s": r.tpot_s, "itl_s": r.itl_s(),
-                 "finish_reason": r.finish_reason} for r in res]})
+                 "finish_reason": r.finish_reason, "completed_s": r.completed_s} for r in res]})
         notes = json.loads(json.dumps(info.notes, default=str))
         backend.close()
         print("@@result " + json.dumps({"load_s": info.load_s, "notes": notes, "runs": runs}), flush=True)
@@ -165,10 +166,13 @@ def test_vllm_offline_exact_forced_lengths_and_step_timestamps(tmp_path):
     out = run_backend(py, "vllm", MODEL, {"mode": "offline", "dtype": "bfloat16", "max_num_seqs": 4},
                       [{"max_output_tokens": 12, "force_output_tokens": True},
                        {"max_output_tokens": 7, "force_output_tokens": True, "batch_size": 2},
-                       {"max_output_tokens": 9, "force_output_tokens": False, "temperature": 0.0}], tmp_path)
+                       {"max_output_tokens": 9, "force_output_tokens": False, "temperature": 0.0},
+                       {"max_output_tokens": 9, "force_output_tokens": True, "lengths": [1, 2, 3, 5, 8, 9]}], tmp_path)
     assert out["notes"]["mode"] == "offline" and out["notes"]["cpu"] is True
     assert out["notes"]["engine_kwargs"]["enforce_eager"] is True      # CPU default
-    forced, capped, free = out["runs"]
+    forced, capped, free, shaped = out["runs"]
+    # workload shapes: each request forced to its own length
+    assert [r["output_tokens"] for r in sorted(shaped["results"], key=lambda r: r["index"])] == [1, 2, 3, 5, 8, 9]
     assert_timings(forced["results"], n_out=12)
     assert_timings(capped["results"], n_out=7)
     # batch_size=2 caps requests in flight: never more than 2 overlap
@@ -183,7 +187,7 @@ def test_vllm_offline_exact_forced_lengths_and_step_timestamps(tmp_path):
 @pytest.mark.vllm
 def test_vllm_served_concurrency_and_poisson_with_steady_state_and_clean_shutdown(tmp_path):
     py = require_engine("vllm")
-    out = run_backend(py, "vllm", MODEL, {"mode": "served", "dtype": "bfloat16", "max_num_seqs": 4},
+    out = run_backend(py, "vllm", MODEL, {"mode": "served", "dtype": "bfloat16", "max_num_seqs": 2},
                       [{"max_output_tokens": 10, "force_output_tokens": True, "concurrency": 2},
                        {"max_output_tokens": 6, "force_output_tokens": True, "request_rate": 20.0, "seed": 3}],
                       tmp_path)
@@ -200,9 +204,11 @@ def test_vllm_served_concurrency_and_poisson_with_steady_state_and_clean_shutdow
         assert sum(1 for a, b in spans if a <= t < b) <= 2
     ss = closed["steady_state"]
     assert ss is not None and ss["start_s"] < ss["end_s"] and ss["output_tokens"] > 0
-    first_done = min(r["times"][-1] for r in closed["results"])
-    last_submit = max(r["submit_s"] for r in closed["results"])
-    assert (ss["start_s"], ss["end_s"]) == (first_done, last_submit)
+    # ML.ENERGY's window, B = max_num_seqs = 2, N = 6: the 2nd first token -> the 4th completion
+    second_first = sorted(r["times"][0] for r in closed["results"])[1]
+    fourth_done = sorted(r["completed_s"] for r in closed["results"])[3]
+    assert ss["batch"] == 2 and (ss["start_s"], ss["end_s"]) == (second_first, fourth_done)
+    assert 0 < ss["running_batch_mean"] <= 2.0 + 1e-9
     # Poisson arrivals: submits spread out in time (6 requests at 20/s: ~0.25 s of arrivals)
     submits = sorted(r["submit_s"] for r in poisson["results"])
     assert submits[-1] - submits[0] > 0.02

@@ -24,6 +24,8 @@ def check_record(rec, *, n_out: int, prompts: int):
         whole, steady = rec["whole_window"], rec["steady_state"]
         assert whole["output_tokens"] == n_out * rec["requests"]     # forced lengths, exactly
         assert steady["segments"] >= 1 and 0 < steady["output_tokens"] < whole["output_tokens"]
+        assert steady["batch"] == rec["params"]["max_num_seqs"] and steady["running_batch_mean"] > 0
+        assert steady["definition"].startswith("B-th first token")
         assert rec["output_tokens"] == steady["output_tokens"]
         assert 0 < steady["duration_s"] < whole["duration_s"]
     else:
@@ -43,7 +45,8 @@ def test_vllm_study_offline_and_served_through_engine_environment(write_study, t
         "name": "vllm-e2e", "model": MODEL, "backend": "vllm",
         "engine": {"dtype": "bfloat16", "max_num_seqs": 4},
         "workload": {"dataset": "synthetic", "prompts": 6, "input_tokens": 8, "max_output_tokens": 8},
-        "experiments": [{"mode": "offline", "batch_size": 3}, {"mode": "served", "concurrency": 2}],
+        # served: B = max_num_seqs = 4 needs N >= 2B = 8 requests for a steady window
+        "experiments": [{"mode": "offline", "batch_size": 3}, {"mode": "served", "concurrency": 2, "prompts": 8}],
         "repeats": 1, "measurement": FAST_MEASUREMENT, "runner": "process",
         "runner_options": {"environments": {"vllm": py}, "timeout_s": 900},
     }
@@ -54,7 +57,57 @@ def test_vllm_study_offline_and_served_through_engine_environment(write_study, t
     assert len(records) == 2
     by_mode = {r["params"]["mode"]: r for r in records}
     for mode, rec in by_mode.items():
-        check_record(rec, n_out=8, prompts=6)
+        check_record(rec, n_out=8, prompts=8 if mode == "served" else 6)
         assert rec["params"]["backend"] == "vllm"
         assert rec["environment"], "engine environment versions missing"
     assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
+
+
+def test_vllm_served_study_with_fake_gpu_attributes_energy_to_requests_and_classes(write_study, tmp_path, monkeypatch):
+    """A served vLLM study on CPU metered through the fake NVML: the steady window's fields, per-request energy
+    that sums to the window's counter energy, per-class figures of a two-class mix, SLO goodput."""
+    py = require_engine("vllm")
+    fake = tmp_path / "fake.json"
+    # an unquantised counter: on CPU, vLLM streams a tiny model's tokens in bursts, so a pass's steady window
+    # lasts only milliseconds (on a GPU it lasts seconds); the live edge readings must still give 300 W x duration
+    fake.write_text(json.dumps({"gpus": [{"uuid": "GPU-aaaaaaaa-0000-0000-0000-000000000000", "power_w": 300.0,
+                                          "power_limit_w": 700, "counter_period_s": 0}]}))
+    monkeypatch.setenv("JOULEBENCH_FAKE_NVML", str(fake))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    study = {
+        "name": "vllm-attrib", "model": MODEL, "backend": "vllm", "device": "cuda:0",
+        "engine": {"dtype": "bfloat16", "max_num_seqs": 2, "mode": "served"},
+        "workload": {"dataset": "synthetic", "prompts": 8, "max_output_tokens": 12,
+                     "classes": [{"name": "short", "share": 0.5, "input_tokens": 4, "output_tokens": 3},
+                                 {"name": "long", "share": 0.5, "input_tokens": 24, "output_tokens": 12}],
+                     "slo": {"ttft_s": 60.0, "tpot_s": 10.0}},
+        "repeats": 1, "measurement": {**FAST_MEASUREMENT, "min_window_s": 1.0}, "runner": "process",
+        "runner_options": {"environments": {"vllm": py}, "timeout_s": 900},
+    }
+    out = tmp_path / "out"
+    proc = run_cli("run", write_study(study), "--out", out, timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    (rec,) = read_records(out)
+    assert rec["status"] == "ok", rec.get("error")
+    assert rec["energy_source"] == "nvml-counter" and rec["timeseries"]
+    steady, whole = rec["steady_state"], rec["whole_window"]
+    assert steady["batch"] == 2 and steady["segments"] >= 1 and steady["running_batch_mean"] > 0
+    assert 0 < steady["duration_s"] < whole["duration_s"], steady
+    # 300 W over the steady segments, read live at their edges (each read within ~1 ms of its hook's time)
+    assert steady["energy_j"] == pytest.approx(300.0 * steady["duration_s"], rel=0.02, abs=0.1 * steady["segments"])
+    assert steady["energy_j"] > 0 and rec["energy_per_output_token_j"] > 0
+    assert rec["energy_j"] == steady["energy_j"]
+    # forced per-class lengths, exactly: 4 short x 3 + 4 long x 12 tokens per pass
+    assert whole["output_tokens"] == rec["passes"] * (4 * 3 + 4 * 12)
+    pre = rec["per_request_energy"]
+    assert pre["conservation_rel_error"] < 1e-9 and pre["interval_source"] == "counter"
+    assert pre["window_energy_j"] == pytest.approx(whole["energy_j"], rel=1e-12)
+    assert pre["requests"] == rec["requests"] and pre["intervals"] > 5
+    assert abs(pre["timeline_scale"] - 1.0) < 0.2           # the timeline's counter deltas stand for the window
+    by = pre["by_class"]
+    assert set(by) == {"short", "long"} and by["short"]["output_tokens_mean"] == 3.0
+    assert by["long"]["energy_j_mean"] > by["short"]["energy_j_mean"]   # 4x the tokens each
+    assert pre["fit"]["per_output_token_j"] is not None
+    slo = rec["slo"]
+    assert slo["attainment"] == 1.0 and slo["requests_met"] == rec["requests"]
+    assert slo["goodput_req_per_j"] == pytest.approx(rec["requests"] / whole["energy_j"])

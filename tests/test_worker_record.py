@@ -159,3 +159,31 @@ def test_records_name_the_hosts_gpu_index_inside_a_container():
     rec = trial_record(spec, TRIAL, FACTS, _measured())
     assert rec["devices"][0]["index"] == 3 and rec["devices"][0]["uuid"] == "GPU-a"
     assert set(rec) == set(plain)          # the same record shape
+
+
+def test_served_record_keeps_per_request_energy_and_slo_and_others_keep_their_shape():
+    from joulebench.analysis.attribution import Intervals, per_request_energy
+
+    import numpy as np
+
+    results = _results()
+    block = per_request_energy(results, Intervals(np.array([0.0, 1.0, 2.5]), np.array([200.0, 400.0]), "counter"))
+    trial = TrialSpec(trial_id="c2-r1", config_id="c2", repeat=1, round=1,
+                      params={**TRIAL.params, "backend": "vllm", "mode": "served",
+                              "slo": {"ttft_s": 0.6, "tpot_s": 0.05}})
+    steady = {"segments": 1, "passes": 2, "duration_s": 1.0, "energy_j": 250.0, "output_tokens": 30, "batch": 2,
+              "running_batch_mean": 2.0, "definition": "d"}
+    rec = trial_record(_spec(), trial, FACTS, _measured(steady=steady,
+                                                        per_request_energy=block.model_dump(mode="json")))
+    pre = rec["per_request_energy"]
+    assert pre["conservation_rel_error"] < 1e-12 and pre["window_energy_j"] == 600.0
+    assert pre["energy_j"]["mean"] == pytest.approx(300.0) and pre["requests"] == 2
+    # TTFT 0.5 s <= 0.6; TPOT 0.1 s > 0.05: no request meets the SLO
+    assert rec["slo"] == {"ttft_s": 0.6, "tpot_s": 0.05, "requests": 2, "requests_met": 0, "attainment": 0.0,
+                          "goodput_req_s": 0.0, "goodput_req_per_j": 0.0}
+    assert rec["steady_state"]["running_batch_mean"] == 2.0 and rec["whole_window"]["energy_j"] == 600.0
+    # a record without them has no such keys (not nulls): earlier records' shape
+    plain = trial_record(_spec(), TRIAL, FACTS, _measured())
+    assert "per_request_energy" not in plain and "slo" not in plain
+    failed = failed_record(_spec(), TRIAL, FACTS, "x", ErrorKind.ERROR, finished_at=1.0)
+    assert "per_request_energy" not in failed and "slo" not in failed

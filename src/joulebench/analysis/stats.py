@@ -239,6 +239,10 @@ METRICS: tuple[tuple[str, str, str, bool], ...] = (
     ("ttft_s_median", "median TTFT", "s", False),
     ("itl_s_median", "median ITL", "s", False),
     ("mean_power_w", "mean power", "W", False),
+    # served mode, where present: attributed energy per request and goodput per watt under the study's SLO
+    ("request_energy_j_median", "energy per request, median (attributed)", "J", False),
+    ("request_energy_j_p90", "energy per request, p90 (attributed)", "J", False),
+    ("goodput_req_per_j", "goodput per watt (SLO-meeting requests/s per W)", "req/s/W", True),
 )
 METRIC_INFO = {m[0]: m for m in METRICS}
 

@@ -23,6 +23,10 @@ class Request:
     prompt: str
     # Token ids when the workload was tokenised already (synthetic lengths).
     prompt_token_ids: tuple[int, ...] | None = None
+    # This request's own output length (workload.output_tokens or its class); None: max_output_tokens.
+    max_output_tokens: int | None = None
+    # The workload class it belongs to (workload.classes), for per-class figures.
+    request_class: str | None = None
 
 
 @dataclass
@@ -40,6 +44,9 @@ class RequestResult:
     token_times_exact: bool = True
     finish_reason: str | None = None
     text: str | None = None
+    # Served mode: when the response ended (perf_counter); None: its last token counts as completion.
+    completed_s: float | None = None
+    request_class: str | None = None
 
     @property
     def ttft_s(self) -> float | None:
@@ -96,8 +103,10 @@ class Backend(abc.ABC):
         # Served engines: the steady state of the last generate() call (a served.loadgen.SteadyState with
         # start_s, end_s, output_tokens; perf_counter seconds); None means the whole pass counts.
         self.steady_state = None
+        # Served engines: B of the last generate() call (the batch its steady window is defined by).
+        self.steady_batch: int | None = None
         # Served engines: optional live callbacks (on_start(t), on_end(t), perf_counter seconds) fired when
-        # the steady state opens (first response done) and closes (last request submitted); the protocol
+        # the steady state opens (the B-th first token) and closes (the (N-B)-th completion); the protocol
         # reads the energy counters in them.
         self.steady_state_hooks = None
 

@@ -171,6 +171,7 @@ class LlamaCppBackend(Backend):
             self.session.on_window_start, self.session.on_window_end = self.steady_state_hooks or (None, None)
             results = self.session.generate(requests, rt, extra_body=(lambda req: dict(extra)) if extra else None)
             self.steady_state = self.session.last_steady_state
+            self.steady_batch = self.session.last_batch
             for res, req in zip(sorted(results, key=lambda r: r.index), sorted(requests, key=lambda r: r.index)):
                 if not res.input_tokens:
                     res.input_tokens = len(self._tokens(req))

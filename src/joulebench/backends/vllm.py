@@ -193,14 +193,16 @@ class VLLMBackend(Backend):
             self.session.on_window_start, self.session.on_window_end = self.steady_state_hooks or (None, None)
             results = self.session.generate(requests, _runtime(self.params, runtime))
             self.steady_state = self.session.last_steady_state
+            self.steady_batch = self.session.last_batch
             self._fill_input_tokens(requests, results)
             return results
         return self._generate_offline(requests, _runtime(self.params, runtime))
 
-    def _sampling(self, rt: dict[str, Any], index: int):
+    def _sampling(self, rt: dict[str, Any], req: Request):
         from vllm import SamplingParams
 
-        max_tokens = int(rt["max_output_tokens"])
+        index = req.index
+        max_tokens = int(req.max_output_tokens or rt["max_output_tokens"])
         kw: dict[str, Any] = {"max_tokens": max_tokens, "temperature": float(rt.get("temperature") or 0.0)}
         if rt.get("top_p") is not None:
             kw["top_p"] = rt["top_p"]
@@ -226,7 +228,7 @@ class VLLMBackend(Backend):
                            else req.prompt)
             rid = f"{prefix}{req.index}"
             state[rid] = {"req": req, "submit": time.perf_counter(), "times": [], "n": 0}
-            engine.add_request(rid, prompt, self._sampling(rt, req.index))
+            engine.add_request(rid, prompt, self._sampling(rt, req))
 
         while pending and len(state) < cap:
             submit(pending.pop(0))
@@ -247,7 +249,7 @@ class VLLMBackend(Backend):
                     done[req.index] = RequestResult(
                         index=req.index, input_tokens=len(out.prompt_token_ids or ()), output_tokens=n,
                         submit_s=st["submit"], token_times_s=st["times"], finish_reason=comp.finish_reason,
-                        text=comp.text)
+                        text=comp.text, completed_s=t, request_class=req.request_class)
                     del state[out.request_id]
                     if pending:
                         submit(pending.pop(0))
@@ -255,7 +257,7 @@ class VLLMBackend(Backend):
                 raise BackendError(f"vLLM lost {len(state)} requests")
         results = [done[r.index] for r in requests]
         self.steady_state = None
-        _check_forced(results, rt)
+        _check_forced(results, rt, requests)
         return results
 
     def _fill_input_tokens(self, requests: list[Request], results: list[RequestResult]) -> None:
@@ -309,13 +311,13 @@ def _runtime(params: ModeParams, runtime: dict[str, Any]) -> dict[str, Any]:
     return rt
 
 
-def _check_forced(results: list[RequestResult], rt: dict[str, Any]) -> None:
+def _check_forced(results: list[RequestResult], rt: dict[str, Any], requests: list[Request]) -> None:
     if not rt.get("force_output_tokens"):
         return
-    want = rt["max_output_tokens"]
-    bad = [(r.index, r.output_tokens) for r in results if r.output_tokens != want]
+    want = {r.index: int(r.max_output_tokens or rt["max_output_tokens"]) for r in requests}
+    bad = [(r.index, want[r.index], r.output_tokens) for r in results if r.output_tokens != want[r.index]]
     if bad:
-        raise BackendError(f"forced output length {want} not met: (request, tokens) {bad[:10]}")
+        raise BackendError(f"forced output lengths not met: (request, wanted, got) {bad[:10]}")
 
 
 def _read_config(path: str) -> dict[str, Any]:

@@ -253,7 +253,11 @@ def print_results(study_dir: Path) -> None:
     table = Table(title="results (mean [95 % CI])")
     for a in axes:
         table.add_column(a)
-    for col in ("ok/n", "tokens/s", "J/output token", "TTFT median s", "flags"):
+    # served mode's figures only where some configuration has them (the one summary decides)
+    served = [(m, head) for m, head in (("goodput_req_per_j", "goodput/W"), ("request_energy_j_median", "J/req p50"),
+                                        ("request_energy_j_p90", "J/req p90"))
+              if any(v is not None and v == v for s in summaries.values() for v in s.repeats.ok_values(m))]
+    for col in ("ok/n", "tokens/s", "J/output token", "TTFT median s", *(h for _, h in served), "flags"):
         table.add_column(col, justify="right")
 
     def fmt(s, metric):
@@ -272,7 +276,8 @@ def print_results(study_dir: Path) -> None:
         flags = sorted(s.flags - {"synthetic_weights", "SYNTHETIC_WEIGHTS"}) + [f.code for f in judged]
         label = [str(c["params"].get(a)) for a in axes]
         table.add_row(*label, f"{s.n_ok}/{s.n_trials}", fmt(s, "throughput_tok_s"),
-                      fmt(s, "energy_per_output_token_j"), fmt(s, "ttft_s_median"), ", ".join(flags) or "-")
+                      fmt(s, "energy_per_output_token_j"), fmt(s, "ttft_s_median"),
+                      *(fmt(s, m) for m, _ in served), ", ".join(flags) or "-")
         notes += [f"{', '.join(label)}: {f.code}: {f.detail}" for f in judged if f.code == "too_few_repeats"]
     console.print(table)
     for n in notes:

@@ -6,7 +6,8 @@ parameter lives in one flat namespace, so the same name works as a fixed value
 
 * common:   ``model``, ``backend``, ``device``
 * workload: ``dataset``, ``dataset_path``, ``prompts``, ``input_tokens``,
-            ``max_input_tokens``, ``max_output_tokens``, ``force_output_tokens``
+            ``max_input_tokens``, ``max_output_tokens``, ``force_output_tokens``,
+            ``output_tokens`` (a length distribution), ``classes`` (a request mix), ``slo``
 * engine:   whatever the backend's ``Params`` model defines (``dtype``, ``batch_size``, ...)
 """
 from __future__ import annotations
@@ -26,7 +27,65 @@ class Strict(BaseModel):
 
 COMMON_KEYS = ("model", "backend", "device")
 WORKLOAD_KEYS = ("dataset", "dataset_path", "prompts", "input_tokens", "max_input_tokens",
-                 "max_output_tokens", "force_output_tokens")
+                 "max_output_tokens", "force_output_tokens", "output_tokens", "classes", "slo")
+# Workload keys that appear in a configuration's parameters only when set.
+OPTIONAL_WORKLOAD_KEYS = ("output_tokens", "classes", "slo")
+
+
+class OutputLengths(Strict):
+    """Per-request forced output lengths drawn from a stated, seeded distribution, clipped to
+    [1, max_output_tokens] and rounded to whole tokens."""
+    distribution: Literal["fixed", "uniform", "normal", "lognormal", "choice"]
+    value: int | None = Field(None, ge=1, description="fixed: every request's length")
+    low: int | None = Field(None, ge=1, description="uniform: smallest length (inclusive)")
+    high: int | None = Field(None, ge=1, description="uniform: largest length (inclusive)")
+    mean: float | None = Field(None, gt=0, description="normal: mean; lognormal: mean of the length (not its log)")
+    std: float | None = Field(None, gt=0, description="normal / lognormal: standard deviation of the length")
+    values: list[int] | None = Field(None, description="choice: the lengths to pick from")
+    weights: list[float] | None = Field(None, description="choice: their relative weights (default equal)")
+
+    @model_validator(mode="after")
+    def _fields(self):
+        need = {"fixed": ("value",), "uniform": ("low", "high"), "normal": ("mean", "std"),
+                "lognormal": ("mean", "std"), "choice": ("values",)}[self.distribution]
+        missing = [k for k in need if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"distribution '{self.distribution}' needs {', '.join(missing)}")
+        allowed = set(need) | ({"weights"} if self.distribution == "choice" else set())
+        extra = [k for k in ("value", "low", "high", "mean", "std", "values", "weights")
+                 if getattr(self, k) is not None and k not in allowed]
+        if extra:
+            raise ValueError(f"distribution '{self.distribution}' takes {', '.join(sorted(allowed))}, "
+                             f"not {', '.join(extra)}")
+        if self.distribution == "uniform" and self.high < self.low:
+            raise ValueError(f"high ({self.high}) is smaller than low ({self.low})")
+        if self.distribution == "choice":
+            if not self.values or any(v < 1 for v in self.values):
+                raise ValueError("values must be a non-empty list of lengths >= 1")
+            if self.weights is not None and (len(self.weights) != len(self.values)
+                                             or any(w < 0 for w in self.weights) or sum(self.weights) <= 0):
+                raise ValueError("weights must be one non-negative number per value, not all zero")
+        return self
+
+
+class RequestClass(Strict):
+    """One class of a request mix: its share of the requests and its shape."""
+    name: str = Field(..., min_length=1)
+    share: float = Field(..., gt=0, le=1, description="fraction of the requests (shares must sum to 1)")
+    input_tokens: int = Field(..., ge=1, description="prompt length (synthetic), or the truncation of dataset prompts")
+    output_tokens: int = Field(..., ge=1, description="forced output length of this class")
+
+
+class SLOConfig(Strict):
+    """A latency SLO: a request meets it when its TTFT and TPOT are within the bounds given."""
+    ttft_s: float | None = Field(None, gt=0, description="time to first token bound (s)")
+    tpot_s: float | None = Field(None, gt=0, description="time per output token bound (s)")
+
+    @model_validator(mode="after")
+    def _some(self):
+        if self.ttft_s is None and self.tpot_s is None:
+            raise ValueError("an SLO needs ttft_s, tpot_s or both (seconds), e.g. {ttft_s: 0.5, tpot_s: 0.05}")
+        return self
 
 
 class WorkloadConfig(Strict):
@@ -37,6 +96,43 @@ class WorkloadConfig(Strict):
     max_input_tokens: int | None = Field(None, ge=1, description="truncate longer prompts")
     max_output_tokens: int = Field(32, ge=1)
     force_output_tokens: bool = Field(True, description="every request yields exactly max_output_tokens")
+    output_tokens: OutputLengths | None = Field(None, description="per-request forced output lengths (served "
+                                                                  "mode or vLLM), from a seeded distribution")
+    classes: list[RequestClass] | None = Field(None, description="a request mix: classes with shares and shapes")
+    slo: SLOConfig | None = Field(None, description="served mode: the TTFT/TPOT SLO of goodput")
+
+    @field_validator("output_tokens")
+    @classmethod
+    def _forced_lengths(cls, v, info):
+        if v is not None and not info.data.get("force_output_tokens", True):
+            raise ValueError("per-request output lengths are forced lengths: leave force_output_tokens true")
+        return v
+
+    @field_validator("classes")
+    @classmethod
+    def _classes(cls, v, info):
+        if v is None:
+            return v
+        if not v:
+            raise ValueError("classes must list at least one class")
+        names = [c.name for c in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names must be unique: {names}")
+        total = sum(c.share for c in v)
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"class shares sum to {total:g}, not 1")
+        limit = info.data.get("max_output_tokens")
+        too_long = [c for c in v if limit is not None and c.output_tokens > limit]
+        if too_long:
+            raise ValueError(f"class '{too_long[0].name}' asks for {too_long[0].output_tokens} output tokens, more "
+                             f"than max_output_tokens ({limit}); set workload.max_output_tokens to at least "
+                             f"{max(c.output_tokens for c in v)}")
+        if info.data.get("output_tokens") is not None:
+            raise ValueError("give output lengths either per class (classes[].output_tokens) or as "
+                             "workload.output_tokens, not both")
+        if not info.data.get("force_output_tokens", True):
+            raise ValueError("class output lengths are forced lengths: leave force_output_tokens true")
+        return v
 
 
 class RepeatsConfig(Strict):

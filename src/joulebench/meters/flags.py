@@ -37,6 +37,9 @@ class Flag(str, Enum):
     SYNTHETIC_WEIGHTS = "synthetic_weights"
     THERMAL_GATE_TIMEOUT = "thermal_gate_timeout"
     FAKE_DEVICE = "fake_device"
+    NO_STEADY_WINDOW = "no_steady_window"
+    LOW_BATCH_OCCUPANCY = "low_batch_occupancy"
+    SHORT_STEADY_WINDOW = "short_steady_window"
 
     @classmethod
     def _missing_(cls, value):
@@ -95,6 +98,15 @@ _ADVICE: dict[Flag, str] = {
     Flag.THERMAL_GATE_TIMEOUT: "The GPU did not reach the reference temperature band before the timeout; "
                                "raise thermal_gate.timeout_s or widen band_c.",
     Flag.FAKE_DEVICE: "Energy came from a fake NVML device (testing): these numbers are not measurements.",
+    Flag.NO_STEADY_WINDOW: "Served mode: fewer than 2B requests per pass (B = max_num_seqs, else concurrency), so "
+                           "there is no steady window and the figures cover the whole window, ramp-up and tail "
+                           "included; send at least 2B requests per pass (workload.prompts), better 4B or more.",
+    Flag.LOW_BATCH_OCCUPANCY: "Served mode: the running batch averaged below 80 % of B in the steady window, so the "
+                              "server did not run at its intended batch; raise concurrency or request_rate, check "
+                              "KV-cache room, or set max_num_seqs to the batch it reaches.",
+    Flag.SHORT_STEADY_WINDOW: "Served mode: the steady window is shorter than 100 energy-counter periods (10 s on "
+                              "H100), so counter quantisation exceeds 1 %; send more requests per pass (4B or more) "
+                              "or longer outputs.",
 }
 _INFO = {Flag.SYNTHETIC_WEIGHTS}
 
@@ -289,6 +301,26 @@ def power_integral_j(rows: "pd.DataFrame", start_s: float, end_s: float, column:
         if b > a:
             total += p[i] * (b - a)
     return total
+
+
+def steady_window_flags(steady: Mapping | None, *, counter_period_s: float | None,
+                        occupancy_min: float = 0.8) -> list[QualityFlag]:
+    """Flags of a served trial's steady window (``SteadyMarks.summary()``): none, low occupancy, short."""
+    if not steady:
+        return []
+    batch = steady.get("batch")
+    if not steady.get("segments") or not steady.get("duration_s"):
+        return [QualityFlag(Flag.NO_STEADY_WINDOW, f"{steady.get('requests_per_pass')} requests per pass, B = {batch}")]
+    out = []
+    occ = steady.get("running_batch_mean")
+    if batch and occ is not None and occ < occupancy_min * batch:
+        out.append(QualityFlag(Flag.LOW_BATCH_OCCUPANCY,
+                               f"running batch {occ:.2f} < {occupancy_min:.0%} of B = {batch}"))
+    per_segment_s = steady["duration_s"] / steady["segments"]
+    if counter_period_s and per_segment_s < 100 * counter_period_s:
+        out.append(QualityFlag(Flag.SHORT_STEADY_WINDOW,
+                               f"{per_segment_s:.2f} s per pass < 100 x {counter_period_s:g} s counter period"))
+    return out
 
 
 def flags_to_dicts(flags: Iterable[QualityFlag]) -> list[dict]:

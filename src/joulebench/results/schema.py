@@ -69,6 +69,68 @@ class WarmupRecord(_Model):
     noise_floor_cv: float | None = None   # the worker's steady-state pass CV this trial was held to
 
 
+# ---------------------------------------------------------------- served mode: per-request energy, SLO
+ATTRIBUTION_RULE = ("sampler intervals (counter deltas, else power x dt, scaled to the window's counter energy); "
+                    "each interval split over requests by tokens processed in it (decode token = 1 unit at its "
+                    "timestamp; prefill = prefill_weight x input tokens at the first token); token-less intervals "
+                    "by time in flight; idle intervals in proportion to energy already attributed")
+
+
+class _Block(_Model):
+    pass
+
+
+class Distribution(_Block):
+    median: float
+    p90: float
+    p99: float
+    mean: float
+    n: int
+
+
+class LengthFit(_Block):
+    """Least squares J/request = intercept_j + per_input_token_j x input + per_output_token_j x output.
+    A coefficient is None where its length does not vary across requests (not identifiable)."""
+    intercept_j: float
+    per_input_token_j: float | None = None
+    per_output_token_j: float | None = None
+    r2: float | None = None
+
+
+class ClassEnergy(_Block):
+    requests: int
+    energy_j_mean: float
+    energy_j_median: float
+    input_tokens_mean: float
+    output_tokens_mean: float
+
+
+class PerRequestEnergy(_Block):
+    """The record's ``per_request_energy`` block."""
+    rule: str = ATTRIBUTION_RULE
+    prefill_weight: float
+    window_energy_j: float
+    requests: int
+    intervals: int
+    interval_source: str                 # counter | power | window (no timeline)
+    timeline_scale: float | None = None  # window energy / sum of the timeline's interval energies
+    energy_j: Distribution               # J per request
+    fit: LengthFit | None = None
+    conservation_rel_error: float
+    by_class: dict[str, ClassEnergy] | None = None
+
+
+class SLORecord(_Block):
+    """Served mode: the study's SLO and how the window met it (analysis over the whole window)."""
+    ttft_s: float | None = None          # the SLO's bounds
+    tpot_s: float | None = None
+    requests: int
+    requests_met: int
+    attainment: float                    # share of requests meeting every bound
+    goodput_req_s: float | None = None   # SLO-meeting requests / whole-window duration
+    goodput_req_per_j: float | None = None   # goodput per watt: (req/s) / mean W = requests met / window energy
+
+
 class TrialRecord(_Model):
     schema_version: int = SCHEMA_VERSION
     trial_id: str
@@ -133,3 +195,6 @@ class TrialRecord(_Model):
     # Served mode: the steady-state part of the window (primary figures come from it) and the whole window.
     steady_state: dict[str, Any] | None = None
     whole_window: dict[str, Any] | None = None
+    # Served mode: the window's energy attributed to each request (analysis/attribution.py) and the SLO.
+    per_request_energy: PerRequestEnergy | None = None
+    slo: SLORecord | None = None

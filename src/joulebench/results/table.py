@@ -14,6 +14,9 @@ pandas DataFrame; ``write_tables(study_dir)`` writes it as ``results.parquet`` a
   ``device_energy_j_min``, ``device_energy_sources`` and ``device<k>_energy_j`` per device position
 * quality flags: ``flags`` (codes joined by ``;``) and ``n_flags``
 * ``model.<key>`` and ``env.<key>`` for scalar entries of the record's ``model`` and ``environment``
+* served mode, where the record has them: ``request_energy_j_median`` / ``_p90`` / ``_p99`` / ``_mean``
+  (attributed J per request), ``conservation_rel_error``, ``slo_attainment``, ``goodput_req_s``,
+  ``goodput_req_per_j`` (goodput per watt), ``steady_batch``, ``steady_running_batch_mean``
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ from joulebench.results.store import StudyStore, atomic_write_bytes
 LATENCY_FIELDS = ("ttft_s", "itl_s", "tpot_s", "latency_s")
 LATENCY_STATS = ("median", "p90", "p99", "mean", "n")
 _NESTED = {"params", "devices", "baselines", "warmup", "thermal", "preflight", "flags", "model",
-           "environment", "node", *LATENCY_FIELDS}
+           "environment", "node", "per_request_energy", "slo", *LATENCY_FIELDS}
 ID_COLUMNS = ["trial_id", "config_id", "study", "repeat", "round", "status", "error_kind", "error"]
 
 
@@ -38,6 +41,25 @@ def _scalar(v: Any) -> Any:
     if v is None or isinstance(v, (bool, int, float, str)):
         return v
     return json.dumps(v, sort_keys=True, default=str)
+
+
+def _served_columns(rec: dict[str, Any], row: dict[str, Any]) -> None:
+    """Served mode's per-request energy, SLO goodput and steady-window occupancy (only where present)."""
+    pre = rec.get("per_request_energy")
+    if isinstance(pre, dict):
+        dist = pre.get("energy_j") or {}
+        for s in ("median", "p90", "p99", "mean"):
+            row[f"request_energy_j_{s}"] = dist.get(s)
+        row["conservation_rel_error"] = pre.get("conservation_rel_error")
+    slo = rec.get("slo")
+    if isinstance(slo, dict):
+        row["slo_attainment"] = slo.get("attainment")
+        row["goodput_req_s"] = slo.get("goodput_req_s")
+        row["goodput_req_per_j"] = slo.get("goodput_req_per_j")
+    steady = rec.get("steady_state")
+    if isinstance(steady, dict) and "batch" in steady:
+        row["steady_batch"] = steady.get("batch")
+        row["steady_running_batch_mean"] = steady.get("running_batch_mean")
 
 
 def flatten_record(rec: dict[str, Any]) -> dict[str, Any]:
@@ -76,6 +98,7 @@ def flatten_record(rec: dict[str, Any]) -> dict[str, Any]:
     codes = [str(f.get("code")) for f in flags if isinstance(f, dict)]
     row["flags"] = ";".join(codes)
     row["n_flags"] = len(codes)
+    _served_columns(rec, row)
     for prefix, key in (("model", "model"), ("env", "environment"), ("node", "node")):
         for k, v in (rec.get(key) or {}).items():
             if v is None or isinstance(v, (bool, int, float, str)):

@@ -26,7 +26,7 @@ from pydantic import ValidationError
 from joulebench.backends import get_backend_class, load_parameters
 from joulebench.config.device import DEFAULT_DEVICE, DeviceSpec, DeviceSpecError, fence_problems
 from joulebench.config.loader import LoadedStudy, errors_from_validation
-from joulebench.config.study import COMMON_KEYS, WORKLOAD_KEYS, StudyConfig, WorkloadConfig
+from joulebench.config.study import COMMON_KEYS, OPTIONAL_WORKLOAD_KEYS, WORKLOAD_KEYS, StudyConfig, WorkloadConfig
 from joulebench.study.checks import check_configurations, check_sweep_size
 from joulebench.errors import StudyError, StudyErrors, did_you_mean
 from joulebench.models import check_model_exists, parse_model
@@ -193,7 +193,8 @@ def _resolve(raw: dict[str, Any], origins: dict[str, str], loaded: LoadedStudy) 
     except DeviceSpecError as e:
         raise StudyError(str(e), file=file, path=origins.get("device", "device")) from None
     params = {"model": model.spec, "backend": backend_name, "device": device}
-    params.update(workload)
+    # optional workload shapes appear in the parameters only when set (configuration ids stay as they were)
+    params.update({k: v for k, v in workload.items() if v is not None or k not in OPTIONAL_WORKLOAD_KEYS})
     params.update(engine)
     return params
 
@@ -222,6 +223,11 @@ def combination_problems(params: dict[str, Any]) -> list[str]:
     check = getattr(backend_cls, "check_params", None)
     if check is not None:
         problems.extend(check(params))
+    shaped = [k for k in ("output_tokens", "classes") if params.get(k)]
+    if shaped and params.get("mode") != "served" and params["backend"] != "vllm":
+        problems.append(f"workload.{shaped[0]} (per-request output lengths) needs mode: served or backend: vllm")
+    if params.get("slo") and params.get("mode") != "served":
+        problems.append("workload.slo applies to mode: served (goodput under a latency SLO)")
     if params.get("max_input_tokens") and params["dataset"] == "synthetic" \
             and params["input_tokens"] > params["max_input_tokens"]:
         problems.append("input_tokens is larger than max_input_tokens")

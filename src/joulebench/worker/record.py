@@ -2,9 +2,10 @@
 
 The worker's session and trial protocol gather the figures (counters, timings, the load's
 facts); these functions turn them into the record's fields (results/schema.py's TrialRecord).
-Served-mode steady state (the part of each pass after the first responses and before the
-tail) replaces the whole window's duration, energy and tokens as the primary figures; the
-whole window is kept beside them.
+Served-mode steady state (the part of each pass from the B-th first token to the (N-B)-th
+completion, ML.ENERGY's definition) replaces the whole window's duration, energy and tokens as
+the primary figures; the whole window is kept beside them. The per-request energy block
+(analysis/attribution.py) and the SLO figures cover the whole window.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ class TrialMeasurement:
     thermal: dict[str, Any] = field(default_factory=dict)
     preflight: dict[str, Any] = field(default_factory=dict)
     flags: Sequence[QualityFlag] = ()
+    per_request_energy: dict[str, Any] | None = None   # served mode: analysis.attribution's block
 
 
 def percentile_stats(values: Iterable[float | None]) -> dict[str, Any] | None:
@@ -121,7 +123,7 @@ def failed_record(spec: ExperimentSpec, trial: TrialSpec, facts: WorkerFacts, er
     rec = base_record(spec, trial, facts)
     rec.update({"status": TrialStatus.FAILED.value, "error": error, "error_kind": ErrorKind(kind).value,
                 "finished_at": finished_at})
-    return TrialRecord.model_validate(rec).model_dump(mode="json")
+    return _dump(rec)
 
 
 def primary_figures(m: TrialMeasurement) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -172,6 +174,25 @@ def speed_fields(p: dict[str, Any], results: Sequence[RequestResult], passes: in
         "tpot_s": percentile_stats([r.tpot_s for r in results]),
         "latency_s": percentile_stats([r.latency_s for r in results]),
     }
+
+
+def slo_fields(slo: dict[str, Any] | None, results: Sequence[RequestResult], duration_s: float,
+               energy_j: float | None) -> dict[str, Any] | None:
+    """SLO attainment and goodput over the whole window: a request meets the SLO when its TTFT and its
+    TPOT are within the bounds given (a one-token request has no TPOT and meets that bound)."""
+    if not slo or not results:
+        return None
+    ttft_max, tpot_max = slo.get("ttft_s"), slo.get("tpot_s")
+
+    def meets(r: RequestResult) -> bool:
+        if ttft_max is not None and (r.ttft_s is None or r.ttft_s > ttft_max):
+            return False
+        return tpot_max is None or r.tpot_s is None or r.tpot_s <= tpot_max
+
+    met = sum(1 for r in results if meets(r))
+    return {"ttft_s": ttft_max, "tpot_s": tpot_max, "requests": len(results), "requests_met": met,
+            "attainment": met / len(results), "goodput_req_s": met / duration_s if duration_s > 0 else None,
+            "goodput_req_per_j": _ratio(met, energy_j)}
 
 
 def device_rows(window: WindowMeasurement, duration_s: float, device_idle: dict[str, Any] | None,
@@ -231,8 +252,22 @@ def trial_record(spec: ExperimentSpec, trial: TrialSpec, facts: WorkerFacts, m: 
         "warmup": m.warmup, "thermal": m.thermal, "preflight": m.preflight,
         "flags": [f.to_dict() for f in m.flags],
         "timeseries": m.timeseries, "steady_state": m.steady, "whole_window": whole,
+        "per_request_energy": m.per_request_energy,
+        "slo": slo_fields(trial.params.get("slo"), m.results, m.window.duration_s, m.window.energy_j),
     })
-    return TrialRecord.model_validate(rec).model_dump(mode="json")
+    return _dump(rec)
+
+
+SERVED_ONLY_FIELDS = ("per_request_energy", "slo")
+
+
+def _dump(rec: dict[str, Any]) -> dict[str, Any]:
+    """The validated record; served-only fields are absent, not null, when empty (earlier records' shape)."""
+    out = TrialRecord.model_validate(rec).model_dump(mode="json")
+    for key in SERVED_ONLY_FIELDS:
+        if out.get(key) is None:
+            out.pop(key, None)
+    return out
 
 
 def unused_device_rows(window: WindowMeasurement) -> list[dict[str, Any]]:

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from joulebench.backends.base import Backend, RequestResult
+from joulebench.backends.served.loadgen import STEADY_DEFINITION
 from joulebench.config.study import MeasurementConfig, ThermalGateConfig, WarmupConfig
-from joulebench.meters.flags import Flag, QualityFlag
+from joulebench.meters.flags import Flag, QualityFlag, steady_window_flags
 from joulebench.meters.window import WindowMeasurement
 from joulebench.spec import Phase, TrialSpec
 from joulebench.worker.record import TrialMeasurement, trial_record, unused_device_rows
@@ -48,6 +49,7 @@ class WindowOutcome:
     passes: int
     steady: dict[str, Any] | None    # served mode: SteadyMarks.summary()
     timeline: Any                    # the sampler's timeline (or None)
+    clock_offset_s: float = 0.0      # time.time() - time.perf_counter() in this process (timeline vs token clocks)
 
 
 def run_trial(session: ExperimentSession, trial: TrialSpec) -> dict[str, Any]:
@@ -77,12 +79,14 @@ def run_trial(session: ExperimentSession, trial: TrialSpec) -> dict[str, Any]:
         ts_rel = f"timeseries/{tid}.parquet"
         write_timeseries(w.timeline, session.out.root / ts_rel)
     flags += window_quality_flags(session, w, params["model"])
+    flags += steady_window_flags(w.steady, counter_period_s=session.m.counter_period_s if session.devices else None)
     measured = TrialMeasurement(
         window=w.window, cpu_window=w.cpu_window, results=w.results, passes=w.passes,
         device_uuids=[d.info.uuid for d in devices], started_at=started_at, finished_at=time.time(),
         peak_memory_bytes=backend.peak_memory_bytes(),
         nvml_memory_used_bytes=sum((d.memory_used_bytes() or 0) for d in devices) or None,
-        timeseries=ts_rel, steady=w.steady, warmup=warmup, thermal=thermal, preflight=pre, flags=flags)
+        timeseries=ts_rel, steady=w.steady, warmup=warmup, thermal=thermal, preflight=pre, flags=flags,
+        per_request_energy=request_energy(w, params))
     rec = trial_record(spec, trial, session.facts(), measured)
     if session.unused_devs and w.unused_window is not None:
         rec["unused_devices"] = unused_device_rows(w.unused_window)
@@ -181,14 +185,27 @@ def measure_window(session: ExperimentSession, requests: list, params: dict[str,
                 results.extend(backend.generate(requests, params))
                 passes += 1
                 if steady is not None:
-                    steady.close_pass(getattr(backend, "steady_state", None))
+                    steady.close_pass(getattr(backend, "steady_state", None), getattr(backend, "steady_batch", None),
+                                      len(requests))
                 if time.perf_counter() >= t_end:
                     break
     finally:
         timeline = sampler.end() if sampler is not None else None
     return WindowOutcome(window=w.result, cpu_window=wcpu.result, unused_window=wunused.result, results=results,
                          passes=passes, steady=steady.summary() if steady is not None else None,
-                         timeline=timeline)
+                         timeline=timeline, clock_offset_s=time.time() - time.perf_counter())
+
+
+def request_energy(w: WindowOutcome, params: dict[str, Any]) -> dict[str, Any] | None:
+    """Served mode: the window's energy attributed to its requests (analysis/attribution.py)."""
+    from joulebench.analysis.attribution import per_request_energy, timeline_intervals
+
+    if params.get("mode") != "served" or w.window.energy_j is None or not w.results:
+        return None
+    uuids = [d.info.uuid for d in w.window.devices]
+    intervals = timeline_intervals(w.timeline, uuids, w.window.start_time_s, w.window.end_time_s, w.window.energy_j)
+    block = per_request_energy(w.results, intervals, clock_offset_s=w.clock_offset_s)
+    return block.model_dump(mode="json") if block is not None else None
 
 
 def window_quality_flags(session: ExperimentSession, w: WindowOutcome, model: str) -> list[QualityFlag]:
@@ -214,6 +231,9 @@ class SteadyMarks:
         self.devices = devices
         self._start = self._end = None
         self.segments: list[dict[str, Any]] = []
+        self.passes = 0
+        self.batch: int | None = None
+        self.requests_per_pass: int | None = None
 
     def _read(self, t: float):
         try:
@@ -228,24 +248,35 @@ class SteadyMarks:
     def on_end(self, t: float) -> None:
         self._end = self._read(t)
 
-    def close_pass(self, state) -> None:
+    def close_pass(self, state, batch: int | None = None, requests: int | None = None) -> None:
+        """One pass done: keep its steady segment (``state``: loadgen.SteadyState, None when it had none)."""
         s, e = self._start, self._end
         self._start = self._end = None
+        self.passes += 1
+        self.batch = batch if batch is not None else getattr(state, "batch", None) or self.batch
+        self.requests_per_pass = requests
         if state is None or s is None or e is None or e[0] <= s[0]:
             return
         energy = None
         if self.devices and all(x is not None for x in s[1] + e[1]):
             energy = sum(b - a for a, b in zip(s[1], e[1]))
         self.segments.append({"duration_s": e[0] - s[0], "energy_j": energy,
-                              "output_tokens": int(state.output_tokens)})
+                              "output_tokens": int(state.output_tokens),
+                              "running_batch_mean": state.running_batch_mean})
 
     def summary(self) -> dict[str, Any] | None:
-        if not self.segments:
+        """The steady window over all passes (sums of the per-pass segments); ``segments: 0`` when no pass
+        had one (then the record's figures fall back to the whole window, flagged)."""
+        if not self.passes:
             return None
         energies = [g["energy_j"] for g in self.segments]
-        return {"segments": len(self.segments),
-                "duration_s": sum(g["duration_s"] for g in self.segments),
-                "energy_j": sum(energies) if all(x is not None for x in energies) else None,
+        duration = sum(g["duration_s"] for g in self.segments)
+        occ = [(g["running_batch_mean"], g["duration_s"]) for g in self.segments if g["running_batch_mean"] is not None]
+        return {"segments": len(self.segments), "passes": self.passes,
+                "duration_s": duration,
+                "energy_j": sum(energies) if energies and all(x is not None for x in energies) else None,
                 "output_tokens": sum(g["output_tokens"] for g in self.segments),
-                "definition": "first completed response -> last request submitted, per pass"}
-
+                "batch": self.batch, "requests_per_pass": self.requests_per_pass,
+                "running_batch_mean": (sum(o * d for o, d in occ) / sum(d for _, d in occ)
+                                       if occ and sum(d for _, d in occ) > 0 else None),
+                "definition": STEADY_DEFINITION + ", per pass"}

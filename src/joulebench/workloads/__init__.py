@@ -5,12 +5,19 @@
   or folder the user points to (``dataset_path`` or ``JOULEBENCH_AIENERGYSCORE``), the
   joulebench cache, or the Hugging Face hub through ``datasets`` when online;
 * ``synthetic``: prompts of exactly ``input_tokens`` tokens (random token ids, seeded).
+
+Shapes (served mode, or vLLM offline): ``output_tokens`` draws each request's forced output length
+from a stated distribution (seeded, clipped to [1, max_output_tokens]); ``classes`` splits the
+requests into named classes by share (counts by largest remainder, order shuffled with the seed),
+each with its own prompt length (synthetic prompts of that many tokens, or dataset prompts cut to
+it) and forced output length. Each Request carries its class and its target output length.
 """
 from __future__ import annotations
 
 import json
 import os
 import random
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +119,65 @@ def load_aienergyscore(dataset_path: str | None, *, limit: int | None) -> list[s
     return prompts[:limit] if limit else prompts
 
 
+def draw_output_lengths(dist: dict[str, Any], n: int, seed: int, max_output_tokens: int) -> list[int]:
+    """``n`` output lengths from ``dist`` (a config.study.OutputLengths as a dict), reproducible from
+    ``seed``, rounded and clipped to [1, max_output_tokens]."""
+    import math
+
+    rng = random.Random(f"output-lengths-{seed}")
+    kind = dist["distribution"]
+    if kind == "fixed":
+        raw = [float(dist["value"])] * n
+    elif kind == "uniform":
+        raw = [float(rng.randint(int(dist["low"]), int(dist["high"]))) for _ in range(n)]
+    elif kind == "normal":
+        raw = [rng.gauss(float(dist["mean"]), float(dist["std"])) for _ in range(n)]
+    elif kind == "lognormal":   # parameterised by the length's own mean and standard deviation
+        m, sd = float(dist["mean"]), float(dist["std"])
+        sigma2 = math.log(1.0 + (sd / m) ** 2)
+        raw = [rng.lognormvariate(math.log(m) - sigma2 / 2, math.sqrt(sigma2)) for _ in range(n)]
+    elif kind == "choice":
+        raw = [float(x) for x in rng.choices(list(dist["values"]), weights=dist.get("weights"), k=n)]
+    else:
+        raise StudyError(f"unknown output length distribution '{kind}'", path="workload.output_tokens.distribution")
+    return [min(int(max_output_tokens), max(1, int(round(x)))) for x in raw]
+
+
+def assign_classes(classes: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """The class of each of ``n`` requests: counts by share (largest remainder), order shuffled with ``seed``."""
+    exact = [c["share"] * n for c in classes]
+    counts = [int(x) for x in exact]
+    order = sorted(range(len(classes)), key=lambda i: (-(exact[i] - counts[i]), i))
+    for i in order[: n - sum(counts)]:
+        counts[i] += 1
+    out = [c for c, k in zip(classes, counts) for _ in range(k)]
+    random.Random(f"classes-{seed}").shuffle(out)
+    return out
+
+
 def build_requests(workload: dict[str, Any], tokenizer, *, base_dir: Path | None = None) -> list[Request]:
+    """The workload's requests, shaped by ``output_tokens`` / ``classes`` where given (see the module)."""
+    reqs = _build_prompts(workload, tokenizer, base_dir=base_dir)
+    n, seed = len(reqs), int(workload.get("seed", 0))
+    max_out = int(workload.get("max_output_tokens") or 32)
+    classes = workload.get("classes")
+    if classes:
+        shaped = []
+        for req, cls in zip(reqs, assign_classes(classes, n, seed)):
+            ids = req.prompt_token_ids
+            if ids is not None and len(ids) > int(cls["input_tokens"]):
+                ids = ids[: int(cls["input_tokens"])]
+                req = replace(req, prompt=tokenizer.decode(ids), prompt_token_ids=ids)
+            shaped.append(replace(req, request_class=cls["name"],
+                                  max_output_tokens=min(max_out, int(cls["output_tokens"]))))
+        return shaped
+    if workload.get("output_tokens"):
+        lengths = draw_output_lengths(workload["output_tokens"], n, seed, max_out)
+        return [replace(r, max_output_tokens=k) for r, k in zip(reqs, lengths)]
+    return reqs
+
+
+def _build_prompts(workload: dict[str, Any], tokenizer, *, base_dir: Path | None = None) -> list[Request]:
     """The workload's requests for one trial (deterministic for a given workload and seed).
 
     ``tokenizer`` is a :class:`joulebench.models.tokenizer.TextTokenizer` (or None for engines that
@@ -124,6 +189,9 @@ def build_requests(workload: dict[str, Any], tokenizer, *, base_dir: Path | None
     max_in = workload.get("max_input_tokens")
     if dataset == "synthetic":
         length = int(workload.get("input_tokens", 32))
+        classes = workload.get("classes")
+        lengths = ([int(c["input_tokens"]) for c in assign_classes(classes, n, seed)] if classes
+                   else [length] * n)
         if tokenizer is None:
             raise StudyError("synthetic prompts need a tokenizer", path="workload.dataset")
         rng = random.Random(seed)
@@ -131,7 +199,7 @@ def build_requests(workload: dict[str, Any], tokenizer, *, base_dir: Path | None
         hi = min(tokenizer.vocab_size, 259) - 1
         reqs = []
         for i in range(n):
-            ids = tuple(rng.randint(lo, hi) for _ in range(length))
+            ids = tuple(rng.randint(lo, hi) for _ in range(lengths[i]))
             reqs.append(Request(index=i, prompt=tokenizer.decode(ids), prompt_token_ids=ids))
         return reqs
     if dataset == "aienergyscore":

@@ -18,9 +18,14 @@ when the server reports them: a running ``usage.completion_tokens`` per chunk
 Definitions (vLLM's): TTFT = submit -> first token; ITL = gaps between
 consecutive tokens; TPOT = (latency - TTFT) / (output tokens - 1).
 
-Steady-state window: from the first completed response (before it, every slot
-is still in its first prefill: ramp-up) to the last submission (after it, the
-number of requests in flight only falls: the tail). See ``steady_state``.
+Steady-state window (ML.ENERGY's definition): B is the batch the server is meant to run at
+(the engine's ``max_num_seqs`` when set, else the closed loop's ``concurrency``, else N; see
+:func:`target_batch`). The window opens when the B-th request, in order of first-token
+arrival, receives its first token (ramp-up over) and closes when the (N-B)-th request, in
+order of completion, completes (after it, fewer than B requests remain: the tail). With
+N < 2B, or an empty window, there is none. The generator fires ``on_window_start`` /
+``on_window_end`` at exactly those moments (the protocol reads the energy counters there).
+See ``steady_state``.
 """
 from __future__ import annotations
 
@@ -38,6 +43,50 @@ from joulebench.backends.base import Request, RequestResult
 WindowHook = Callable[[float], None]
 
 
+STEADY_DEFINITION = "B-th first token -> (N-B)-th completion (ML.ENERGY), B = max_num_seqs | concurrency | N"
+
+
+def target_batch(n: int, *, max_num_seqs: int | None = None, concurrency: int | None = None) -> int:
+    """B, the batch the server is meant to run at: ``max_num_seqs`` when set, else the closed loop's
+    ``concurrency``, else every request (all sent at once)."""
+    b = max_num_seqs or concurrency or n
+    return max(1, int(b))
+
+
+def completion_s(r: RequestResult) -> float | None:
+    """When a request completed: its response ended (``completed_s``), else its last token."""
+    if r.completed_s is not None:
+        return r.completed_s
+    return r.token_times_s[-1] if r.token_times_s else None
+
+
+def window_edges(results: list[RequestResult], batch: int) -> tuple[float, float] | None:
+    """(B-th first-token time, (N-B)-th completion time); None when N < 2B or the window is empty."""
+    n = len(results)
+    if batch < 1 or n < 2 * batch:
+        return None
+    firsts = sorted(r.token_times_s[0] for r in results if r.token_times_s)
+    dones = sorted(c for c in (completion_s(r) for r in results) if c is not None)
+    if len(firsts) < batch or len(dones) < n - batch:
+        return None
+    start, end = firsts[batch - 1], dones[n - batch - 1]
+    return (start, end) if end > start else None
+
+
+def running_batch_mean(results: list[RequestResult], start_s: float, end_s: float) -> float | None:
+    """Time-averaged number of requests running (between their first token and completion) in [start, end]."""
+    if end_s <= start_s:
+        return None
+    busy = 0.0
+    for r in results:
+        if not r.token_times_s:
+            continue
+        a, b = max(start_s, r.token_times_s[0]), min(end_s, completion_s(r))
+        if b > a:
+            busy += b - a
+    return busy / (end_s - start_s)
+
+
 @dataclass(frozen=True)
 class SteadyState:
     """The part of one pass where the server ran at its steady load (perf_counter seconds)."""
@@ -47,7 +96,9 @@ class SteadyState:
     output_tokens: int              # tokens whose timestamps fall inside [start_s, end_s]
     requests_inside: tuple[int, ...]  # request indices submitted and finished inside the window
     requests_overlapping: int       # requests with any token inside the window
-    definition: str = "first completed response -> last request submitted"
+    batch: int = 0                  # B
+    running_batch_mean: float | None = None   # time-averaged requests between first token and completion
+    definition: str = STEADY_DEFINITION
 
     @property
     def duration_s(self) -> float:
@@ -60,19 +111,17 @@ class SteadyState:
     def as_dict(self) -> dict[str, Any]:
         return {"start_s": self.start_s, "end_s": self.end_s, "duration_s": self.duration_s,
                 "output_tokens": self.output_tokens, "requests_inside": list(self.requests_inside),
-                "requests_overlapping": self.requests_overlapping, "definition": self.definition}
+                "requests_overlapping": self.requests_overlapping, "batch": self.batch,
+                "running_batch_mean": self.running_batch_mean, "definition": self.definition}
 
 
-def steady_state(results: list[RequestResult]) -> SteadyState | None:
-    """Window from the first finished request to the last submitted one; None when they do not overlap
-    (e.g. all requests sent at once, or fewer requests than the concurrency)."""
+def steady_state(results: list[RequestResult], batch: int) -> SteadyState | None:
+    """The steady window of one pass with target batch ``batch`` (B); None when N < 2B or it is empty."""
+    edges = window_edges(results, batch)
+    if edges is None:
+        return None
+    start, end = edges
     done = [r for r in results if r.token_times_s]
-    if len(done) < 2:
-        return None
-    start = min(r.token_times_s[-1] for r in done)
-    end = max(r.submit_s for r in results)
-    if end <= start:
-        return None
     tokens = 0
     overlapping = 0
     inside = []
@@ -80,10 +129,11 @@ def steady_state(results: list[RequestResult]) -> SteadyState | None:
         n = sum(1 for t in r.token_times_s if start <= t <= end) if r.token_times_exact else 0
         tokens += n
         overlapping += n > 0
-        if r.submit_s >= start and r.token_times_s[-1] <= end:
+        if r.submit_s >= start and completion_s(r) <= end:
             inside.append(r.index)
     return SteadyState(start_s=start, end_s=end, output_tokens=tokens, requests_inside=tuple(sorted(inside)),
-                       requests_overlapping=overlapping)
+                       requests_overlapping=overlapping, batch=batch,
+                       running_batch_mean=running_batch_mean(results, start, end))
 
 
 def poisson_arrivals(n: int, rate_per_s: float, seed: int) -> list[float]:
@@ -106,6 +156,7 @@ class LoadSpec:
     request_rate: float | None = None     # open loop, requests/s (Poisson)
     seed: int = 0
     timeout_s: float = 600.0              # per request
+    batch: int | None = None              # B of the steady window (target_batch); None: concurrency or N
 
 
 @dataclass
@@ -191,16 +242,23 @@ class LoadGenerator:
         limit = spec.concurrency or n or 1
         sem = asyncio.Semaphore(limit)
         offsets = poisson_arrivals(n, spec.request_rate, spec.seed) if spec.request_rate else [0.0] * n
-        submitted = 0
-        first_done = False
+        batch = spec.batch or target_batch(n, concurrency=spec.concurrency)
+        steady = n >= 2 * batch            # else no steady window: no hooks
+        firsts = done = 0
         limits = httpx.Limits(max_connections=limit + 4, max_keepalive_connections=limit + 4)
         timeout = httpx.Timeout(spec.timeout_s, connect=30.0)
 
         async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
             t0 = time.perf_counter()
 
+            def first_token(t: float) -> None:
+                nonlocal firsts
+                firsts += 1
+                if steady and firsts == batch and self.on_window_start is not None:
+                    self.on_window_start(t)
+
             async def one(req: Request, offset: float) -> RequestResult:
-                nonlocal submitted, first_done
+                nonlocal done
                 delay = t0 + offset - time.perf_counter()
                 if delay > 0:
                     await asyncio.sleep(delay)
@@ -209,32 +267,19 @@ class LoadGenerator:
                     body["stream"] = True
                     state = _StreamState()
                     submit = time.perf_counter()
-                    submitted += 1
-                    if submitted == n and self.on_window_end is not None:
-                        self.on_window_end(submit)
                     async with client.stream("POST", self.url, json=body) as resp:
                         if resp.status_code != 200:
                             detail = (await resp.aread()).decode("utf-8", "replace")[:2000]
                             raise BackendError(f"server answered {resp.status_code} to request {req.index}: {detail}")
-                        async for line in resp.aiter_lines():
-                            t = time.perf_counter()
-                            if not line.startswith("data:"):
-                                continue
-                            data = line[5:].strip()
-                            if data == "[DONE]":
-                                break
-                            try:
-                                chunk = json.loads(data)
-                            except json.JSONDecodeError:
-                                continue
-                            if "error" in chunk and not chunk.get("choices"):
-                                raise BackendError(f"server error on request {req.index}: {chunk['error']}")
-                            _consume_chunk(state, chunk, t)
-                    if not first_done:
-                        first_done = True
-                        if self.on_window_start is not None:
-                            self.on_window_start(time.perf_counter())
-                return _to_result(req, submit, state, max_tokens=body.get("max_tokens"))
+                        await _read_stream(resp, req, state, first_token)
+                        # the response ended: count it before anything awaits (completion order = count order)
+                        completed = time.perf_counter()
+                        done += 1
+                        if steady and done == n - batch and self.on_window_end is not None:
+                            self.on_window_end(completed)
+                res = _to_result(req, submit, state, max_tokens=body.get("max_tokens"))
+                res.completed_s = completed
+                return res
 
             tasks = [asyncio.create_task(one(r, off)) for r, off in zip(requests, offsets)]
             try:
@@ -244,6 +289,27 @@ class LoadGenerator:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
+
+
+async def _read_stream(resp, req: Request, state: _StreamState, first_token: Callable[[float], None]) -> None:
+    """Consume one response's server-sent events into ``state``; ``first_token(t)`` when its first token comes."""
+    async for line in resp.aiter_lines():
+        t = time.perf_counter()
+        if not line.startswith("data:"):
+            continue
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        try:
+            chunk = json.loads(data)
+        except json.JSONDecodeError:
+            continue
+        if "error" in chunk and not chunk.get("choices"):
+            raise BackendError(f"server error on request {req.index}: {chunk['error']}")
+        had_token = bool(state.times)
+        _consume_chunk(state, chunk, t)
+        if not had_token and state.times:
+            first_token(t)
 
 
 def _to_result(req: Request, submit: float, state: _StreamState, max_tokens: int | None = None) -> RequestResult:
@@ -262,4 +328,5 @@ def _to_result(req: Request, submit: float, state: _StreamState, max_tokens: int
         times = [times[0], times[-1]] if times else []
     return RequestResult(index=req.index, input_tokens=state.prompt_tokens or 0, output_tokens=n_out,
                          submit_s=submit, token_times_s=times, token_times_exact=exact,
-                         finish_reason=state.finish_reason, text="".join(state.text))
+                         finish_reason=state.finish_reason, text="".join(state.text),
+                         request_class=req.request_class)

@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 from joulebench.errors import BackendError
 from joulebench.backends.base import Request, RequestResult
-from joulebench.backends.served.loadgen import LoadGenerator, LoadSpec, SteadyState, WindowHook, steady_state
+from joulebench.backends.served.loadgen import (LoadGenerator, LoadSpec, SteadyState, WindowHook, steady_state,
+                                                target_batch)
 from joulebench.backends.served.recipes import ServerRecipe
 from joulebench.backends.served.server import ServerProcess, free_port
 
@@ -43,6 +44,7 @@ class ServedSession:
         self.model_name: str | None = None
         self.ready_s: float | None = None
         self.last_steady_state: SteadyState | None = None
+        self.last_batch: int | None = None       # B of the last pass's steady window
         self.on_window_start: WindowHook | None = None
         self.on_window_end: WindowHook | None = None
 
@@ -89,12 +91,15 @@ class ServedSession:
         max_tokens = int(runtime.get("max_output_tokens") or 16)
         force = bool(runtime.get("force_output_tokens", False))
 
+        def want(req: Request) -> int:   # the request's own length (workload shapes), else the trial's
+            return int(req.max_output_tokens or max_tokens)
+
         def body_for(req: Request) -> dict[str, Any]:
             body: dict[str, Any] = {
                 "model": self.model_name,
                 "prompt": (list(req.prompt_token_ids) if req.prompt_token_ids is not None
                            and self.recipe.accepts_token_ids else req.prompt),
-                "max_tokens": max_tokens,
+                "max_tokens": want(req),
                 "temperature": float(runtime.get("temperature", 0.0) or 0.0),
             }
             for key in ("top_p", "top_k", "seed"):
@@ -103,24 +108,29 @@ class ServedSession:
             if self.recipe.stream_options:
                 body["stream_options"] = dict(self.recipe.stream_options)
             if force:
-                body.update(self.recipe.force_length_fields(max_tokens, self.options))
+                body.update(self.recipe.force_length_fields(want(req), self.options))
             if extra_body is not None:
                 body.update(extra_body(req))
             return body
 
+        batch = target_batch(len(requests), max_num_seqs=self.options.get("max_num_seqs"),
+                             concurrency=runtime.get("concurrency"))
         spec = LoadSpec(concurrency=runtime.get("concurrency"), request_rate=runtime.get("request_rate"),
-                        seed=int(runtime.get("seed") or 0))
+                        seed=int(runtime.get("seed") or 0), batch=batch)
         gen = LoadGenerator(self.base_url, completions_path=self.recipe.completions_path,
                             on_window_start=self.on_window_start, on_window_end=self.on_window_end)
         t0 = time.perf_counter()
         results = gen.run(requests, body_for, spec)
         self.last_wall_s = time.perf_counter() - t0
-        self.last_steady_state = steady_state(results)
+        self.last_batch = batch
+        self.last_steady_state = steady_state(results, batch)
         if force:
-            short = [r.index for r in results if r.output_tokens != max_tokens]
+            wants = {r.index: want(r) for r in requests}
+            short = [r.index for r in results if r.output_tokens != wants[r.index]]
             if short:
-                raise BackendError(f"{self.recipe.name}: forced output length {max_tokens} not met by "
-                                   f"requests {short[:10]} (got {[r.output_tokens for r in results[:10]]})")
+                raise BackendError(f"{self.recipe.name}: forced output lengths not met by requests {short[:10]} "
+                                   f"(wanted {[wants[i] for i in short[:10]]}, got "
+                                   f"{[r.output_tokens for r in results if r.index in short[:10]]})")
         return results
 
     def close(self) -> int | None:
