@@ -29,7 +29,7 @@ export PYTHONPATH=$PWD/src:$SITE
 PROMPTS=$PWD/.gpu/aienergyscore_text_generation.jsonl
 [ -f "$PROMPTS" ] || PROMPTS=$JB_WORK/prompts.jsonl
 [ -f .gpu/aienergyscore_text_generation.jsonl ] && cp .gpu/aienergyscore_text_generation.jsonl "$JB_WORK/prompts.jsonl"
-[ -x .gpu/zstd ] && cp .gpu/zstd "$JB_WORK/zstd"
+for z in .gpu/zstd .vp*/zstd; do [ -x "$z" ] && cp "$z" "$JB_WORK/zstd"; done
 stamp=$(date +%H%M%S)
 while [ $# -gt 0 ]; do
   stage=$1; shift
