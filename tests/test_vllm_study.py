@@ -111,3 +111,6 @@ def test_vllm_served_study_with_fake_gpu_attributes_energy_to_requests_and_class
     slo = rec["slo"]
     assert slo["attainment"] == 1.0 and slo["requests_met"] == rec["requests"]
     assert slo["goodput_req_per_j"] == pytest.approx(rec["requests"] / whole["energy_j"])
+    # the report shows the served figures (the one summary's metrics, present only in served studies)
+    html = (out / "report.html").read_text()
+    assert "goodput per watt" in html and "energy per request, median (attributed)" in html
