@@ -21,6 +21,7 @@ def test_console_table_shows_the_reports_flags_and_positive_intervals(write_stud
               if row.get({"high_cv": "cv_above_target"}.get(code, code)) == "True"}
     assert "too_few_repeats" in judged
     table = proc.stdout[proc.stdout.index("results (mean"):]
+    assert "goodput/W" not in table                             # served columns only where a study has them
     for code in judged:
         assert f"<code>{code}</code>" in report
         assert code in table                                   # the console says what the report says

@@ -85,8 +85,10 @@ def test_vllm_served_study_with_fake_gpu_attributes_energy_to_requests_and_class
         "runner_options": {"environments": {"vllm": py}, "timeout_s": 900},
     }
     out = tmp_path / "out"
-    proc = run_cli("run", write_study(study), "--out", out, timeout=1500)
+    proc = run_cli("run", write_study(study), "--out", out, timeout=1500, env={"COLUMNS": "250"})
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    table = proc.stdout[proc.stdout.index("results (mean"):]
+    assert "goodput/W" in table and "J/req p50" in table and "J/req p90" in table   # console: served columns
     (rec,) = read_records(out)
     assert rec["status"] == "ok", rec.get("error")
     assert rec["energy_source"] == "nvml-counter" and rec["timeseries"]
@@ -111,3 +113,6 @@ def test_vllm_served_study_with_fake_gpu_attributes_energy_to_requests_and_class
     slo = rec["slo"]
     assert slo["attainment"] == 1.0 and slo["requests_met"] == rec["requests"]
     assert slo["goodput_req_per_j"] == pytest.approx(rec["requests"] / whole["energy_j"])
+    # the report shows the served figures (the one summary's metrics, present only in served studies)
+    html = (out / "report.html").read_text()
+    assert "goodput per watt" in html and "energy per request, median (attributed)" in html
