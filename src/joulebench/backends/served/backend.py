@@ -172,6 +172,7 @@ class ServedEngineBackend(Backend):
         self.session.on_window_start, self.session.on_window_end = self.steady_state_hooks or (None, None)
         results = self.session.generate(requests, self.runtime(runtime))
         self.steady_state = self.session.last_steady_state
+        self.steady_batch = self.session.last_batch
         by_index = {r.index: r for r in requests}
         for res in results:
             if not res.input_tokens:
