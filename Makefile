@@ -38,12 +38,12 @@ report: $(VENV)/.installed
 images: $(VENV)/.installed
 	$(VENV)/bin/joulebench images build $(ENGINE) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE),)
 
-# compose.yaml mounts ${PWD}/studies and ${PWD}/results at the same absolute paths (the engine makes
+# compose.yaml mounts ${PWD}/studies and ${PWD}/joulebench-results at the same absolute paths (the engine makes
 # bind mounts from host paths): run compose from this folder, whatever folder make was called from.
 compose-build:
 	cd $(CURDIR) && PWD=$(CURDIR) $(COMPOSE) $(COMPOSE_FILES) build
 
 compose-up:
-	mkdir -p $(CURDIR)/results
+	mkdir -p $(CURDIR)/joulebench-results
 	cd $(CURDIR) && PWD=$(CURDIR) STUDY=$(if $(filter-out $(STUDY),studies/quickstart.yaml),$(STUDY),) \
 		$(COMPOSE) $(COMPOSE_FILES) up --build

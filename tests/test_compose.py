@@ -6,8 +6,14 @@ builds from the local base image (``JOULEBENCH_BASE_IMAGE``) with the torch CPU 
 ``docker/wheels/`` and the host's CA bundle (``JOULEBENCH_CA_BUNDLE``) for pip. The project is a
 copy of the files compose builds from, in a temporary folder, so the test runs it exactly as a user
 does from a checkout: ``PWD`` is that folder, the dispatcher container starts the engine containers
-through the mounted socket, and the records land in ``<folder>/results/``. Skips cleanly without
-compose, a Docker engine, the base image or the wheel.
+through the mounted socket, and the records land in ``<folder>/joulebench-results/``. Skips cleanly
+without compose, a Docker engine, the base image or the wheel.
+
+CI time: compose builds the dispatcher image; the transformers image is the one the SDK builds for
+the integration tests (``joulebench images build`` tags it ``:latest`` too; a no-op when current),
+since compose's build of the same Dockerfile misses the SDK build's layer cache (the two build
+contexts differ in tar metadata) and would cost a second ~5 minute build.
+``JOULEBENCH_TEST_COMPOSE_BUILD=all`` builds every service through compose instead.
 """
 from __future__ import annotations
 
@@ -92,7 +98,7 @@ def test_compose_up_runs_the_quickstart_and_the_records_land_in_the_mounted_fold
     proj = _project(tmp_path)
     home = tmp_path / "home"
     (home / ".cache" / "huggingface" / "hub").mkdir(parents=True)
-    (proj / "results").mkdir()
+    (proj / "joulebench-results").mkdir()
     project = f"jbcompose{uuid.uuid4().hex[:8]}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "JOULEBENCH_", "STUDY"))}
     env.update(
@@ -108,7 +114,19 @@ def test_compose_up_runs_the_quickstart_and_the_records_land_in_the_mounted_fold
 
     try:
         t0 = time.monotonic()
-        r = run("build")
+        build = ["build"]
+        if os.environ.get("JOULEBENCH_TEST_COMPOSE_BUILD", "") != "all":
+            from joulebench.runners.docker import images
+
+            mp = pytest.MonkeyPatch()
+            mp.setenv("DOCKER_HOST", host)
+            mp.setenv("JOULEBENCH_BASE_IMAGE", base)
+            try:
+                images.build_images(["transformers"], client=client)   # tags joulebench-transformers:latest
+            finally:
+                mp.undo()
+            build.append("dispatcher")
+        r = run(*build)
         assert r.returncode == 0, f"compose build failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
         t_build = time.monotonic() - t0
         r = run("up", "--no-build")
@@ -123,8 +141,8 @@ def test_compose_up_runs_the_quickstart_and_the_records_land_in_the_mounted_fold
         run("down", "--remove-orphans", timeout=300)
         client.close()
 
-    studies = sorted((proj / "results").glob("quickstart-*"))
-    assert len(studies) == 1, f"results: {list((proj / 'results').iterdir())}\n{out[-4000:]}"
+    studies = sorted((proj / "joulebench-results").glob("quickstart-*"))
+    assert len(studies) == 1, f"results: {list((proj / 'joulebench-results').iterdir())}\n{out[-4000:]}"
     recs = [json.loads(p.read_text()) for p in sorted((studies[0] / "trials").glob("*.json"))]
     assert len(recs) == 4, f"{len(recs)} records\n{out[-3000:]}"       # batch 1 and 8, 2 repeats each
     assert sorted(r["params"]["batch_size"] for r in recs) == [1, 1, 8, 8]

@@ -273,7 +273,9 @@ def test_real_cpu_study_through_runner_docker(engine, transformers_image, tmp_pa
         assert r["status"] == "ok"
         assert r["output_tokens"] > 0 and r["output_tokens"] % (4 * 4) == 0   # whole passes of 4 x 4 tokens
         assert r["duration_s"] > 0 and r["throughput_tok_s"] > 0
-        assert r["environment"]                  # recorded inside the container
+        assert r["environment"]["in_container"] is True          # recorded inside the container
+        assert r["environment"]["image"]["engine"] == "transformers"   # the image's versions file
+        assert r["environment"]["image"]["packages"]["torch"] == r["environment"]["libraries"]["torch"]
         assert (tmp_path / "study" / "timeseries" / f"{r['trial_id']}.parquet").exists() or \
             r.get("timeseries") is None
     assert sorted(r["params"]["batch_size"] for r in recs) == [1, 1, 2, 2]
