@@ -57,7 +57,7 @@ def _project(tmp_path: Path) -> Path:
     """The files `docker compose build` reads, laid out as in a checkout (wheels linked, not copied)."""
     proj = tmp_path / "joulebench"
     proj.mkdir()
-    for rel in ("compose.yaml", "compose.gpu.yaml", "pyproject.toml", "README.md"):
+    for rel in ("compose.yaml", "compose.gpu.yaml", ".dockerignore", "pyproject.toml", "README.md"):
         shutil.copy(REPO / rel, proj / rel)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")
     shutil.copytree(REPO / "src", proj / "src", ignore=ignore)

@@ -158,3 +158,16 @@ def test_image_versions_file_is_written_at_build_and_recorded_in_the_environment
         assert f"-m joulebench.system.snapshot --image-versions /opt/joulebench/image-versions.json" in text
         assert f"--engine {engine}" in text and 'joulebench.base-image="${BASE_IMAGE}"' in text
     assert "ARG BASE_IMAGE=vllm/vllm-openai:v0.26.0" in (REPO / "docker/vllm/Dockerfile").read_text()
+
+
+def test_in_container_sees_podman_behind_a_read_only_root(monkeypatch):
+    """Podman's /run/.containerenv is hidden by the tmpfs /run of joulebench's isolation (seen on Podman
+    4.3); its ``container=podman`` variable still tells."""
+    from joulebench.system import snapshot
+
+    monkeypatch.setattr(snapshot.os.path, "exists", lambda p: False)
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
+    monkeypatch.delenv("container", raising=False)
+    assert snapshot.in_container() is False
+    monkeypatch.setenv("container", "podman")
+    assert snapshot.in_container() is True

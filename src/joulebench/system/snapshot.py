@@ -51,6 +51,19 @@ def library_versions() -> dict[str, str | None]:
     return out
 
 
+def in_container() -> bool:
+    """Docker writes /.dockerenv; Podman writes /run/.containerenv, which a read-only root with a
+    tmpfs /run hides (joulebench's own isolation), but it also sets ``container=podman``."""
+    if os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv") or os.environ.get("container"):
+        return True
+    try:
+        with open("/proc/1/cgroup") as fh:
+            text = fh.read()
+    except OSError:
+        return False
+    return any(k in text for k in ("/docker/", "/docker-", "libpod", "/containerd/", "kubepods"))
+
+
 IMAGE_VERSIONS_PATH = "/opt/joulebench/image-versions.json"
 # Distributions an engine image's record names (prefixes): the engine, its numerics and CUDA libraries.
 IMAGE_PACKAGE_PREFIXES = ("torch", "vllm", "transformers", "tokenizers", "safetensors", "accelerate", "gguf",
@@ -99,7 +112,7 @@ def collect_environment() -> dict[str, Any]:
         "cpu_count": os.cpu_count(),
         "ram_bytes": _ram_bytes(),
         "libraries": library_versions(),
-        "in_container": os.path.exists("/.dockerenv") or os.path.exists("/run/.containerenv"),
+        "in_container": in_container(),
         "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
     }
     image = image_versions()
