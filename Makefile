@@ -1,4 +1,4 @@
-# joulebench: `make study` (install + run the quickstart or STUDY=...), `make test`.
+# joulebench: `make study` (install + run the quickstart or STUDY=...), `make test`, `make compose-up`.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +8,11 @@ TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: study test install images report clean-results
+# Compose: `docker compose` (v2) where the CLI has it, else docker-compose (v1). GPU=1 adds compose.gpu.yaml.
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE_FILES := -f compose.yaml $(if $(GPU),-f compose.gpu.yaml,)
+
+.PHONY: study test install images report clean-results compose-build compose-up
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,3 +37,13 @@ report: $(VENV)/.installed
 # unchanged images are not rebuilt. ENGINE=transformers|vllm (default: all); BASE_IMAGE=... overrides the base.
 images: $(VENV)/.installed
 	$(VENV)/bin/joulebench images build $(ENGINE) $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE),)
+
+# compose.yaml mounts ${PWD}/studies and ${PWD}/joulebench-results at the same absolute paths (the engine makes
+# bind mounts from host paths): run compose from this folder, whatever folder make was called from.
+compose-build:
+	cd $(CURDIR) && PWD=$(CURDIR) $(COMPOSE) $(COMPOSE_FILES) build
+
+compose-up:
+	mkdir -p $(CURDIR)/joulebench-results
+	cd $(CURDIR) && PWD=$(CURDIR) STUDY=$(if $(filter-out $(STUDY),studies/quickstart.yaml),$(STUDY),) \
+		$(COMPOSE) $(COMPOSE_FILES) up --build

@@ -22,7 +22,6 @@ SOCK="$STATE/podman.sock"
 PIDFILE="$STATE/service.pid"
 CONF="$STATE/containers.conf"
 ROOTFS_TAR="$STATE/../base-rootfs-bookworm.tar"
-BASE_PACKAGES="python3,python3-venv,python3-pip,ca-certificates"
 
 log() { printf '[podman-setup] %s\n' "$*" >&2; }
 
@@ -85,22 +84,7 @@ fi
 if "${PODMAN[@]}" image exists "$BASE_IMAGE"; then
   log "base image $BASE_IMAGE present"
 else
-  if [[ ! -s "$ROOTFS_TAR" ]]; then
-    mirror="${JB_DEBIAN_MIRROR:-}"
-    if [[ -z "$mirror" ]]; then
-      mirror="$(grep -rhE '^(deb |URIs:)' /etc/apt/sources.list /etc/apt/sources.list.d/ 2>/dev/null \
-                | grep -oE 'https?://[^ ]+' | grep -E '/debian/?$' | head -n1 || true)"
-      mirror="${mirror:-http://deb.debian.org/debian}"
-    fi
-    rootfs="$STATE/rootfs"
-    rm -rf "$rootfs"
-    log "debootstrap bookworm from $mirror (about a minute)"
-    debootstrap --variant=minbase --include="$BASE_PACKAGES" bookworm "$rootfs" "$mirror" >&2
-    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/*
-    tar -C "$rootfs" -cf "$ROOTFS_TAR.tmp" .
-    mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
-    rm -rf "$rootfs"
-  fi
+  bash "$REPO/scripts/base-rootfs.sh" "$ROOTFS_TAR" >/dev/null
   log "importing $ROOTFS_TAR as $BASE_IMAGE"
   "${PODMAN[@]}" import --change 'CMD ["/bin/bash"]' "$ROOTFS_TAR" "$BASE_IMAGE" >&2
 fi

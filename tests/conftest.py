@@ -12,6 +12,8 @@ import yaml
 
 from joulebench.testing import install_from_environment
 
+from .engines import ENGINES, open_engine, skip_unless_selected
+
 # A shell without job control starts background commands (`make test &`, a detached CI job) with
 # SIGINT ignored, and an ignored signal stays ignored across exec: every process the tests start
 # would then shrug off the Ctrl-C that the interrupt tests send. Give them the default disposition.
@@ -73,3 +75,32 @@ def run_cli(*args, env=None, timeout=600, cwd=None) -> subprocess.CompletedProce
     e.update(env or {})
     return subprocess.run([*JOULEBENCH, *map(str, args)], capture_output=True, text=True, env=e,
                           timeout=timeout, cwd=cwd)
+
+
+class ContainerEngine:
+    """One Docker-API engine for the ``containers`` tests: its kind (``podman`` / ``docker``), SDK client, host."""
+
+    def __init__(self, kind: str, client, host: str):
+        self.kind, self.client, self.host = kind, client, host
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def container_engine(request):
+    """Each container engine in turn (ids ``podman``, ``docker``; tests/engines.py says where they answer).
+
+    ``DOCKER_HOST`` points at it for the module's tests, so code that connects by itself reaches it too.
+    """
+    client, host = open_engine(request.param)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DOCKER_HOST", host)
+    yield ContainerEngine(request.param, client, host)
+    client.close()
+    mp.undo()
+
+
+def pytest_runtest_setup(item):
+    """Before any fixture is set up (an image build, say): skip what the other engine alone runs."""
+    callspec = getattr(item, "callspec", None)
+    kind = callspec.params.get("container_engine") if callspec else None
+    if kind:
+        skip_unless_selected(kind, item)

@@ -1,8 +1,10 @@
-"""The container runner against a real Docker-API engine (Podman's socket in CI).
+"""The container runner against real Docker-API engines (Podman and Docker in CI).
 
-Needs an engine at ``JOULEBENCH_TEST_DOCKER_HOST`` or ``DOCKER_HOST`` and the local base image
-(``JOULEBENCH_BASE_IMAGE``, default ``localhost/joulebench-base:bookworm``; scripts/podman-setup.sh
-makes both). Skips cleanly otherwise. Container mechanics (clean-up after SIGINT, a non-zero exit,
+Runs against each engine (Podman and Docker, ids ``podman`` / ``docker``; tests/engines.py says
+where they answer) with the local base image (``JOULEBENCH_BASE_IMAGE``, default
+``localhost/joulebench-base:bookworm``; scripts/podman-setup.sh and scripts/dockerd-setup.sh make
+both). Skips an engine that does not answer. The full set runs on one engine, the tests marked
+``every_engine`` on both. Container mechanics (clean-up after SIGINT, a non-zero exit,
 a timeout, a SIGKILLed dispatcher) run small commands in the base image; the end-to-end study
 builds the real transformers image and runs the real worker in it.
 """
@@ -23,7 +25,6 @@ import pytest
 from joulebench.runners.base import Experiment
 from joulebench.config.study import MeasurementConfig
 from joulebench.spec import EVENT_PREFIX, ExperimentSpec, TrialSpec
-from joulebench.runners.docker.client import connect, engine_available
 from joulebench.runners.docker.request import LABEL_STUDY
 from joulebench.runners.docker.runner import DockerRunner
 
@@ -34,23 +35,9 @@ BASE_IMAGE = os.environ.get("JOULEBENCH_BASE_IMAGE", "localhost/joulebench-base:
 
 
 @pytest.fixture(scope="module")
-def engine():
-    host = os.environ.get("JOULEBENCH_TEST_DOCKER_HOST") or os.environ.get("DOCKER_HOST")
-    mp = pytest.MonkeyPatch()
-    if host:
-        mp.setenv("DOCKER_HOST", host)
-    if not engine_available(timeout_s=2):
-        mp.undo()
-        pytest.skip("no container engine answers (run scripts/podman-setup.sh and export DOCKER_HOST)")
-    client = connect()
-    try:
-        client.images.get(BASE_IMAGE)
-    except Exception:
-        mp.undo()
-        pytest.skip(f"base image {BASE_IMAGE} missing (scripts/podman-setup.sh builds it)")
-    yield client
-    client.close()
-    mp.undo()
+def engine(container_engine):
+    """The SDK client of each engine in turn (Podman and Docker; tests/engines.py)."""
+    return container_engine.client
 
 
 def _study_containers(client, study: str) -> list:
@@ -81,6 +68,7 @@ def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+@pytest.mark.every_engine
 def test_worker_output_is_merged_and_events_stream(engine, tmp_path):
     study = _name("jb-merge")
     start, end = _event({"event": "trial_start", "trial_id": "t1"}), _event({"event": "trial_end", "trial_id": "t1",
@@ -123,6 +111,7 @@ def test_worker_output_is_merged_and_events_stream(engine, tmp_path):
     print(f"container experiment round trip: {time.monotonic() - t0:.2f} s")
 
 
+@pytest.mark.every_engine
 def test_nonzero_exit_fails_the_experiment_keeps_the_log_and_removes_the_container(engine, tmp_path):
     study = _name("jb-crash")
     start = _event({"event": "trial_start", "trial_id": "t1"})
@@ -137,6 +126,7 @@ def test_nonzero_exit_fails_the_experiment_keeps_the_log_and_removes_the_contain
     assert _study_containers(engine, study) == []
 
 
+@pytest.mark.every_engine
 def test_timeout_stops_and_removes_the_container(engine, tmp_path):
     study = _name("jb-timeout")
     runner = DockerRunner(client=engine, images={"transformers": BASE_IMAGE},
@@ -150,6 +140,7 @@ def test_timeout_stops_and_removes_the_container(engine, tmp_path):
     assert (tmp_path / "study" / "logs" / "e1.container.log").exists()
 
 
+@pytest.mark.every_engine
 def test_permanent_engine_error_fails_clearly(engine, tmp_path):
     study = _name("jb-noimage")
     runner = DockerRunner(client=engine, images={"transformers": "localhost/joulebench-no-such-image:0"})
@@ -200,6 +191,7 @@ def _start_dispatcher(tmp_path: Path, study: str) -> subprocess.Popen:
     raise AssertionError(f"dispatcher did not start its container: {proc.stdout.read()}")
 
 
+@pytest.mark.every_engine
 def test_sigint_to_the_dispatcher_removes_the_container(engine, tmp_path):
     study = _name("jb-sigint")
     proc = _start_dispatcher(tmp_path, study)
@@ -262,6 +254,7 @@ def transformers_image(engine):
 
 
 @pytest.mark.slow
+@pytest.mark.every_engine
 def test_real_cpu_study_through_runner_docker(engine, transformers_image, tmp_path, monkeypatch):
     """A real study: the worker in the container generates with transformers on a tiny synthetic model."""
     import joulebench
@@ -280,7 +273,9 @@ def test_real_cpu_study_through_runner_docker(engine, transformers_image, tmp_pa
         assert r["status"] == "ok"
         assert r["output_tokens"] > 0 and r["output_tokens"] % (4 * 4) == 0   # whole passes of 4 x 4 tokens
         assert r["duration_s"] > 0 and r["throughput_tok_s"] > 0
-        assert r["environment"]                  # recorded inside the container
+        assert r["environment"]["in_container"] is True          # recorded inside the container
+        assert r["environment"]["image"]["engine"] == "transformers"   # the image's versions file
+        assert r["environment"]["image"]["packages"]["torch"] == r["environment"]["libraries"]["torch"]
         assert (tmp_path / "study" / "timeseries" / f"{r['trial_id']}.parquet").exists() or \
             r.get("timeseries") is None
     assert sorted(r["params"]["batch_size"] for r in recs) == [1, 1, 2, 2]

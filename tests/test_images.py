@@ -130,7 +130,7 @@ def test_compose_file_is_consistent_with_the_images():
     d = services["dispatcher"]
     assert (REPO / d["build"]["dockerfile"]).is_file()
     assert any(v.endswith(":/var/run/docker.sock") for v in d["volumes"])
-    assert any("/studies:" in v for v in d["volumes"]) and any("/results:" in v for v in d["volumes"])
+    assert any("/studies:" in v for v in d["volumes"]) and any("/joulebench-results:" in v for v in d["volumes"])
     assert d["depends_on"]["transformers"]["condition"] == "service_completed_successfully"
     assert "--runner docker" in " ".join(d["entrypoint"]) and "STUDY" in " ".join(d["entrypoint"])
 
@@ -163,3 +163,41 @@ def test_cpu_builds_skip_gpu_only_engines(tree, monkeypatch):
     said = []
     assert images.build_images(None, client=object(), progress=lambda e, m: said.append((e, m)), **cpu) == []
     assert [e for e, _ in said] == ["sglang", "trtllm"] and all("GPU-only" in m for _, m in said)
+
+
+def test_image_versions_file_is_written_at_build_and_recorded_in_the_environment(tmp_path, monkeypatch):
+    """What each Dockerfile runs at build time, and what a worker in the image then records."""
+    from joulebench.system import snapshot
+
+    path = tmp_path / "image-versions.json"
+    info = snapshot.write_image_versions(str(path), base_image="vllm/vllm-openai:v0.26.0", engine="vllm")
+    assert info["base_image"] == "vllm/vllm-openai:v0.26.0" and info["engine"] == "vllm"
+    assert info["packages"]["torch"] == snapshot.library_versions()["torch"]   # the installed version
+    assert "pytest" not in info["packages"]                                     # engine-relevant ones only
+    monkeypatch.setenv("JOULEBENCH_IMAGE_VERSIONS", str(path))
+    snapshot.collect_environment.cache_clear()
+    try:
+        assert snapshot.collect_environment()["image"] == info
+        monkeypatch.setenv("JOULEBENCH_IMAGE_VERSIONS", str(tmp_path / "missing.json"))   # not in an image
+        snapshot.collect_environment.cache_clear()
+        assert "image" not in snapshot.collect_environment()
+    finally:
+        snapshot.collect_environment.cache_clear()
+    for engine in ("transformers", "vllm"):
+        text = (REPO / "docker" / engine / "Dockerfile").read_text()
+        assert f"-m joulebench.system.snapshot --image-versions /opt/joulebench/image-versions.json" in text
+        assert f"--engine {engine}" in text and 'joulebench.base-image="${BASE_IMAGE}"' in text
+    assert "ARG BASE_IMAGE=vllm/vllm-openai:v0.26.0" in (REPO / "docker/vllm/Dockerfile").read_text()
+
+
+def test_in_container_sees_podman_behind_a_read_only_root(monkeypatch):
+    """Podman's /run/.containerenv is hidden by the tmpfs /run of joulebench's isolation (seen on Podman
+    4.3); its ``container=podman`` variable still tells."""
+    from joulebench.system import snapshot
+
+    monkeypatch.setattr(snapshot.os.path, "exists", lambda p: False)
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(OSError("no /proc")))
+    monkeypatch.delenv("container", raising=False)
+    assert snapshot.in_container() is False
+    monkeypatch.setenv("container", "podman")
+    assert snapshot.in_container() is True

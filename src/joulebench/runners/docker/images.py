@@ -32,6 +32,11 @@ IMAGE_PREFIX = "joulebench-"
 LABEL_ENGINE = "joulebench.engine"
 LABEL_INPUTS = "joulebench.inputs-hash"
 LABEL_VERSION = "joulebench.version"
+LABEL_BASE = "joulebench.base-image"
+# Builds run on the host's network by default: a Docker daemon without its default bridge (CI
+# sandboxes: --bridge=none) gives build containers no network at all, and pip must reach its index.
+# JOULEBENCH_BUILD_NETWORK=default keeps the engine's own choice (or names another network).
+BUILD_NETWORK_DEFAULT = "host"
 HASH_LEN = 12
 
 # Build arguments that make a CPU image from a local base (CI, laptops, registry-less hosts).
@@ -241,13 +246,17 @@ def image_for(engine: str, *, client=None, **kwargs) -> str:
 def _stream_build(client, ctx: BuildContext, tag: str, progress: ProgressCallback | None,
                   *, nocache: bool = False) -> str:
     labels = {LABEL_ENGINE: ctx.engine, LABEL_INPUTS: ctx.inputs_hash, LABEL_VERSION: __version__}
+    if ctx.build_args.get("BASE_IMAGE"):
+        labels[LABEL_BASE] = ctx.build_args["BASE_IMAGE"]
+    network = os.environ.get("JOULEBENCH_BUILD_NETWORK", BUILD_NETWORK_DEFAULT)
+    extra: dict[str, Any] = {} if network in ("", "default") else {"network_mode": network}
     log_lines: list[str] = []
     with tempfile.TemporaryFile() as fh:
         ctx.write_tar(fh)
         fh.seek(0)
         stream = client.api.build(fileobj=fh, custom_context=True, dockerfile=ctx.dockerfile, tag=tag,
                                   buildargs=ctx.build_args, labels=labels, rm=True, forcerm=True,
-                                  pull=False, nocache=nocache, decode=True)
+                                  pull=False, nocache=nocache, decode=True, **extra)
         image_id = None
         for chunk in stream:
             if "error" in chunk or "errorDetail" in chunk:

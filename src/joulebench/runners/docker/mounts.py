@@ -124,8 +124,11 @@ def token_file(user: str) -> tuple[Path | None, Path | None]:
 
 
 def stage(study_dir: Path, experiment_id: str, spec: ExperimentSpec) -> Path:
-    """A fresh staging folder holding the experiment JSON and an empty, world-writable ``out/``."""
-    staging = Path(study_dir) / ".staging" / slug(experiment_id, 80)
+    """A fresh staging folder holding the experiment JSON and an empty, world-writable ``out/``.
+
+    Absolute: the engine refuses relative bind-mount sources (a study directory given relative to
+    the working directory, such as the default ``joulebench-results/<study>-<time>``)."""
+    staging = Path(study_dir).absolute() / ".staging" / slug(experiment_id, 80)
     if staging.exists():
         shutil.rmtree(staging)
     (staging / "out").mkdir(parents=True)
