@@ -183,7 +183,7 @@ def test_image_versions_file_is_written_at_build_and_recorded_in_the_environment
         assert "image" not in snapshot.collect_environment()
     finally:
         snapshot.collect_environment.cache_clear()
-    for engine in ("transformers", "vllm"):
+    for engine in ("transformers", "vllm", "sglang", "trtllm"):
         text = (REPO / "docker" / engine / "Dockerfile").read_text()
         assert f"-m joulebench.system.snapshot --image-versions /opt/joulebench/image-versions.json" in text
         assert f"--engine {engine}" in text and 'joulebench.base-image="${BASE_IMAGE}"' in text

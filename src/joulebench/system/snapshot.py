@@ -68,7 +68,7 @@ IMAGE_VERSIONS_PATH = "/opt/joulebench/image-versions.json"
 # Distributions an engine image's record names (prefixes): the engine, its numerics and CUDA libraries.
 IMAGE_PACKAGE_PREFIXES = ("torch", "vllm", "transformers", "tokenizers", "safetensors", "accelerate", "gguf",
                           "numpy", "triton", "flashinfer", "xformers", "nvidia-", "llama_cpp", "llama-cpp",
-                          "sglang", "sgl-kernel", "joulebench")
+                          "sglang", "sgl-kernel", "tensorrt", "joulebench")
 
 
 def image_package_versions() -> dict[str, str]:
