@@ -312,3 +312,47 @@ def test_doctor_probes_the_gpu_as_the_runner_passes_it_and_names_the_fix(two_gpu
         assert probe.ok is False and "device-nodes" in probe.detail and "device nodes" in probe.fix
     finally:
         client.close()
+
+
+@pytest.mark.containers
+def test_a_container_kept_between_rounds_is_ours_to_the_busy_gate(monkeypatch, tmp_path):
+    """Seen on an H100: round 2 of a docker-runner study waited on "GPUs in use by others: pid N" where N was
+    the worker in joulebench's own kept container. The runner names the container's host PIDs (the engine's
+    State.Pid and every process below it): a real Podman container running a real process."""
+    import threading
+    import time as _time
+
+    from joulebench.runners.docker.live import LiveContainer
+    from joulebench.runners.docker.runner import DockerRunner
+
+    client = _podman_client(monkeypatch)
+    runner = DockerRunner(client=client)
+    assert runner.live_pids() == set()                  # nothing kept: nothing of ours
+    container = client.containers.run(BASE_IMAGE, ["sh", "-c", "sleep 60 & wait"], detach=True,
+                                      network_mode="none", labels={"joulebench.test": "live-pids"})
+    stop = threading.Event()
+    try:
+        live = LiveContainer(key="k", staging=tmp_path, container=container)
+        live.waiter = threading.Thread(target=stop.wait, daemon=True)
+        live.waiter.start()
+        runner._worker = live
+        deadline = _time.monotonic() + 10
+        pids: set[int] = set()
+        while _time.monotonic() < deadline:
+            pids = runner.live_pids()
+            if len(pids) >= 2:
+                break
+            _time.sleep(0.1)
+        container.reload()
+        assert container.attrs["State"]["Pid"] in pids
+        cmdlines = {Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode() for p in pids
+                    if Path(f"/proc/{p}/cmdline").exists()}
+        assert any(c.startswith("sleep 60") for c in cmdlines), cmdlines   # the process below it too
+        stop.set()
+        live.waiter.join()
+        assert runner.live_pids() == set()             # a container no longer followed is not ours
+    finally:
+        stop.set()
+        runner._worker = None
+        container.remove(force=True)
+        client.close()

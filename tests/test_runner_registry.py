@@ -34,8 +34,9 @@ def test_declared_capabilities():
     assert capabilities("process") == Capabilities(reuses_workers=True, prestarts_workers=True, host_processes=True,
                                                    host_interpreter=True)
     assert capabilities("docker").builds_images and capabilities("docker").reuses_workers
-    # a container's worker is not started early, and its processes are not named on the host
-    assert not capabilities("docker").prestarts_workers and not capabilities("docker").host_processes
+    # a container's worker is not started early; its host PIDs (the engine names the first) are named for the
+    # busy-GPU gate, so a container kept between rounds is not another user of its GPU
+    assert not capabilities("docker").prestarts_workers and capabilities("docker").host_processes
     assert capabilities("docker").host_gpus and not capabilities("docker").host_interpreter
     ray = capabilities("ray")
     assert ray.parallel_experiments and not ray.host_gpus and not ray.reuses_workers

@@ -61,7 +61,7 @@ REGISTRY: dict[RunnerKind, RunnerEntry] = {
     RunnerKind.PROCESS: RunnerEntry(RunnerKind.PROCESS, _process, Capabilities(
         reuses_workers=True, prestarts_workers=True, host_processes=True, host_interpreter=True)),
     RunnerKind.DOCKER: RunnerEntry(RunnerKind.DOCKER, _docker, Capabilities(
-        reuses_workers=True, builds_images=True)),
+        reuses_workers=True, host_processes=True, builds_images=True)),
     RunnerKind.RAY: RunnerEntry(RunnerKind.RAY, _ray, Capabilities(
         parallel_experiments=True, host_gpus=False)),
 }

@@ -106,6 +106,26 @@ class DockerRunner(ReusingRunner):
     def client(self):
         return self.containers.client
 
+    def live_pids(self) -> set[int]:
+        """Host PIDs of the container kept between rounds: its worker's GPU memory is ours, not another user's
+        (the busy-GPU gate and pre-flight ask). The engine reports the container's first process as a host PID;
+        every process below it is ours too. Empty where the dispatcher cannot see host PIDs (it runs in a
+        container of its own, in another PID namespace): then the gate sees the memory as another user's and
+        waits (docs/containers.md)."""
+        from joulebench.system.proc import descendants
+
+        w = self._worker
+        if w is None or w.container is None or not w.alive():
+            return set()
+        try:
+            w.container.reload()
+            pid = int((w.container.attrs.get("State") or {}).get("Pid") or 0)
+        except Exception:  # noqa: BLE001 - a container that cannot be asked holds nothing we can name
+            return set()
+        if pid <= 0 or not Path(f"/proc/{pid}").exists():
+            return set()
+        return descendants(pid)
+
     def gpus_for(self, experiment: Experiment) -> list[str]:
         """The GPUs its container gets: the runner's override, else the experiment's own."""
         return [str(g) for g in (self.gpus if self.gpus is not None else experiment.gpus)]
