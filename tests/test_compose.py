@@ -81,6 +81,7 @@ def test_compose_file_uses_only_interpolation_that_compose_v1_expands():
     gpu = yaml.safe_load((REPO / "compose.gpu.yaml").read_text())["services"]["dispatcher"]
     (dev,) = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert dev["driver"] == "nvidia" and dev["capabilities"] == ["gpu"] and dev["count"] == "all"
+    assert gpu["pid"] == "host"   # NVML's PIDs are the host's: the busy gate names our own containers
 
 
 def test_compose_up_runs_the_quickstart_and_the_records_land_in_the_mounted_folder(tmp_path):
