@@ -9,7 +9,8 @@
 #      and unpacks them into the site folder (default: $TMPDIR/joulebench-vsite);
 #   2. makes the engine environment (default .venvs/vllm, where joulebench looks for it): a venv over the
 #      machine's own Python (--system-site-packages: its torch and CUDA libraries), with a .pth file that
-#      adds the site folder and this repository's src/ (the worker imports joulebench from there);
+#      adds the site folder and this repository's src/ (the worker imports joulebench from there) and,
+#      when that Python is itself a venv, its site folders (where the image keeps torch);
 #   3. imports vllm with it and prints the versions (skip with --no-check).
 # Needs `zstd` on PATH or a zstd binary given as JB_ZSTD.
 set -euo pipefail
@@ -55,6 +56,13 @@ if "$PY" -m venv --system-site-packages --without-pip --clear "$VENV" 2>/dev/nul
   purelib=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   mkdir -p "$purelib"
   printf '%s\n%s\n' "$SITE_ABS" "$REPO/src" > "$purelib/joulebench-engine.pth"
+  # An image whose Python is itself a venv (e.g. /opt/torch/.venv): a venv made from it sees the *base*
+  # interpreter's site-packages, not that venv's, so torch would be missing. Add the parent venv's site
+  # folders after ours (a .pth line starting with `import` runs).
+  "$PY" -c 'import site, sys
+if sys.prefix != sys.base_prefix:
+    for d in site.getsitepackages():
+        print(f"import site; site.addsitedir({d!r})")' >> "$purelib/joulebench-engine.pth"
 else   # no venv module: a wrapper interpreter that puts the same folders first
   rm -rf "$VENV"; mkdir -p "$VENV/bin"
   printf '#!/bin/sh\nPYTHONPATH="%s:%s${PYTHONPATH:+:$PYTHONPATH}" exec "%s" "$@"\n' \

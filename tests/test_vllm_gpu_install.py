@@ -66,3 +66,27 @@ def test_a_corrupted_piece_is_refused(tmp_path):
     assert r.returncode == 1
     assert "checksum mismatch" in r.stderr and pieces[1].name in r.stderr
     assert not (tmp_path / "venv").exists()
+
+
+def test_an_image_python_that_is_itself_a_venv_keeps_its_packages(tmp_path):
+    """The GPU image's Python is a venv (its torch lives in that venv's site-packages). A venv made from it
+    sees the base interpreter's packages only, so the engine environment must add the parent's folders."""
+    parent = tmp_path / "imagevenv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(parent)], check=True)
+    parent_py = parent / "bin" / "python"
+    purelib = subprocess.run([str(parent_py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    (Path(purelib) / "imagepkg.py").write_text("WHERE = 'image venv'\n")
+    pieces = _pieces(tmp_path)
+    r = subprocess.run(["bash", str(SCRIPT), *map(str, pieces), "--site", str(tmp_path / "vsite"),
+                        "--venv", str(tmp_path / "venv"), "--python", str(parent_py), "--no-check"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    python = r.stdout.strip().splitlines()[-1]
+    out = subprocess.run([python, "-c", "import imagepkg, fakeengine, sys; print(imagepkg.WHERE, '|', "
+                                        "fakeengine.__version__, '|', sys.prefix)"],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    where, version, prefix = (x.strip() for x in out.stdout.split("|"))
+    assert (where, version) == ("image venv", "9.9-test")
+    assert Path(prefix) == tmp_path / "venv"      # the engine environment, not the image's venv itself
