@@ -369,7 +369,7 @@ def _interruptible_study(name: str) -> dict:
     return s
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill-9"])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=["ctrl-c", "term", "kill-9"])
 def test_interrupt_then_resume_runs_every_trial_exactly_once(write_study, tmp_path, sig):
     path = write_study(_interruptible_study(f"int-{sig.name.lower()}"))
     out = tmp_path / "r"
@@ -377,7 +377,7 @@ def test_interrupt_then_resume_runs_every_trial_exactly_once(write_study, tmp_pa
     _wait_for_records(out, 2, proc)
     proc.send_signal(sig)
     rc = proc.wait(timeout=60)
-    if sig == signal.SIGINT:
+    if sig in (signal.SIGINT, signal.SIGTERM):
         assert rc == 130, proc.stdout.read()
         assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
     else:
@@ -390,6 +390,8 @@ def test_interrupt_then_resume_runs_every_trial_exactly_once(write_study, tmp_pa
     assert 2 <= len(kept) < 6
     interrupted = [r for r in _records(out).values() if r["status"] == "failed"]
     assert all(r["error_kind"] == "interrupted" for r in interrupted)
+    said = {signal.SIGINT: "interrupted by the user (Ctrl-C)", signal.SIGTERM: "stopped by SIGTERM"}.get(sig)
+    assert all(said in r["error"] for r in interrupted if said), [r["error"] for r in interrupted]
 
     result = resume_study(out, quiet=True, report=False)
     assert result.exit_code == 0

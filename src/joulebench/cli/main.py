@@ -40,8 +40,10 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except JoulebenchError as e:
             _fail(e)
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
+        except KeyboardInterrupt as stop:
+            from joulebench.study.orchestrator import Terminated
+
+            err_console.print(str(stop) if isinstance(stop, Terminated) else "interrupted", highlight=False)
             sys.exit(EXIT_INTERRUPTED)
 
 

@@ -54,11 +54,23 @@ class StudyResult:
         return str(self.study_dir)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled as Ctrl-C is, but named as what it was (a cron timeout, ``docker stop``, a job limit)."""
+
+    def __str__(self) -> str:
+        return "stopped by SIGTERM"
+
+
+def interrupt_cause(exc: BaseException) -> str:
+    """What stopped the study, for records and messages."""
+    return str(exc) if isinstance(exc, Terminated) else "interrupted by the user (Ctrl-C)"
+
+
 def _sigterm_as_interrupt():
-    """SIGTERM (docker stop, a cron timeout) raises KeyboardInterrupt, as Ctrl-C does; the previous
-    handler, to restore, or None where signals cannot be set here (not the main thread)."""
+    """SIGTERM (docker stop, a cron timeout) raises ``Terminated``, a KeyboardInterrupt, as Ctrl-C does; the
+    previous handler, to restore, or None where signals cannot be set here (not the main thread)."""
     def _term(signum, frame):  # noqa: ARG001
-        raise KeyboardInterrupt
+        raise Terminated
 
     prev_term = signal.getsignal(signal.SIGTERM)
     try:
@@ -94,14 +106,16 @@ class Orchestrator:
     # ------------------------------------------------------------------ top level
     def run(self) -> StudyResult:
         interrupted = False
+        self._cause = "interrupted by the user (Ctrl-C)"
         stopped: str | None = None
         prev_term = _sigterm_as_interrupt()
         self.store.update_manifest(status="running", pid=os.getpid(), last_started_at=time.time())
         self.display.start(self._planned_total(), f"study {self.cfg.name}")
         try:
             stopped = self._run_rounds()
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             interrupted = True
+            self._cause = interrupt_cause(stop)
         except GpuBusy as e:
             stopped = str(e)
         finally:
@@ -148,7 +162,7 @@ class Orchestrator:
         failed = sum(1 for r in records.values() if r.get("status") == "failed")
         if interrupted:
             self.store.update_manifest(status="interrupted", finished_at=time.time(), ok=ok, failed=failed)
-            self.display.log(f"interrupted: {ok} trials kept; continue with `joulebench resume {self.store.root}`")
+            self.display.log(f"{self._cause}: {ok} trials kept; continue with `joulebench resume {self.store.root}`")
             return StudyResult(self.store.root, EXIT_INTERRUPTED, ok, failed, interrupted=True)
         if stopped:
             self.store.update_manifest(status="interrupted", stop_reason=stopped, finished_at=time.time(),
@@ -307,10 +321,10 @@ class Orchestrator:
         try:
             outcome = self.runner.run_experiment(exp, on_event=progress,
                                                  timeout_s=self.cfg.runner_options.timeout_s)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as stop:
             if progress.in_flight and progress.in_flight not in self._done():
                 c = {trial_id_for(c.config_id, r): c for c in configs}[progress.in_flight]
-                self._mark_failed(c, r, "interrupted by the user; resume runs it again", ErrorKind.INTERRUPTED,
+                self._mark_failed(c, r, f"{interrupt_cause(stop)}; resume runs it again", ErrorKind.INTERRUPTED,
                                   None)
             raise
         self.busy.record_notes(self.store, eid, exp.trial_ids)
