@@ -246,9 +246,12 @@ def transformers_image(engine):
         pytest.fail(f"the transformers image did not build: {exc}")
     print(f"transformers image {info.ref}: {'built' if info.built else 'current'} in {time.monotonic() - t0:.1f} s")
     assert info.current
+    if info.built:   # a build times itself and says so
+        assert info.build_s is not None and info.build_s > 0
+        assert any(line.startswith(f"built {info.ref} in ") for line in lines), lines[-5:]
     # unchanged inputs: never rebuilt
     again = images.build_images(["transformers"], client=engine)[0]
-    assert again.ref == info.ref and again.built is False
+    assert again.ref == info.ref and again.built is False and again.build_s is None
     yield info
     mp.undo()
 

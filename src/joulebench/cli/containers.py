@@ -85,7 +85,8 @@ def images_build(engines, base_image, cpu, build_args, wheels_dir, ca_bundle, fo
         except JoulebenchError as exc:
             raise _engine_error(exc) from None
     for i in infos:
-        console.print(f"{i.engine}: {i.ref} " + ("[green]built[/]" if i.built else "current, not rebuilt"))
+        took = f" in {i.build_s:.0f} s" if i.build_s is not None else ""
+        console.print(f"{i.engine}: {i.ref} " + (f"[green]built[/]{took}" if i.built else "current, not rebuilt"))
 
 
 @images_group.command("list")

@@ -16,6 +16,7 @@ import io
 import logging
 import os
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -67,6 +68,7 @@ class ImageInfo:
     image_id: str | None = None
     stale_tags: tuple[str, ...] = ()
     built: bool = False       # built by this call (False: already current)
+    build_s: float | None = None   # seconds this call spent building it (None: not built now)
 
     @property
     def ref(self) -> str:
@@ -316,7 +318,12 @@ def build_images(engines: list[str] | None = None, *, base_image: str | None = N
         if progress:
             progress(engine, f"building {info.ref} (build args: "
                              f"{', '.join(f'{k}={v}' for k, v in ctx.build_args.items()) or 'defaults'})")
+        t0 = time.perf_counter()
         image_id = _stream_build(client, ctx, info.ref, progress, nocache=force)
+        build_s = time.perf_counter() - t0
+        log.info("built %s in %.0f s", info.ref, build_s)
+        if progress:
+            progress(engine, f"built {info.ref} in {build_s:.0f} s")
         try:
             client.images.get(image_id).tag(info.name, "latest")
         except Exception as exc:  # the latest tag is a convenience only
@@ -328,7 +335,7 @@ def build_images(engines: list[str] | None = None, *, base_image: str | None = N
             if progress and removed:
                 progress(engine, f"removed stale images: {', '.join(removed)}")
         out.append(ImageInfo(engine=engine, name=info.name, tag=info.tag, current=True, present=True,
-                             image_id=image_id, stale_tags=stale, built=True))
+                             image_id=image_id, stale_tags=stale, built=True, build_s=build_s))
     return out
 
 

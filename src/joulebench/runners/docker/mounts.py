@@ -177,7 +177,10 @@ def merge(study_dir: Path, staging: Path, experiment_id: str, trial_ids: list[st
         if rec.name.startswith("."):
             continue
         if tid not in wanted:
-            log.warning("ignoring record %s: not a trial of experiment %s", rec.name, experiment_id)
+            # A container kept between rounds still holds the records of the experiments it ran before, and
+            # those are in the study already: quiet. Anything else is a stray and is named.
+            if not (Path(study_dir) / "trials" / rec.name).is_file():
+                log.warning("ignoring record %s: not a trial of experiment %s", rec.name, experiment_id)
             continue
         if merge_trial(study_dir, staging, trial_ids, tid):
             finished.append(tid)
