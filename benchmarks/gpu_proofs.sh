@@ -19,8 +19,9 @@
 #   sglang-install  benchmarks/sglang_gpu_install.sh over the stashed SGLang pieces -> .venvs/sglang
 #   engines [--smoke] [--new] [--retry-failed]
 #                   issue 21: studies/engines-gpu.yaml (vLLM against SGLang; needs .venvs/vllm and
-#                   .venvs/sglang), ENGINES_TIMEOUT s (default 560) a call; an unfinished study is
-#                   resumed by the next `engines`, --new starts over. Writes
+#                   .venvs/sglang), ENGINES_TIMEOUT s a call (default: 560 s from the call's start,
+#                   less what earlier stages used); an unfinished study is resumed by the next
+#                   `engines`, --new starts over. Writes
 #                   $OUT/engines-gpu-<gpu>-<date>.json (benchmarks/engines_compare.py) and engines-<gpu>.log.
 #                   --smoke: a CPU check of the stage (vLLM only, tiny model, fake NVML)
 set -u
@@ -42,6 +43,7 @@ PROMPTS=$PWD/.gpu/aienergyscore_text_generation.jsonl
 for z in .gpu/zstd .vp*/zstd; do [ -x "$z" ] && cp "$z" "$JB_WORK/zstd"; done
 [ -x "$JB_WORK/zstd" ] || for z in .sg*/zstd; do [ -x "$z" ] && cp "$z" "$JB_WORK/zstd"; done
 stamp=$(date +%H%M%S)
+t_start=$(date +%s)     # engines: its default time limit counts from here (several stages share a call)
 while [ $# -gt 0 ]; do
   stage=$1; shift
   echo "== $(date +%T) stage $stage"
@@ -153,15 +155,24 @@ PYEOF
     [ -f "$PROMPTS" ] && export JOULEBENCH_AIENERGYSCORE=$PROMPTS
     [ -f "$PROMPTS" ] || [ $smoke = 1 ] || { echo "engines: no prompts ($PROMPTS): bring .gpu/aienergyscore_text_generation.jsonl"; exit 1; }
     if [ -f "$sdir/manifest.json" ]; then jb=(resume "$sdir" "${ropts[@]}"); else jb=(run "$study" --out "$sdir"); fi
-    echo "engines: joulebench ${jb[*]} (at most ${ENGINES_TIMEOUT:-560} s)"
-    timeout -k 60 "${ENGINES_TIMEOUT:-560}" python3 -m joulebench.cli "${jb[@]}" -q --no-report 2>&1 \
+    limit=${ENGINES_TIMEOUT:-$(( 560 - $(date +%s) + t_start ))}
+    [ -n "${ENGINES_TIMEOUT:-}" ] || [ "$limit" -ge 120 ] || { echo "engines: only $limit s left in this call: run the engines stage in the next one"; exit 1; }
+    echo "engines: joulebench ${jb[*]} (at most $limit s)"
+    timeout -k 25 "$limit" python3 -m joulebench.cli "${jb[@]}" -q --no-report 2>&1 \
       | tee -a "$OUT/engines-$gpu.log" | grep -vE "^\s*$" | tail -30
     rc=${PIPESTATUS[0]}
-    [ "$rc" = 124 ] && echo "engines: stopped at ${ENGINES_TIMEOUT:-560} s; run the engines stage again to go on"
+    [ "$rc" = 124 ] && echo "engines: stopped at $limit s; run the engines stage again to go on"
+    if [ $smoke = 0 ]; then
+      left=$(nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader 2>/dev/null)
+      [ -z "$left" ] || echo "engines: WARNING: processes still on the GPU (an engine server left over?): $left"
+    fi
     if [ -f "$sdir/plan.json" ]; then
       vers=()
       for b in $backends; do
-        v=$(.venvs/$b/bin/python -c "import importlib.metadata as m; print(m.version('$b'))" 2>/dev/null) \
+        v=$(.venvs/$b/bin/python -c "import importlib.metadata as m
+for n in ('$b', '$b-cpu'):
+    try: print(m.version(n)); break
+    except m.PackageNotFoundError: pass" 2>/dev/null) && [ -n "$v" ] \
           && vers+=(--version "$b=$v")
       done
       dest=$OUT/engines-gpu-$gpu-$(date +%F).json
