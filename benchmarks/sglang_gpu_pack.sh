@@ -5,11 +5,15 @@
 # about 300 MiB of downloads. Install on the GPU machine with benchmarks/sglang_gpu_install.sh.
 #
 #   bash benchmarks/sglang_gpu_pack.sh WORKDIR PIECEDIR [PIECE_SIZE]
-#     PIECE_SIZE  default 58M (a transfer to the GPU machine carries at most 64 MiB, repository included)
-#   WITH_FA3=1    keep sgl_kernel's FlashAttention-3 library (about twice the pieces); default: leave
-#                 it out and run SGLang with attention_backend: triton
+#     PIECE_SIZE  default 60800000 bytes (60.8 MB: a transfer to the GPU machine carries at most 64 MiB,
+#                 one piece and the repository together)
+#   WITH_FA3=1    keep sgl_kernel's FlashAttention-3 library (sgl_kernel/flash_ops.abi3.so, 1.1 GB
+#                 unpacked: many more pieces); default: leave it out and run SGLang with
+#                 attention_backend: triton. Either way it is a hard check: the script fails when the
+#                 library is not where it expects it (another sglang-kernel layout).
 #   PY312=...     a python3.12 (found on PATH or under ~/.pyenv otherwise)
 #   DRY_RUN=1     stop after resolving (prints the closure's size; downloads only metadata)
+#   ONLY_TRIM=1   only the FA3 trim (step 7) over an existing WORKDIR/site (the tests use it)
 #
 # WORKDIR gets venv/ (a current pip on Python 3.12), stubs/, report.json, need.txt, trimmed.txt,
 # dl/ (the wheels), site/ (the installed folder) and ssite.tar.zst; PIECEDIR gets
@@ -20,9 +24,39 @@
 # be resolved), drop everything the image already has, leave out what a Llama-shaped model on Hopper
 # never loads, install the rest into one folder with --target, and split it.
 set -euo pipefail
-W=${1:?workdir}; PD=${2:?piecedir}; PIECE=${3:-58M}
-PY312=${PY312:-$(command -v python3.12 || ls -1 "$HOME"/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | tail -1 || true)}
-[ -n "$PY312" ] && [ -x "$PY312" ] || { echo "need a python3.12 (set PY312)" >&2; exit 1; }
+W=${1:?workdir}; PD=${2:?piecedir}; PIECE=${3:-60800000}
+LIMIT=60800000     # the largest piece that travels with the repository in one transfer
+
+# step 7's hard check: sglang-kernel 0.4.5 keeps FlashAttention-3 in sgl_kernel/flash_ops.abi3.so
+# (imported only by sgl_kernel/flash_attn.py, i.e. by attention_backend fa3). Not finding it means
+# the layout changed: then neither "left out" nor "kept" can be promised, so stop.
+trim_fa3() {
+  local found
+  found=$(find site/sgl_kernel -name 'flash_ops*.so' 2>/dev/null || true)
+  if [ -z "$found" ]; then
+    echo "FA3 check failed: no flash_ops*.so under $PWD/site/sgl_kernel (sglang-kernel's layout changed?):" \
+         "find where FlashAttention-3 lives now and update trim_fa3" >&2
+    return 1
+  fi
+  if [ "${WITH_FA3:-0}" = 1 ]; then
+    echo "FA3 kept (WITH_FA3=1): $found"
+    return 0
+  fi
+  find site/sgl_kernel -name 'flash_ops*.so' -print -delete | sed 's/^/FA3 left out: /'
+  if [ -n "$(find site/sgl_kernel -name 'flash_ops*.so')" ]; then
+    echo "FA3 check failed: flash_ops*.so still under site/sgl_kernel after deleting it" >&2
+    return 1
+  fi
+}
+if [ "${ONLY_TRIM:-0}" = 1 ]; then cd "$W" && trim_fa3; exit; fi
+start=$(date +%s)
+# a python3.12 that runs (a pyenv shim is found on PATH but may fail when 3.12 is not selected)
+if [ -z "${PY312:-}" ]; then
+  for c in "$(command -v python3.12 || true)" $(ls -1 "$HOME"/.pyenv/versions/3.12*/bin/python3.12 2>/dev/null | sort -V -r); do
+    if [ -n "$c" ] && "$c" -c "import sys; assert sys.version_info[:2] == (3, 12)" >/dev/null 2>&1; then PY312=$c; break; fi
+  done
+fi
+[ -n "${PY312:-}" ] && "$PY312" -c "import sys" >/dev/null 2>&1 || { echo "need a python3.12 (set PY312)" >&2; exit 1; }
 command -v zstd >/dev/null || { echo "need zstd" >&2; exit 1; }
 mkdir -p "$W" "$PD"; W=$(cd "$W" && pwd); PD=$(cd "$PD" && pwd); cd "$W"
 
@@ -143,9 +177,7 @@ venv/bin/pip install -q --no-index --no-deps --no-compile --no-cache-dir --targe
 
 # 7. trim inside the packages: sgl_kernel's FlashAttention-3 library (unless WITH_FA3=1; then run
 #    attention_backend fa3), console scripts (the folder is used through PYTHONPATH)
-if [ "${WITH_FA3:-0}" != 1 ]; then
-  find site/sgl_kernel -name 'flash_ops*.so' -print -delete
-fi
+trim_fa3 || exit 1
 rm -rf site/bin
 
 # 8. pack and split
@@ -156,4 +188,12 @@ split -b "$PIECE" ssite.tar.zst "$PD/ssite.tar.zst.part-"
 cp "$(command -v zstd)" "$PD/"          # the GPU image has no zstd binary
 ls -l dl | awk 'NR>1{print $5, $9}' | sort -k2 > wheels_carried.txt
 du -sb site ssite.tar.zst; ls -l "$PD"
-echo "pieces: $(ls "$PD"/ssite.tar.zst.part-* | wc -l) (without FA3 the 0.5.17 set was 3 pieces of 58 MiB)"
+echo "wheels carried: $(ls dl/*.whl | wc -l); pieces (bytes):"
+over=0
+for p in "$PD"/ssite.tar.zst.part-*; do
+  size=$(stat -c %s "$p"); echo "  $(basename "$p") $size"
+  [ "$size" -le "$LIMIT" ] || over=1
+done
+echo "total $(cat "$PD"/ssite.tar.zst.part-* | wc -c) bytes in $(ls "$PD"/ssite.tar.zst.part-* | wc -l) pieces," \
+     "$(( $(date +%s) - start )) s (without FA3 the 0.5.17 set is 3 pieces)"
+[ "$over" = 0 ] || echo "WARNING: a piece is over $LIMIT bytes: it will not travel with the repository in one transfer" >&2
