@@ -14,6 +14,8 @@
 #   stash           copy the vLLM piece(s) this call brought into $JB_WORK/stash, the SGLang ones into
 #                   $JB_WORK/sgstash (checks those that are there; says which are still missing)
 #   containers      issue 20: process vs docker runner (Podman, GPU passed in) + the no-GPU control
+#   probe           benchmarks/container_probe.py: kernel-launch and syscall loops on the host and in
+#                   containers (joulebench's isolation; seccomp unconfined) -> $OUT/container-probe.jsonl
 #   vllm-install    scripts/vllm-gpu-install.sh over the stashed pieces -> .venvs/vllm
 #   vllm PART... [--opt V ...]   benchmarks/vllm_gpu.py --parts PART... (mlenergy, twoclass, overhead) with
 #                   its options (e.g. --points 512:1536); also $OUT/vllm-traces-PARTS.tar.gz: one trial record
@@ -78,6 +80,15 @@ while [ $# -gt 0 ]; do
     timeout ${CONTAINERS_TIMEOUT:-480} python3 benchmarks/containers_gpu.py --prompts "$PROMPTS" \
       --image localhost/hostshell --python "$PY" --user 0:0 "${mounts[@]}" --out "$OUT/containers-gpu.json" 2>&1 \
       | tee "$OUT/containers.log" | grep -vE "^\s*$" | tail -40
+    ;;
+  probe)
+    # what a container costs a host-bound loop: kernel launches and syscalls, host vs containers
+    [ -n "${PODMAN:-}" ] && [ -S /tmp/pod/api.sock ] || source benchmarks/podman_gpu_setup.sh .gpu-podman/debs || exit 1
+    PY=$(command -v python3)
+    pmounts=(--mount /usr); [ -d /opt ] && pmounts+=(--mount /opt)
+    timeout ${PROBE_TIMEOUT:-300} python3 benchmarks/container_probe.py --image localhost/hostshell --python "$PY" \
+      --host-python "$PY" --user 0:0 "${pmounts[@]}" --rounds "${PROBE_ROUNDS:-5}" \
+      --out "$OUT/container-probe.jsonl" 2>&1 | tee "$OUT/probe.log" | grep -vE "^\s*$" | tail -12
     ;;
   vllm-install)
     JB_ZSTD=$JB_WORK/zstd bash scripts/vllm-gpu-install.sh "$JB_WORK"/stash/vsite.tar.zst.part-* \
