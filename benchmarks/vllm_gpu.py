@@ -124,8 +124,9 @@ def workload(args, n: int) -> dict:
          "max_input_tokens": args.max_input_tokens, "max_output_tokens": args.output_high,
          "force_output_tokens": True,
          "output_tokens": {"distribution": "uniform", "low": args.output_low, "high": args.output_high}}
-    if args.smoke:
-        w.update(dataset="synthetic", input_tokens=16)
+    if args.smoke or args.input_tokens:
+        # synthetic prompts of a fixed length (e.g. ML.ENERGY-like contexts: --input-tokens 600)
+        w.update(dataset="synthetic", input_tokens=16 if args.smoke else args.input_tokens)
         w.pop("dataset_path")
         w.pop("max_input_tokens")
     return w
@@ -175,20 +176,21 @@ def part_mlenergy(args, work: Path, summary: dict) -> None:
     pts = summary.setdefault("points", [])
     for spec in args.points.split(","):
         b, n = (int(x) for x in spec.split(":"))
-        study = base_study(args, f"vllm-mlenergy-b{b}")
+        study = base_study(args, f"vllm-mlenergy-b{b}{'-' + args.variant if args.variant else ''}")
         study["engine"]["max_num_seqs"] = b
         study["workload"] = workload(args, n)
         study["repeats"] = {"min": args.repeats, "max": args.repeats}
-        recs, wall = run(study, work / f"b{b}")
-        p = {"max_num_seqs": b, "requests_per_pass": n, "wall_s": wall, **summarise_point(recs),
+        recs, wall = run(study, work / f"b{b}{'-' + args.variant if args.variant else ''}")
+        p = {"max_num_seqs": b, "requests_per_pass": n, "variant": args.variant or None,
+             "workload": {k: v for k, v in study["workload"].items() if k != "dataset_path"}, "wall_s": wall, **summarise_point(recs),
              "mlenergy_j_per_output_token": MLENERGY_J_PER_TOKEN.get(b)}
         if p["j_per_output_token_mean"] and p["mlenergy_j_per_output_token"]:
             p["ratio_to_mlenergy"] = p["j_per_output_token_mean"] / p["mlenergy_j_per_output_token"]
         p["mlenergy"] = MLENERGY.get(b)
         p["gap_to_mlenergy"] = gap_to_mlenergy(b, p["j_per_output_token_mean"], p["window_power_w_mean"],
                                                p["throughput_tok_s_mean"])
-        pts[:] = [q for q in pts if q["max_num_seqs"] != b] + [p]
-        pts.sort(key=lambda q: q["max_num_seqs"])
+        pts[:] = [q for q in pts if (q["max_num_seqs"], q.get("variant")) != (b, p["variant"])] + [p]
+        pts.sort(key=lambda q: (q["max_num_seqs"], q.get("variant") or ""))
         print(f"B={b:<4} N={n:<5} J/token {p['j_per_output_token_mean']}  CI {p['ci95']}  CV {p['cv']}  "
               f"power {p['window_power_w_mean']} W (CV {p['window_power_cv']})  ML.ENERGY "
               f"{p['mlenergy_j_per_output_token']}  wall {wall:.0f} s  flags {p['flags']}  errors {p['errors']}",
@@ -399,6 +401,10 @@ def main() -> int:
     ap.add_argument("--points", default="8:32,64:192,512:1536", help="max_num_seqs:requests, comma-separated")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-input-tokens", type=int, default=256)
+    ap.add_argument("--input-tokens", type=int, help="mlenergy: synthetic prompts of exactly this many tokens "
+                    "instead of the AI Energy Score prompts (e.g. 600: ML.ENERGY-like contexts)")
+    ap.add_argument("--variant", help="mlenergy: a name for these points (kept beside the default ones, e.g. "
+                    "'mlenergy-lengths' for --input-tokens 600 --output-low 300 --output-high 500)")
     ap.add_argument("--output-low", type=int, default=64)
     ap.add_argument("--output-high", type=int, default=384)
     ap.add_argument("--max-model-len", type=int, default=2048)
