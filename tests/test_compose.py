@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .engines import open_engine
+from .engines import open_engine, prune_build_leftovers
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow]
 
@@ -129,6 +129,7 @@ def test_compose_up_runs_the_quickstart_and_the_records_land_in_the_mounted_fold
             build.append("dispatcher")
         r = run(*build)
         assert r.returncode == 0, f"compose build failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+        prune_build_leftovers(client)
         t_build = time.monotonic() - t0
         r = run("up", "--no-build")
         t_up = time.monotonic() - t0 - t_build

@@ -28,6 +28,8 @@ from joulebench.spec import EVENT_PREFIX, ExperimentSpec, TrialSpec
 from joulebench.runners.docker.request import LABEL_STUDY
 from joulebench.runners.docker.runner import DockerRunner
 
+from .engines import prune_build_leftovers
+
 pytestmark = pytest.mark.containers
 
 REPO = Path(__file__).resolve().parents[1]
@@ -252,6 +254,9 @@ def transformers_image(engine):
     # unchanged inputs: never rebuilt
     again = images.build_images(["transformers"], client=engine)[0]
     assert again.ref == info.ref and again.built is False and again.build_s is None
+    if info.built:
+        prune_build_leftovers(engine)
+        assert info.ref.split("/")[-1] in " ".join(engine.images.get(info.ref).tags)   # the image itself stays
     yield info
     mp.undo()
 
