@@ -230,6 +230,8 @@ def test_every_argument_the_runner_passes_maps_to_the_spec_generator(tmp_path):
     assert mounts["/data"]["source"] == str(tmp_path) and "ro" in mounts["/data"]["options"]
     assert mounts["/tmp"] == {"destination": "/tmp", "source": "tmpfs", "type": "tmpfs",
                               "options": ["rw", "exec", "nosuid", "nodev", "size=4g", "mode=1777"]}
+    # as Podman's Docker API gives a read-only root: /var/tmp and /run as tmpfs too (/tmp is the runner's)
+    assert mounts["/run"]["type"] == mounts["/var/tmp"]["type"] == "tmpfs"
 
 
 def test_the_probe_arguments_map_too(tmp_path):
@@ -427,7 +429,6 @@ def test_real_podman_gives_the_stand_in_cdi_device_with_the_runners_isolation(st
 
 
 @pytest.mark.containers
-@pytest.mark.slow
 def test_real_cdi_study_without_a_gpu_behind_the_stand_in_fails_with_gpu_unavailable(stand_in_cdi_device, two_gpus,
                                                                                     write_study, tmp_path,
                                                                                     monkeypatch):
@@ -453,3 +454,46 @@ def test_real_cdi_study_without_a_gpu_behind_the_stand_in_fails_with_gpu_unavail
         assert r["environment"]["runner"]["gpu_passthrough"] == "cdi"
         assert r["environment"]["runner"]["container_engine"].startswith("Podman")
         assert r.get("energy_j") is None
+
+
+def _engine_view(client, cid: str) -> dict:
+    """What the engine made of a create request: the inspect fields the runner's arguments set."""
+    a = client.api.inspect_container(cid)
+    hc, cfg = a["HostConfig"], a["Config"]
+    mounts = sorted((m["Destination"], m.get("Source"), m.get("RW"), m.get("Type")) for m in a.get("Mounts") or [])
+    keys_hc = ("ReadonlyRootfs", "NetworkMode", "CapDrop", "SecurityOpt", "Init", "Memory", "PidsLimit", "ShmSize",
+               "Tmpfs", "IpcMode", "Privileged", "Ulimits", "Devices")
+    return {"Config": {k: cfg.get(k) for k in ("User", "Labels", "WorkingDir", "Cmd", "StopSignal", "Image")},
+            "Env": sorted(cfg.get("Env") or []), "HostConfig": {k: hc.get(k) for k in keys_hc}, "Mounts": mounts}
+
+
+@pytest.mark.containers
+def test_real_podman_makes_the_same_container_from_both_apis(tmp_path, monkeypatch):
+    """Without GPUs, the runner's arguments sent through Podman's Docker API and through its libpod API
+    (libpod.py's translation) give containers the engine describes alike: nothing lost in translation."""
+    from joulebench.runners.docker import libpod
+    from joulebench.runners.docker.request import ContainerSettings, container_kwargs
+
+    client = _podman_client(monkeypatch)
+    exp, staging = _experiment(tmp_path, device="cpu")
+    settings = ContainerSettings(mem_limit="300m", pids_limit=77, env={"EXTRA": "1"}, user="4321:4321",
+                                 extra_mounts=[(str(tmp_path), "/data", True)], ipc_mode="private")
+    kw = container_kwargs(exp, image=BASE_IMAGE, staging=staging, gpus=[], settings=settings,
+                          passthrough=Passthrough("device-nodes", PODMAN), mount_hf_cache=False)
+    views, ids = [], []
+    try:
+        for api in ("docker", "libpod"):
+            kw["name"] = f"jb-cdi-{api}-{os.getpid()}"
+            c = client.containers.create(**kw) if api == "docker" else libpod.create(client, kw)
+            ids.append(c.id)
+            views.append(_engine_view(client, c.id))
+    finally:
+        for cid in ids:
+            client.api.remove_container(cid, force=True)
+        client.close()
+    docker_view, libpod_view = views
+    diffs = [(part, k, docker_view[part][k], libpod_view[part][k]) for part in ("Config", "HostConfig")
+             for k in docker_view[part] if docker_view[part][k] != libpod_view[part][k]]
+    assert not diffs, diffs                       # (part, key, Docker API's, libpod API's)
+    assert libpod_view == docker_view
+    assert set(docker_view["HostConfig"]["Tmpfs"]) == {"/tmp", "/var/tmp", "/run"}   # the read-only root's tmpfs

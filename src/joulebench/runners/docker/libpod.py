@@ -20,6 +20,9 @@ from joulebench.errors import JoulebenchError
 LIBPOD_API = "/v4.0.0/libpod"
 CDI_DEVICES = "cdi_devices"     # the runner's key for fully-qualified CDI names (not a docker SDK argument)
 UNLIMITED = 2 ** 64 - 1         # an rlimit of -1 (unlimited) as libpod's uint64
+# A read-only root gets these as tmpfs through Podman's Docker API (its read-only-tmpfs default); libpod's
+# API leaves that to its caller, so they are added here alike (unless mounted already).
+READ_ONLY_TMPFS = ("/tmp", "/var/tmp", "/run")
 
 
 class LibpodTranslationError(JoulebenchError):
@@ -281,6 +284,12 @@ def spec_generator(kwargs: dict[str, Any]) -> dict[str, Any]:
         if value is None:
             continue
         TRANSLATE[key](spec, value)
+    if spec.get("read_only_filesystem"):
+        taken = {m["destination"] for m in spec.get("mounts", [])}
+        spec.setdefault("mounts", []).extend(
+            {"destination": d, "source": "tmpfs", "type": "tmpfs",
+             "options": ["rw", "rprivate", "nosuid", "nodev", "tmpcopyup"]}
+            for d in READ_ONLY_TMPFS if d not in taken)
     return spec
 
 
