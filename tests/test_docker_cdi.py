@@ -497,3 +497,29 @@ def test_real_podman_makes_the_same_container_from_both_apis(tmp_path, monkeypat
     assert not diffs, diffs                       # (part, key, Docker API's, libpod API's)
     assert libpod_view == docker_view
     assert set(docker_view["HostConfig"]["Tmpfs"]) == {"/tmp", "/var/tmp", "/run"}   # the read-only root's tmpfs
+
+
+@pytest.mark.containers
+def test_real_doctor_probe_through_cdi_names_the_cdi_fix(stand_in_cdi_device, two_gpus, monkeypatch):
+    """``joulebench doctor --gpu-passthrough cdi`` on Podman: the probe container is created through libpod
+    with the stand-in device; NVML inside sees no GPU, so the check fails and names the CDI spec."""
+    from joulebench.cli import doctor
+    from joulebench.testing import install_from_environment
+
+    fake, spec_path = stand_in_cdi_device
+    data = json.loads(two_gpus.read_text())
+    data["gpus"] = data["gpus"][1:]
+    data["gpus"][0]["uuid"] = fake
+    two_gpus.write_text(json.dumps(data))
+    install_from_environment()
+    client = _podman_client(monkeypatch)
+    try:
+        checks = {c.name: c for c in doctor.run_checks(client=client, probe_image=BASE_IMAGE, python="python3",
+                                                       gpu_passthrough="cdi",
+                                                       cdi_spec_dirs=[str(spec_path.parent)])}
+    finally:
+        client.close()
+    probe = checks["GPU inside a container"]
+    assert "(exit 0)" in probe.detail and "refused" not in probe.detail   # the probe container did run
+    assert probe.ok is False and "gpu_passthrough cdi" in probe.detail and "saw 0 of 1 GPU(s)" in probe.detail
+    assert "CDI spec" in probe.fix and "nvidia-ctk cdi generate" in probe.fix
