@@ -6,7 +6,8 @@ On a GPU host with a container engine serving the Docker API (``DOCKER_HOST``; P
 1. the study (transformers, synthetic Llama-3.2-1B shape in bf16, batch 1 and 16, AI Energy Score
    prompts from ``--prompts``, a fixed number of repeats) with ``runner: process``;
 2. the same study with ``runner: docker``, the GPU passed in the way the engine takes it
-   (``gpu_passthrough: auto``: device nodes and the driver bind on Podman, a device request on Docker),
+   (``gpu_passthrough: auto``: device nodes and the driver bind on Podman, a device request on Docker;
+   ``--gpu-passthrough cdi``: CDI names through Podman's own API),
    the image from ``--image`` with ``--mount``/``--env``/``--python`` for hosts without a registry;
 3. a CONTROL: one container started the way joulebench used to start it (an NVIDIA device request only,
    which Podman's Docker API silently ignores) must fail its trial with ``gpu-unavailable`` instead of
@@ -198,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--user", help="UID[:GID] in the container (default: joulebench's: 10001 when root)")
     ap.add_argument("--no-auto-pythonpath", dest="auto_pythonpath", action="store_false")
     ap.add_argument("--driver-dir", help="the NVIDIA driver folder to bind (default: from ldconfig)")
+    ap.add_argument("--gpu-passthrough", default="auto", choices=["auto", "device-request", "device-nodes", "cdi"],
+                    help="how the docker runner passes the GPU (cdi: Podman with a CDI spec, e.g. /etc/cdi)")
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--model", default="synthetic:llama-3.2-1b")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 16])
@@ -229,7 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     client = connect()
     engine = engine_info(client)
     client.close()
-    method = resolve_method("auto", engine)
+    method = resolve_method(args.gpu_passthrough, engine)
     gpus = host_gpu_table()
     gpu_name = "cpu-smoke" if args.smoke else "no-gpu"
     if gpus and not args.smoke:
@@ -257,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"process runner: {wall:.1f} s, exit {code}")
     # 2. docker runner, the GPU passed in
     study = {**base_study(args, "containers-gpu-docker"), "runner": "docker"}
-    study["runner_options"] = {**study["runner_options"], "docker": docker_options(args, mounts, env, "auto")}
+    study["runner_options"] = {**study["runner_options"], "docker": docker_options(args, mounts, env, args.gpu_passthrough)}
     wall, code = run(study, tmp / "docker")
     result["runners"]["docker"] = {**summarize_runner(tmp / "docker", wall), "exit_code": code,
                                    "container_start_s": start_costs(tmp / "docker")}

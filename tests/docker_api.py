@@ -1,7 +1,8 @@
 """A recording Docker-API server for tests: the few endpoints the docker SDK calls, no engine.
 
 It serves on 127.0.0.1 (set ``DOCKER_HOST=tcp://127.0.0.1:PORT``) in a thread and records every
-``POST /containers/create`` body exactly as the client sent it, together with the experiment spec
+``POST /containers/create`` body exactly as the client sent it (and Podman's libpod
+``POST /libpod/containers/create``, with ``api="libpod"``), together with the experiment spec
 the container would have read (the file bind-mounted at ``/jb/experiment.json``, read from the host
 at create time, before the runner removes its staging folder). A created container "runs" by
 printing ``exit_output`` and exiting with ``exit_code``: enough for a runner to follow it and fail
@@ -30,6 +31,7 @@ class Created:
     name: str | None
     body: dict[str, Any]
     experiment_spec: dict[str, Any] | None
+    api: str = "docker"        # or "libpod": the body is a libpod SpecGenerator
 
 
 @dataclass
@@ -42,17 +44,19 @@ class FakeEngine:
     containers: dict[str, dict[str, Any]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def record_create(self, name: str | None, body: dict[str, Any]) -> str:
+    def record_create(self, name: str | None, body: dict[str, Any], api: str = "docker") -> str:
         spec = None
-        for m in (body.get("HostConfig") or {}).get("Mounts") or []:
-            if m.get("Target") == EXPERIMENT_TARGET:
-                with open(m["Source"]) as fh:
+        mounts = ((body.get("HostConfig") or {}).get("Mounts") or []) + (body.get("mounts") or [])
+        for m in mounts:
+            if (m.get("Target") or m.get("destination")) == EXPERIMENT_TARGET:
+                with open(m.get("Source") or m.get("source")) as fh:
                     spec = json.load(fh)
         cid = uuid.uuid4().hex * 2
+        labels = body.get("Labels") or body.get("labels") or {}
         with self.lock:
-            self.created.append(Created(name=name, body=body, experiment_spec=spec))
+            self.created.append(Created(name=name, body=body, experiment_spec=spec, api=api))
             self.containers[cid] = {"Id": cid, "Name": "/" + (name or cid[:12]), "Config": {
-                "Tty": False, "Labels": body.get("Labels") or {}, "Image": body.get("Image")},
+                "Tty": False, "Labels": labels, "Image": body.get("Image") or body.get("image")},
                 "State": {"Status": "created", "OOMKilled": False}}
         return cid
 
@@ -100,6 +104,10 @@ def _handler(engine: FakeEngine):
             if path == "/containers/create" and method == "POST":
                 name = dict(p.split("=", 1) for p in url.query.split("&") if "=" in p).get("name")
                 cid = engine.record_create(name, self._body())
+                return self._send(201, {"Id": cid, "Warnings": []})
+            if path == "/libpod/containers/create" and method == "POST":
+                body = self._body()
+                cid = engine.record_create(body.get("name"), body, api="libpod")
                 return self._send(201, {"Id": cid, "Warnings": []})
             m = re.match(r"^/containers/([^/]+)(/[a-z]+)?$", path)
             c = engine.find(m.group(1)) if m else None

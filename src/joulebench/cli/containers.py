@@ -118,18 +118,22 @@ def images_list(as_json: bool) -> None:
 @click.command("doctor")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
 @click.option("--image", help="image to run the in-container GPU probe with (default: the transformers image)")
-@click.option("--gpu-passthrough", type=click.Choice(["auto", "device-request", "device-nodes"]), default="auto",
-              show_default=True, help="how the probe gets its GPUs (as runner_options.docker.gpu_passthrough)")
+@click.option("--gpu-passthrough", type=click.Choice(["auto", "device-request", "device-nodes", "cdi"]),
+              default="auto", show_default=True,
+              help="how the probe gets its GPUs (as runner_options.docker.gpu_passthrough; cdi: Podman only)")
 @click.option("--python", "python", default="python", show_default=True, help="the interpreter in the image")
 @click.option("--driver-dir", help="NVIDIA driver folder to bind for device-nodes (default: from ldconfig)")
-def doctor_cmd(as_json: bool, image: str | None, gpu_passthrough: str, python: str, driver_dir: str | None) -> None:
+@click.option("--cdi-spec-dir", "cdi_spec_dirs", multiple=True,
+              help="cdi: a folder of CDI specs (repeatable; default: /etc/cdi and /var/run/cdi)")
+def doctor_cmd(as_json: bool, image: str | None, gpu_passthrough: str, python: str, driver_dir: str | None,
+               cdi_spec_dirs: tuple[str, ...]) -> None:
     """Pre-flight: container engine, images, GPUs inside a container, driver/CUDA, free GPUs."""
     from rich.table import Table
 
     from joulebench.cli import doctor
 
     checks = doctor.run_checks(probe_image=image, gpu_passthrough=gpu_passthrough, python=python,
-                               driver_dir=driver_dir)
+                               driver_dir=driver_dir, cdi_spec_dirs=list(cdi_spec_dirs) or None)
     if as_json:
         click.echo(json.dumps([c.to_dict() for c in checks], indent=2))
     else:

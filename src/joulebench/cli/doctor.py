@@ -163,9 +163,10 @@ def probe_in_container(client, image: str, gpus: list[str] | None, *, passthroug
 
 
 def run_checks(*, client=None, probe_image: str | None = None, gpu_passthrough: str = "auto",
-               python: str = "python", driver_dir: str | None = None) -> list[Check]:
+               python: str = "python", driver_dir: str | None = None,
+               cdi_spec_dirs: list[str] | None = None) -> list[Check]:
     """Every check. The GPU probe passes the GPUs as the runner would (``gpu_passthrough``: auto picks per
-    engine; ``driver_dir`` for device nodes) and runs ``python`` in the image."""
+    engine; ``driver_dir`` for device nodes, ``cdi_spec_dirs`` for cdi) and runs ``python`` in the image."""
     checks: list[Check] = []
     if client is None:
         engine_check, client = check_engine()
@@ -195,7 +196,8 @@ def run_checks(*, client=None, probe_image: str | None = None, gpu_passthrough: 
                             "joulebench images build transformers"))
     else:
         container_check, probe = _container_gpu_check(client, image, gpus, gpu_passthrough=gpu_passthrough,
-                                                      python=python, driver_dir=driver_dir)
+                                                      python=python, driver_dir=driver_dir,
+                                                      cdi_spec_dirs=cdi_spec_dirs)
         checks.append(container_check)
     checks.append(_cuda_check(probe, host))
     checks.append(_gpus_free_check(gpus))
@@ -226,13 +228,19 @@ def _current_transformers_image(client) -> str | None:
 
 
 def _container_gpu_check(client, image: str, gpus: list[dict[str, Any]], *, gpu_passthrough: str = "auto",
-                         python: str = "python", driver_dir: str | None = None) -> tuple[Check, dict[str, Any]]:
+                         python: str = "python", driver_dir: str | None = None,
+                         cdi_spec_dirs: list[str] | None = None) -> tuple[Check, dict[str, Any]]:
     """Probe the GPUs inside ``image``, passed in as the runner passes them; the check and what the probe
     reported (empty if nothing)."""
+    from joulebench.errors import JoulebenchError
     from joulebench.runners.docker.gpu import Passthrough
     from joulebench.worker.gpus import missing_piece
 
-    pt = Passthrough.for_client(client, gpu_passthrough, driver_dir=driver_dir)
+    try:
+        pt = Passthrough.for_client(client, gpu_passthrough, driver_dir=driver_dir, cdi_spec_dirs=cdi_spec_dirs)
+    except JoulebenchError as exc:   # cdi on Docker
+        return Check("GPU inside a container", False, str(exc),
+                     "use gpu_passthrough device-request (or auto) on Docker"), {}
     how = f"{pt.engine}, gpu_passthrough {pt.method}"
     try:
         code, output = probe_in_container(client, image, [g["uuid"] for g in gpus], passthrough=pt, python=python)

@@ -52,12 +52,15 @@ _SECRET_NAME = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|ACCESS_KEY|PRI
 
 class DockerOptions(_Strict):
     image: str | None = Field(None, description="container image override (docker runner)")
-    gpu_passthrough: Literal["auto", "device-request", "device-nodes"] = Field(
+    gpu_passthrough: Literal["auto", "device-request", "device-nodes", "cdi"] = Field(
         "auto", description="how containers get their GPUs: an NVIDIA device request (Docker with the NVIDIA "
                             "Container Toolkit), the device nodes plus a read-only bind of the driver folder "
-                            "(Podman, whose Docker API ignores device requests); auto picks per engine")
+                            "(Podman, whose Docker API ignores device requests), or CDI device names through "
+                            "Podman's own API (Podman only, never picked by auto); auto picks per engine")
     driver_dir: str | None = Field(None, description="host folder of the NVIDIA driver libraries (libcuda.so.1) "
                                                      "bound read-only for device-nodes; default: from ldconfig")
+    cdi_spec_dirs: list[str] | None = Field(None, description="cdi: folders of the CDI specs that name the GPUs "
+                                                              "(default: /etc/cdi, /var/run/cdi)")
     mounts: list[DockerMount] = Field(default_factory=list, description="extra bind mounts of every container")
     env: dict[str, str] = Field(default_factory=dict, description="extra environment of every container "
                                                                   "(no secrets: visible in inspect)")
@@ -77,6 +80,17 @@ class DockerOptions(_Strict):
     def _driver_dir(cls, v: str | None) -> str | None:
         if v is not None and not v.startswith("/"):
             raise ValueError(f"driver_dir must be an absolute path, not {v!r}")
+        return v
+
+    @field_validator("cdi_spec_dirs")
+    @classmethod
+    def _cdi_spec_dirs(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None:
+            if not v:
+                raise ValueError("cdi_spec_dirs must name at least one folder (or be left out)")
+            for d in v:
+                if not d.startswith("/"):
+                    raise ValueError(f"cdi_spec_dirs must be absolute paths, not {d!r}")
         return v
 
     @field_validator("env")

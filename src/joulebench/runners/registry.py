@@ -40,7 +40,7 @@ def _docker(opts: "RunnerOptions") -> Runner:
     settings = ContainerSettings(env=dict(d.env), extra_mounts=[(m.source, m.target, m.read_only) for m in d.mounts],
                                  user=d.user)
     return DockerRunner(image=d.image, settings=settings, python=d.python, gpu_passthrough=d.gpu_passthrough,
-                        driver_dir=d.driver_dir)
+                        driver_dir=d.driver_dir, cdi_spec_dirs=d.cdi_spec_dirs)
 
 
 def _ray(opts: "RunnerOptions") -> Runner:

@@ -39,7 +39,9 @@ def missing_piece(method: str | None, engine: str | None) -> str:
                 "configure the engine (`nvidia-ctk runtime configure --runtime=docker`, then restart it); on "
                 "Podman use runner_options.docker.gpu_passthrough: device-nodes")
     if method == GpuPassthrough.CDI:
-        return "no CDI spec names these GPUs: `nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml`"
+        return ("the CDI devices (nvidia.com/gpu=...) did not give the container these GPUs: the CDI spec Podman "
+                "reads (/etc/cdi, /var/run/cdi) must name them and match the driver; regenerate it with "
+                "`nvidia-ctk cdi generate --output=/etc/cdi/nvidia.yaml` (again after a driver update)")
     if method == GpuPassthrough.DEVICE_NODES:
         return ("the device nodes (/dev/nvidiaN, /dev/nvidiactl, /dev/nvidia-uvm) or the driver bind "
                 "(libcuda.so.1, set runner_options.docker.driver_dir) did not reach the container")

@@ -119,6 +119,20 @@ def call(fn: Callable, *args, attempts: int = 4, **kwargs):
     return retrying(attempts)(fn, *args, **kwargs)
 
 
+# --------------------------------------------------------------------------- creating
+
+def create_container(client, kwargs: dict[str, Any]):
+    """A new container from docker SDK ``containers.create`` arguments, with transient errors retried.
+    Arguments holding CDI device names (``cdi_devices``, gpu_passthrough cdi) go through Podman's libpod
+    API (libpod.py), whose answer is an ordinary docker SDK ``Container`` all the same."""
+    from joulebench.runners.docker import libpod
+
+    if libpod.CDI_DEVICES not in kwargs:
+        return call(client.containers.create, **kwargs)
+    cid = call(libpod.create_id, client, kwargs)
+    return call(client.containers.get, cid)
+
+
 # --------------------------------------------------------------------------- probes
 
 def run_probe(client, image: str, command: list[str], *, gpus: list[str] | None = None,
@@ -133,8 +147,8 @@ def run_probe(client, image: str, command: list[str], *, gpus: list[str] | None 
     all_mounts = list(mounts or []) + kw.pop("mounts", [])
     if all_mounts:
         kw["mounts"] = all_mounts
-    c = call(client.containers.create, image=image, command=command, detach=True,
-             labels={LABEL_RUNNER: "probe", **(labels or {})}, environment=env, **kw)
+    c = create_container(client, dict(image=image, command=command, detach=True,
+                                      labels={LABEL_RUNNER: "probe", **(labels or {})}, environment=env, **kw))
     try:
         call(c.start)
         try:
@@ -189,7 +203,7 @@ class Containers:
     def create(self, kwargs: dict[str, Any]):
         """A new container (an orphaned one of the same name is removed first)."""
         self.remove_named(kwargs["name"])
-        container = call(self.client.containers.create, **kwargs)
+        container = create_container(self.client, kwargs)
         with self._lock:
             self._live[container.id] = container
         return container

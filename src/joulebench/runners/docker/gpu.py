@@ -12,6 +12,12 @@ The runner asks the engine which it is (``client.version()``: Podman names itsel
     ``/dev/nvidia<minor>`` (only the experiment's, minor numbers from NVML), ``/dev/nvidiactl``,
     ``/dev/nvidia-uvm`` (CUDA needs it; NVML does not) and ``/dev/nvidia-uvm-tools`` where present,
     plus a read-only bind of the driver folder (where ``libcuda.so.1`` lives) and ``LD_LIBRARY_PATH``.
+``cdi``
+    Podman only, and only when asked for (``auto`` never picks it): the experiment's GPUs by their CDI
+    device names (``nvidia.com/gpu=<UUID>``, else ``=<index>``, from the CDI specs in ``/etc/cdi`` and
+    ``/var/run/cdi`` or ``cdi_spec_dirs``; cdi.py), the container created through Podman's own libpod API
+    (libpod.py), which takes CDI names where its Docker API does not. The engine applies the spec's
+    device nodes, driver libraries and hooks. Refused on Docker (use ``device-request`` there).
 ``auto``
     ``device-request`` on Docker, ``device-nodes`` on Podman.
 
@@ -34,7 +40,7 @@ AUTO = "auto"
 DEVICE_REQUEST = GpuPassthrough.DEVICE_REQUEST.value
 DEVICE_NODES = GpuPassthrough.DEVICE_NODES.value
 CDI = GpuPassthrough.CDI.value
-METHODS = (AUTO, DEVICE_REQUEST, DEVICE_NODES)
+METHODS = (AUTO, DEVICE_REQUEST, DEVICE_NODES, CDI)
 
 CONTROL_NODES = ("nvidiactl", "nvidia-uvm", "nvidia-uvm-tools")   # the last is optional
 DEFAULT_DRIVER_DIRS = ("/usr/local/nvidia",)
@@ -79,10 +85,14 @@ def resolve_method(method: str | None, engine: EngineInfo) -> str:
     m = method or AUTO
     if m == AUTO:
         return DEVICE_NODES if engine.is_podman else DEVICE_REQUEST
-    if m not in METHODS:
-        from joulebench.errors import JoulebenchError
+    from joulebench.errors import JoulebenchError
 
+    if m not in METHODS:
         raise JoulebenchError(f"unknown gpu_passthrough {m!r}; one of: {', '.join(METHODS)}")
+    if m == CDI and not engine.is_podman:
+        raise JoulebenchError(f"gpu_passthrough cdi needs Podman (its own API takes CDI device names), but the "
+                              f"engine is {engine}: on Docker use runner_options.docker.gpu_passthrough: "
+                              "device-request (the NVIDIA Container Toolkit) or auto")
     return m
 
 
@@ -191,11 +201,19 @@ class DeviceNodes:
 
 
 def passthrough_kwargs(method: str, gpus: list[str], *, table: list[HostGpu] | None = None,
-                       nodes: DeviceNodes | None = None) -> tuple[dict[str, Any], list[tuple[str, str, bool]],
-                                                                   dict[str, str]]:
-    """(create kwargs, extra read-only mounts, environment) that pass ``gpus`` in by ``method``."""
+                       nodes: DeviceNodes | None = None, cdi_spec_dirs: list[str] | None = None
+                       ) -> tuple[dict[str, Any], list[tuple[str, str, bool]], dict[str, str]]:
+    """(create kwargs, extra read-only mounts, environment) that pass ``gpus`` in by ``method``. For
+    ``cdi`` the kwargs hold ``cdi_devices`` (not a docker SDK argument: such a container is created
+    through Podman's libpod API, libpod.py)."""
     if not gpus:
         return {}, [], {}
+    if method == CDI:
+        from joulebench.runners.docker import cdi
+        from joulebench.runners.docker.libpod import CDI_DEVICES
+
+        names = cdi.device_names(list(gpus), dirs=cdi_spec_dirs, table=table)
+        return {CDI_DEVICES: names}, [], {}
     if method == DEVICE_REQUEST:
         import docker
 
@@ -223,14 +241,17 @@ class Passthrough:
     engine: EngineInfo | None = None
     nodes: DeviceNodes = field(default_factory=DeviceNodes)
     table: list[HostGpu] | None = None
+    cdi_spec_dirs: list[str] | None = None     # cdi: where the CDI specs are (default /etc/cdi, /var/run/cdi)
 
     def apply(self, gpus: list[str]) -> tuple[dict[str, Any], list[tuple[str, str, bool]], dict[str, str]]:
         if gpus and self.method == DEVICE_NODES and self.table is None:
             self.table = host_gpu_table()
-        return passthrough_kwargs(self.method, gpus, table=self.table, nodes=self.nodes)
+        return passthrough_kwargs(self.method, gpus, table=self.table, nodes=self.nodes,
+                                  cdi_spec_dirs=self.cdi_spec_dirs)
 
     @classmethod
     def for_client(cls, client, method: str | None = AUTO, *, driver_dir: str | None = None,
-                   dev_dir: str = "/dev") -> "Passthrough":
+                   dev_dir: str = "/dev", cdi_spec_dirs: list[str] | None = None) -> "Passthrough":
         engine = engine_info(client)
-        return cls(resolve_method(method, engine), engine, DeviceNodes(dev_dir=dev_dir, driver_dir=driver_dir))
+        return cls(resolve_method(method, engine), engine, DeviceNodes(dev_dir=dev_dir, driver_dir=driver_dir),
+                   cdi_spec_dirs=list(cdi_spec_dirs) if cdi_spec_dirs else None)

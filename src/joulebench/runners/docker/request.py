@@ -4,7 +4,9 @@ Every container starts unprivileged: network ``none`` (loopback only), all capab
 ``no-new-privileges``, an init process (so SIGTERM stops the worker), a read-only root file system
 with a tmpfs ``/tmp``, memory and pid limits, labels naming the study, the experiment and the
 dispatcher. GPUs go in as the engine takes them (gpu.py): one NVIDIA device request for exactly the
-experiment's GPUs on Docker, their device nodes and the driver folder on Podman. Inside, the engine numbers the passed GPUs from 0, so the
+experiment's GPUs on Docker, their device nodes and the driver folder on Podman, or (``cdi``, Podman only)
+their CDI names, for which the container is created through Podman's libpod API (libpod.py translates
+these arguments). Inside, the engine numbers the passed GPUs from 0, so the
 spec the container reads carries ``worker_device`` (e.g. ``cuda:0`` for the host's ``cuda:1``), while
 the trials' parameters, which the records keep, still name the host's device.
 """

@@ -29,7 +29,7 @@ from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome
 from joulebench.spec import ErrorKind
 from joulebench.runners.docker import mounts
 from joulebench.runners.docker.client import Containers, api_message, call, connect
-from joulebench.runners.docker.gpu import ENV_ENGINE, ENV_IMAGE, ENV_IMAGE_ID, ENV_RUNNER, Passthrough
+from joulebench.runners.docker.gpu import CDI, ENV_ENGINE, ENV_IMAGE, ENV_IMAGE_ID, ENV_RUNNER, Passthrough
 from joulebench.runners.docker.live import LiveContainer, Progress, failure, oom_hint, serve_args
 from joulebench.runners.docker.request import ContainerSettings, backend_of, container_kwargs, container_spec
 
@@ -44,13 +44,15 @@ class DockerRunner(ReusingRunner):
                  build_missing: bool = True, command: list[str] | None = None,
                  mount_hf_cache: bool = True, pass_hf_token: bool = True, poll_s: float = 0.1,
                  progress: Callable[[str, str], None] | None = None, python: str = "python",
-                 gpu_passthrough: str = "auto", driver_dir: str | None = None, dev_dir: str = "/dev"):
+                 gpu_passthrough: str = "auto", driver_dir: str | None = None, dev_dir: str = "/dev",
+                 cdi_spec_dirs: list[str] | None = None):
         """``images``: engine -> image reference (default: each engine's current content-hash image,
         built when missing if ``build_missing``). ``gpus``: override every experiment's GPU list.
         ``timeout_s``: default per-experiment timeout. ``command``: replaces the worker command
         (diagnostics, tests). ``image``: one image for every experiment (a study's
         ``runner_options.image``). ``python``: the image's interpreter. ``gpu_passthrough``: auto,
-        device-request or device-nodes (gpu.py; auto picks per engine, learnt at the first container)."""
+        device-request, device-nodes or cdi (gpu.py; auto picks per engine, learnt at the first container;
+        cdi is Podman's only, checked at ``prepare``). ``cdi_spec_dirs``: where cdi reads the CDI specs."""
         self.image = image
         self.images = dict(images or {})
         self.gpus = gpus
@@ -72,6 +74,7 @@ class DockerRunner(ReusingRunner):
         self.gpu_passthrough = gpu_passthrough
         self.driver_dir = driver_dir
         self.dev_dir = dev_dir
+        self.cdi_spec_dirs = cdi_spec_dirs
         self._passthrough: Passthrough | None = None
         self._image_ids: dict[str, str | None] = {}
         self.start_costs: list[dict[str, Any]] = []   # per container: create+start until its first event
@@ -81,7 +84,7 @@ class DockerRunner(ReusingRunner):
         """How GPUs go in: learnt from the engine that answers, once."""
         if self._passthrough is None:
             self._passthrough = Passthrough.for_client(self.client, self.gpu_passthrough, driver_dir=self.driver_dir,
-                                                       dev_dir=self.dev_dir)
+                                                       dev_dir=self.dev_dir, cdi_spec_dirs=self.cdi_spec_dirs)
             log.info("container engine %s; GPU passthrough %s", self._passthrough.engine, self._passthrough.method)
         return self._passthrough
 
@@ -159,6 +162,8 @@ class DockerRunner(ReusingRunner):
 
     # -- lifecycle
     def prepare(self, study_dir: Path, study_name: str) -> None:
+        if self.gpu_passthrough == CDI:
+            self.passthrough   # cdi on an engine that is not Podman: refused before any experiment
         self.sweep(study_name)
         staging = Path(study_dir) / ".staging"
         if staging.is_dir():
