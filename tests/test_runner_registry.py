@@ -65,6 +65,28 @@ def test_make_runner_uses_each_runners_options():
         "auto", {"H100": 1}, "docker", "img:1", "/venv/bin/python")
 
 
+def test_a_ray_node_builds_its_container_runner_from_the_studys_docker_options(tmp_path, monkeypatch):
+    """With ray_node_runner: docker, each node's containers get the GPUs the way the study says (Podman needs
+    device-nodes or cdi), with its mounts, user and interpreter, not a bare DockerRunner."""
+    from joulebench.runners.docker.runner import DockerRunner
+    from joulebench.runners.ray import _node_runner
+
+    opts = RunnerOptions.model_validate({"runner_options": {"ray_node_runner": "docker", "docker": {
+        "gpu_passthrough": "cdi", "cdi_spec_dirs": ["/etc/cdi"], "user": "0:0", "python": "python3",
+        "driver_dir": "/usr/lib/x86_64-linux-gnu", "env": {"HF_HOME": "/hf"},
+        "mounts": [{"source": "/opt/models", "target": "/models"}]}}}["runner_options"])
+    r = make_runner("ray", opts)
+    assert r.docker == opts.docker
+    prepared = []
+    monkeypatch.setattr(DockerRunner, "prepare", lambda self, d, name: prepared.append((d, name)))
+    node = _node_runner("docker", "img:2", None, tmp_path, "s", r.docker)
+    assert isinstance(node, DockerRunner) and prepared == [(tmp_path, "s")]
+    assert (node.image, node.gpu_passthrough, node.cdi_spec_dirs, node.python, node.driver_dir) == (
+        "img:2", "cdi", ["/etc/cdi"], "python3", "/usr/lib/x86_64-linux-gnu")
+    assert node.settings.user == "0:0" and node.settings.env == {"HF_HOME": "/hf"}
+    assert node.settings.extra_mounts == [("/opt/models", "/models", True)]
+
+
 # ---------------------------------------------------------------------- per-runner options
 def test_flat_and_grouped_options_are_the_same():
     flat = RunnerOptions.model_validate({"python": "py", "environments": {"vllm": ".venvs/vllm"}, "image": "i",

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from joulebench.config.runner import DockerOptions
 from joulebench.config.device import DeviceSpec
 from joulebench.errors import JoulebenchError
 from joulebench.results.store import StudyStore, atomic_write_bytes
@@ -136,7 +137,8 @@ def node_identity() -> dict[str, Any]:
 
 
 def run_on_node(study_name: str, spec: ExperimentSpec, label: str, node_runner: str, image: str | None,
-                python: str | None, timeout_s: float | None) -> Iterator[RayItem]:
+                python: str | None, timeout_s: float | None,
+                docker: DockerOptions | None = None) -> Iterator[RayItem]:
     """Body of the Ray task (a streaming generator): run one experiment here, yield results as they come.
 
     Yields a :class:`NodeItem` first, then an :class:`EventItem` per event, a :class:`TrialItem`
@@ -155,7 +157,7 @@ def run_on_node(study_name: str, spec: ExperimentSpec, label: str, node_runner: 
                      python=python, image=image)
     store = StudyStore(tmp)
     store.create()
-    runner = _node_runner(node_runner, image, python, tmp, study_name)
+    runner = _node_runner(node_runner, image, python, tmp, study_name, docker)
     items: queue.Queue = queue.Queue()
     th = threading.Thread(target=_run_and_ship, args=(runner, exp, store, items, node["hostname"], timeout_s),
                           name=f"joulebench-{experiment_id}", daemon=True)
@@ -176,12 +178,14 @@ def run_on_node(study_name: str, spec: ExperimentSpec, label: str, node_runner: 
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _node_runner(node_runner: str, image: str | None, python: str | None, tmp: Path, study_name: str) -> Any:
-    """The runner that runs the experiment on this node: a local worker process, or a container."""
+def _node_runner(node_runner: str, image: str | None, python: str | None, tmp: Path, study_name: str,
+                 docker: DockerOptions | None = None) -> Any:
+    """The runner that runs the experiment on this node: a local worker process, or a container with the
+    study's ``runner_options.docker`` (GPU passthrough, mounts, user, interpreter), as on a single host."""
     if node_runner == "docker":
-        from joulebench.runners.docker.runner import DockerRunner
+        from joulebench.runners.registry import docker_runner
 
-        runner: Any = DockerRunner(image=image)
+        runner: Any = docker_runner(docker or DockerOptions(), image=image)
         runner.prepare(tmp, study_name)
         return runner
     from joulebench.runners.process import ProcessRunner
@@ -224,7 +228,7 @@ class RayRunner(Runner):
 
     def __init__(self, address: str | None = None, resources: dict[str, float] | None = None, *,
                  node_runner: str = "process", image: str | None = None, python: str | None = None,
-                 init_kwargs: dict[str, Any] | None = None):
+                 init_kwargs: dict[str, Any] | None = None, docker: DockerOptions | None = None):
         if node_runner not in ("process", "docker"):
             raise JoulebenchError(f"runner_options.ray_node_runner must be 'process' or 'docker', not "
                                   f"'{node_runner}'")
@@ -233,6 +237,7 @@ class RayRunner(Runner):
         self.node_runner = node_runner
         self.image = image
         self.python = python
+        self.docker = docker
         self.init_kwargs = dict(init_kwargs or {})
         self._ray = None
         self._started_ray = False
@@ -308,7 +313,7 @@ class RayRunner(Runner):
             return ExperimentOutcome(eid, None, error=infeasible, error_kind=ErrorKind.INFRASTRUCTURE)
         gen = self._remote.options(**opts).remote(experiment.study_name, experiment.spec, experiment.label,
                                                   self.node_runner, experiment.image or self.image,
-                                                  experiment.python or self.python, timeout_s)
+                                                  experiment.python or self.python, timeout_s, self.docker)
         with self._lock:
             self._running[eid] = gen
         task = TaskState(eid, store, on_event)

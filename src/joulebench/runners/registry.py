@@ -15,7 +15,7 @@ from joulebench.errors import JoulebenchError
 from joulebench.runners.base import Capabilities, Runner
 
 if TYPE_CHECKING:
-    from joulebench.config.runner import RunnerOptions
+    from joulebench.config.runner import DockerOptions, RunnerOptions
 
 
 class RunnerKind(str, enum.Enum):
@@ -31,23 +31,27 @@ def _process(opts: "RunnerOptions") -> Runner:
     return ProcessRunner(python=opts.process.python)
 
 
-def _docker(opts: "RunnerOptions") -> Runner:
+def docker_runner(d: "DockerOptions", *, image: str | None = None) -> Runner:
+    """A DockerRunner from ``runner_options.docker`` (also what a Ray node with ``ray_node_runner: docker``
+    builds, from the same typed options)."""
+    from joulebench.runners.docker.request import ContainerSettings
     from joulebench.runners.docker.runner import DockerRunner
 
-    from joulebench.runners.docker.request import ContainerSettings
-
-    d = opts.docker
     settings = ContainerSettings(env=dict(d.env), extra_mounts=[(m.source, m.target, m.read_only) for m in d.mounts],
                                  user=d.user)
-    return DockerRunner(image=d.image, settings=settings, python=d.python, gpu_passthrough=d.gpu_passthrough,
-                        driver_dir=d.driver_dir, cdi_spec_dirs=d.cdi_spec_dirs)
+    return DockerRunner(image=image or d.image, settings=settings, python=d.python,
+                        gpu_passthrough=d.gpu_passthrough, driver_dir=d.driver_dir, cdi_spec_dirs=d.cdi_spec_dirs)
+
+
+def _docker(opts: "RunnerOptions") -> Runner:
+    return docker_runner(opts.docker)
 
 
 def _ray(opts: "RunnerOptions") -> Runner:
     from joulebench.runners.ray import RayRunner
 
     return RayRunner(address=opts.ray.address, resources=opts.ray.resources, node_runner=opts.ray.node_runner,
-                     image=opts.docker.image, python=opts.process.python)
+                     image=opts.docker.image, python=opts.process.python, docker=opts.docker)
 
 
 @dataclass(frozen=True)
