@@ -61,25 +61,12 @@ def _dist_info(tar: tarfile.TarFile, name: str, version: str) -> None:
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd binary")
 def test_install_unpacks_the_pieces_and_makes_an_engine_environment(tmp_path):
     # a stand-in piece set: package metadata of the SGLang set, and a torch module (the image's, on the GPU)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for name, version in (("sglang", "0.5.17"), ("sglang-kernel", "0.4.5"), ("flashinfer-python", "0.6.15.post1"),
-                              ("transformers", "5.12.1"), ("tokenizers", "0.22.2")):
-            _dist_info(tar, name, version)
-        code = b"__version__ = '2.11.0+stand-in'\n"
-        info = tarfile.TarInfo("./torch/__init__.py")
-        info.size = len(code)
-        tar.addfile(info, io.BytesIO(code))
     pieces = tmp_path / "pieces"
     pieces.mkdir()
-    packed = subprocess.run(["zstd", "-q", "--long=27", "-c"], input=buf.getvalue(), capture_output=True,
-                            check=True).stdout
-    half = len(packed) // 2
-    for suffix, part in (("aa", packed[:half]), ("ab", packed[half:])):
-        (pieces / f"ssite.tar.zst.part-{suffix}").write_bytes(part)
-    (pieces / "ssite.sha256").write_text("".join(
-        f"{hashlib.sha256((pieces / f'ssite.tar.zst.part-{s}').read_bytes()).hexdigest()}  ssite.tar.zst.part-{s}\n"
-        for s in ("aa", "ab")))
+    parts, sums = _stand_in_pieces(tmp_path, n=2)
+    for i, part in enumerate(parts):
+        (pieces / f"ssite.tar.zst.part-a{chr(97 + i)}").write_bytes(part)
+    (pieces / "ssite.sha256").write_text(sums)
     target, envdir = tmp_path / "site", tmp_path / "env"
     # the launcher runs this interpreter (on the GPU machine: the image's python3, which has
     # joulebench's light dependencies); the pieces and joulebench's src/ come from the launcher
