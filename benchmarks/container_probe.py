@@ -90,31 +90,16 @@ def run_container(client, args, mounts, env, passthrough, gpus, seconds: float, 
     """The loop in a container with joulebench's isolation (and optionally seccomp unconfined)."""
     from docker.types import Mount
 
-    from joulebench.runners.docker.client import call
-    from joulebench.runners.docker.request import isolation_kwargs
+    from joulebench.runners.docker.client import run_probe
 
-    kw = isolation_kwargs(gpus=gpus, gpu_ulimits=False, passthrough=passthrough)
-    environment = {"HOME": "/tmp", **kw.pop("environment", {}), **env}
-    all_mounts = [Mount(target=t, source=s, type="bind", read_only=True) for s, t in mounts] + kw.pop("mounts", [])
-    if unconfined:
-        kw["security_opt"] = list(kw.get("security_opt") or []) + ["seccomp=unconfined"]
-    c = call(client.containers.create, image=args.image, command=[args.python, "-c", INNER, str(seconds),
-                                                                  args.device],
-             detach=True, labels={"joulebench.runner": "probe"}, environment=environment, mounts=all_mounts,
-             **({"user": args.user} if args.user else {}), **kw)
-    try:
-        call(c.start)
-        code = int(c.wait(timeout=seconds * 3 + 300).get("StatusCode", -1))
-        logs = c.logs(stdout=True, stderr=True).decode("utf-8", "replace")
-        if code != 0:
-            raise RuntimeError(f"the container loop exited {code}: {logs[-2000:]}")
-        lines = [ln for ln in logs.splitlines() if ln.startswith("{")]
-        return json.loads(lines[-1])
-    finally:
-        try:
-            c.remove(force=True)
-        except Exception:   # noqa: BLE001 - already gone
-            pass
+    code, logs = run_probe(client, args.image, [args.python, "-c", INNER, str(seconds), args.device], gpus=gpus,
+                           timeout_s=seconds * 3 + 300, passthrough=passthrough, environment=env,
+                           mounts=[Mount(target=t, source=s, type="bind", read_only=True) for s, t in mounts],
+                           user=args.user, extra_security_opt=["seccomp=unconfined"] if unconfined else None)
+    if code != 0:
+        raise RuntimeError(f"the container loop exited {code}: {logs[-2000:]}")
+    lines = [ln for ln in logs.splitlines() if ln.startswith("{")]
+    return json.loads(lines[-1])
 
 
 def medians(rows: list[dict]) -> dict:

@@ -356,3 +356,20 @@ def test_a_container_kept_between_rounds_is_ours_to_the_busy_gate(monkeypatch, t
         runner._worker = None
         container.remove(force=True)
         client.close()
+
+
+@pytest.mark.containers
+def test_probe_keeps_seccomp_unless_told_and_runs_as_the_user_given(monkeypatch):
+    """run_probe's isolation has the engine's seccomp filter; extra_security_opt adds to it (container_probe's
+    'unconfined' variant measures seccomp's share that way) and user sets the probe's uid."""
+    from joulebench.runners.docker.client import run_probe
+
+    client = _podman_client(monkeypatch)
+    try:
+        cmd = ["sh", "-c", "grep Seccomp: /proc/self/status; id -u"]
+        code, out = run_probe(client, BASE_IMAGE, cmd, user="4321")
+        assert code == 0 and out.split() == ["Seccomp:", "2", "4321"], out
+        code, out = run_probe(client, BASE_IMAGE, cmd, user="4321", extra_security_opt=["seccomp=unconfined"])
+        assert code == 0 and out.split() == ["Seccomp:", "0", "4321"], out
+    finally:
+        client.close()

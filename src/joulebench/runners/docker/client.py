@@ -137,12 +137,18 @@ def create_container(client, kwargs: dict[str, Any]):
 
 def run_probe(client, image: str, command: list[str], *, gpus: list[str] | None = None,
               timeout_s: float = 120, labels: dict[str, str] | None = None, passthrough=None,
-              mounts: list | None = None, environment: dict[str, str] | None = None) -> tuple[int | None, str]:
+              mounts: list | None = None, environment: dict[str, str] | None = None, user: str | None = None,
+              extra_security_opt: list[str] | None = None) -> tuple[int | None, str]:
     """Run a short command in ``image`` with the runner's isolation and GPU passthrough; (exit code or None
-    on timeout, output). The container is always removed."""
+    on timeout, output). ``extra_security_opt`` adds to the isolation's (e.g. ``seccomp=unconfined`` to
+    measure seccomp's share). The container is always removed."""
     import docker
 
     kw = isolation_kwargs(gpus=gpus, gpu_ulimits=False, passthrough=passthrough)
+    if extra_security_opt:
+        kw["security_opt"] = list(kw.get("security_opt") or []) + list(extra_security_opt)
+    if user:
+        kw["user"] = user
     env = {"HOME": "/tmp", **kw.pop("environment", {}), **(environment or {})}
     all_mounts = list(mounts or []) + kw.pop("mounts", [])
     if all_mounts:
