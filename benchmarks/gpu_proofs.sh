@@ -28,6 +28,12 @@
 #                   `engines`, --new starts over. Writes
 #                   $OUT/engines-gpu-<gpu>-<date>.json (benchmarks/engines_compare.py) and engines-<gpu>.log.
 #                   --smoke: a CPU check of the stage (vLLM only, tiny model, fake NVML)
+#   bg STAGE...     the remaining stages in the background (a new process session that outlives the call),
+#                   from a snapshot of the checkout, writing to $JB_WORK/out: later calls bring more pieces
+#                   (`stash`; vllm-install and sglang-install wait for them, up to VLLM_PIECES_WAIT /
+#                   SGLANG_PIECES_WAIT s, 900 by default) and `collect` the results. With .vpN/vsite.count
+#                   (how many vLLM pieces there are) `stash` marks the vLLM set complete.
+#   collect [S]     wait up to S s for the background run; copy what it wrote so far to $OUT
 # Use `export OUT=...` so every stage writes where the caller collects.
 set -u
 OUT=${OUT:-benchmarks/results/gpu-run}
@@ -55,6 +61,14 @@ while [ $# -gt 0 ]; do
   case $stage in
   stash)
     for p in .vp*/vsite.tar.zst.part-*; do [ -f "$p" ] && cp "$p" "$JB_WORK/stash/"; done
+    # .vpN/vsite.count (optional): how many vLLM pieces there are; with all stashed, mark the set complete
+    # (a background vllm-install waits for that mark)
+    for c in .vp*/vsite.count; do [ -f "$c" ] && cp "$c" "$JB_WORK/stash/vsite.count"; done
+    if [ -f "$JB_WORK/stash/vsite.count" ]; then
+      have=$(compgen -G "$JB_WORK/stash/vsite.tar.zst.part-*" | wc -l)
+      [ "$have" -ge "$(cat "$JB_WORK/stash/vsite.count")" ] && touch "$JB_WORK/stash/.complete" \
+        && echo "vLLM pieces: all $have stashed"
+    fi
     ls -l "$JB_WORK/stash"
     mkdir -p "$JB_WORK/sgstash"
     for f in .sg*/ssite.sha256; do
@@ -91,6 +105,12 @@ while [ $# -gt 0 ]; do
       --out "$OUT/container-probe.jsonl" 2>&1 | tee "$OUT/probe.log" | grep -vE "^\s*$" | tail -12
     ;;
   vllm-install)
+    # in a background run the pieces may still be on their way: wait for the stash's mark (VLLM_PIECES_WAIT s)
+    waited=0
+    while [ ! -f "$JB_WORK/stash/.complete" ] && [ "$waited" -lt "${VLLM_PIECES_WAIT:-0}" ]; do
+      sleep 5; waited=$((waited + 5))
+    done
+    [ "$waited" -gt 0 ] && echo "vllm-install: waited $waited s for the pieces"
     JB_ZSTD=$JB_WORK/zstd bash scripts/vllm-gpu-install.sh "$JB_WORK"/stash/vsite.tar.zst.part-* \
       --site "$JB_WORK/vsite" 2>&1 | tee "$OUT/vllm-install.log" | tail -5
     ;;
@@ -118,6 +138,17 @@ while [ $# -gt 0 ]; do
       while read -r f; do tail -30 "$f" > "$OUT/$(basename "$f")"; done
     ;;
   sglang-install)
+    # in a background run the pieces may still be on their way: wait for them (SGLANG_PIECES_WAIT s)
+    waited=0
+    while [ "$waited" -lt "${SGLANG_PIECES_WAIT:-0}" ]; do
+      missing=0
+      if [ -f "$JB_WORK/sgstash/ssite.sha256" ]; then
+        for p in $(awk '{print $2}' "$JB_WORK/sgstash/ssite.sha256"); do [ -f "$JB_WORK/sgstash/$p" ] || missing=1; done
+      else missing=1; fi
+      [ $missing = 0 ] && break
+      sleep 5; waited=$((waited + 5))
+    done
+    [ "$waited" -gt 0 ] && echo "sglang-install: waited $waited s for the pieces"
     zs=(); [ -x "$JB_WORK/zstd" ] && zs=("JB_ZSTD=$JB_WORK/zstd")
     env "${zs[@]}" bash benchmarks/sglang_gpu_install.sh "$JB_WORK/sgstash" "$JB_WORK/ssite" 2>&1 \
       | tee "$OUT/sglang-install.log" | tail -8
@@ -216,6 +247,38 @@ if bad:
     errors.write_text("".join(f"== {r.get('trial_id')} {r.get('status')}\n{r.get('error')}\n" for r in bad))
 PYEOF
     fi
+    ;;
+  bg)
+    # the remaining stages in the background, in a new process session that outlives this call (the machine
+    # must stay warm: the next calls `stash` more pieces and `collect`). They run from a snapshot of the
+    # checkout in $JB_WORK/repo (later calls may change the checkout) and write to $JB_WORK/out.
+    if [ -f "$JB_WORK/bg.pid" ] && kill -0 "$(cat "$JB_WORK/bg.pid")" 2>/dev/null; then
+      echo "bg: a background run is still going (pid $(cat "$JB_WORK/bg.pid")): collect it first"; exit 1
+    fi
+    rm -rf "$JB_WORK/repo"; mkdir -p "$JB_WORK/repo" "$JB_WORK/out"
+    tar -cf - --exclude=./.git --exclude='./.vp[0-9]' --exclude='./.sg[0-9]' --exclude=./.venvs --exclude=./.venv . \
+      | tar -xf - -C "$JB_WORK/repo"
+    [ -d .venvs ] && cp -a .venvs "$JB_WORK/repo/"
+    ( cd "$JB_WORK/repo" && exec env OUT="$JB_WORK/out" VLLM_PIECES_WAIT="${VLLM_PIECES_WAIT:-900}" \
+        SGLANG_PIECES_WAIT="${SGLANG_PIECES_WAIT:-900}" \
+        VLLM_TIMEOUT="${VLLM_TIMEOUT:-1800}" ENGINES_TIMEOUT="${ENGINES_TIMEOUT:-1800}" \
+        setsid bash benchmarks/gpu_proofs.sh "$@" ) > "$JB_WORK/out/bg.log" 2>&1 < /dev/null &
+    echo $! > "$JB_WORK/bg.pid"
+    echo "bg: started $* (pid $(cat "$JB_WORK/bg.pid")); log: $JB_WORK/out/bg.log"
+    exit 0
+    ;;
+  collect)
+    # wait up to $1 s (default 0) for the background run, then copy what it wrote to $OUT
+    wait_s=0; [[ ${1:-} =~ ^[0-9]+$ ]] && { wait_s=$1; shift; }
+    pid=$(cat "$JB_WORK/bg.pid" 2>/dev/null)
+    t0=$(date +%s)
+    while [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null && [ $(( $(date +%s) - t0 )) -lt "$wait_s" ]; do sleep 5; done
+    if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then state=running; else state=finished; fi
+    cp -r "$JB_WORK/out/." "$OUT/" 2>/dev/null
+    # the vLLM summary as it stands (written after each point; the vllm stage copies it only at its end)
+    [ -f "$JB_WORK/vllm-mlenergy.json" ] && cp "$JB_WORK/vllm-mlenergy.json" "$OUT/vllm-mlenergy-partial.json"
+    echo "collect: the background run is $state"
+    grep -vE "^\s*$" "$JB_WORK/out/bg.log" 2>/dev/null | tail -${COLLECT_TAIL:-60}
     ;;
   *) echo "unknown stage $stage"; exit 2;;
   esac
