@@ -226,3 +226,58 @@ def test_gpu_proofs_header_lists_the_sglang_stages():
     for item in (".sgN/ssite.tar.zst.part-*", "sglang-install", "engines [--smoke]", "ENGINES_TIMEOUT",
                  "engines-gpu-<gpu>-<date>.json", "$JB_WORK/sgstash"):
         assert item in head, item
+
+
+@pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd binary")
+def test_background_run_waits_for_pieces_that_later_calls_bring_then_collects(tmp_path):
+    """`bg` starts the install before its pieces are all there (a real process in its own session); the
+    later calls `stash` the rest and `collect` what the background run wrote."""
+    parts, sums = _stand_in_pieces(tmp_path)
+    root = _checkout(tmp_path)
+
+    def bring(i: int) -> None:
+        for old in root.glob(".sg*"):
+            shutil.rmtree(old)
+        folder = root / f".sg{i + 1}"
+        folder.mkdir()
+        (folder / f"ssite.tar.zst.part-a{chr(97 + i)}").write_bytes(parts[i])
+        (folder / "ssite.sha256").write_text(sums)
+        if i == 0:
+            shutil.copy(shutil.which("zstd"), folder / "zstd")
+
+    bring(0)
+    r = _proofs(root, tmp_path, "stash", "bg", "sglang-install", SGLANG_PIECES_WAIT="120")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "bg: started sglang-install" in r.stdout
+    pid = int((tmp_path / "work" / "bg.pid").read_text())
+    os.kill(pid, 0)                                  # still waiting for its pieces
+    assert (tmp_path / "work" / "repo" / "benchmarks").exists()    # it runs from a snapshot
+    r = _proofs(root, tmp_path, "bg", "sglang-install")
+    assert r.returncode == 1 and "still going" in r.stdout          # one background run at a time
+    r = _proofs(root, tmp_path, "collect")
+    assert "the background run is running" in r.stdout
+    for i in (1, 2):
+        bring(i)
+        assert _proofs(root, tmp_path, "stash").returncode == 0
+    r = _proofs(root, tmp_path, "collect", "120")
+    assert "the background run is finished" in r.stdout, r.stdout
+    assert "sglang-install: waited" in r.stdout
+    log = (tmp_path / "out" / "sglang-install.log").read_text()
+    assert "3 pieces checked against ssite.sha256" in log and "sglang 0.5.17" in log
+    assert (tmp_path / "work" / "repo" / ".venvs" / "sglang" / "bin" / "python").exists()
+    assert (tmp_path / "out" / "bg.log").exists()
+
+
+def test_vllm_pieces_are_marked_complete_when_all_are_stashed(tmp_path):
+    root = _checkout(tmp_path)
+    for i in range(2):
+        for old in root.glob(".vp*"):
+            shutil.rmtree(old)
+        folder = root / f".vp{i + 1}"
+        folder.mkdir()
+        (folder / f"vsite.tar.zst.part-a{chr(97 + i)}").write_bytes(b"x" * 10)
+        (folder / "vsite.count").write_text("2\n")
+        r = _proofs(root, tmp_path, "stash")
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert ((tmp_path / "work" / "stash" / ".complete").exists()) == (i == 1)
+        assert ("vLLM pieces: all 2 stashed" in r.stdout) == (i == 1)
