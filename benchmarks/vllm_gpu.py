@@ -371,6 +371,10 @@ def part_overhead(args, work: Path, summary: dict) -> None:
            "wall_s": wall, "passes": passes, "whole_pass": overhead_summary(passes, "throughput_tok_s"),
            "steady_window": overhead_summary(passes, "steady_throughput_tok_s")}
     summary["meter_overhead"] = res
+    summary["meter_overhead_ratio"] = {"ratio_mean": res["whole_pass"]["ratio_mean"], "ci95": res["whole_pass"]["ci95"],
+                                       "inside_1pct": res["whole_pass"]["inside_1pct"],
+                                       "steady_window": {k: res["steady_window"][k]
+                                                         for k in ("ratio_mean", "ci95", "inside_1pct")}}
     w = res["whole_pass"]
     print(f"meter overhead: on/off throughput {w['ratio_mean']} (95 % CI {w['ci95']}, {w['pairs']} pairs); "
           f"steady window {res['steady_window']['ratio_mean']} (CI {res['steady_window']['ci95']})", flush=True)
