@@ -192,3 +192,56 @@ def test_runtime_resolves_trial_then_engine_values_and_passes_the_rest_on():
             unloaded.generate([], {})
     finally:
         unloaded.close()
+
+
+def _flush_server(status: int):
+    import http.server
+    import threading
+
+    seen: list[tuple[str, str]] = []
+
+    class H(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802
+            seen.append(("POST", self.path))
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(b"ok" if status < 300 else b"pending requests")
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), H)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv, seen
+
+
+def test_sglang_passes_flush_the_prefix_cache_first_and_a_failed_flush_stops_the_pass():
+    """SGLang has no cache salt: each pass starts with POST /flush_cache (the radix cache would otherwise serve
+    the measured pass the prefill of the warm-up's identical prompts). SGLang cannot run here; the request is
+    checked against a local HTTP listener."""
+    from joulebench.backends.served.recipes import SGLANG, VLLM
+    from joulebench.backends.served.session import ServedSession
+    from joulebench.errors import BackendError
+
+    assert (SGLANG.pass_isolation, SGLANG.flush_path) == ("flush", "/flush_cache")
+    srv, seen = _flush_server(200)
+    try:
+        s = ServedSession(SGLANG, python="python3", model="m", options={})
+        s.port = srv.server_address[1]
+        assert s.isolate_pass() == {} and seen == [("POST", "/flush_cache")]
+        s.isolate_passes = False
+        assert s.isolate_pass() == {} and len(seen) == 1          # off: no flush
+    finally:
+        srv.shutdown()
+    srv, seen = _flush_server(400)
+    try:
+        s = ServedSession(SGLANG, python="python3", model="m", options={})
+        s.port = srv.server_address[1]
+        with pytest.raises(BackendError, match="/flush_cache answered 400 before a pass: pending requests"):
+            s.isolate_pass()
+    finally:
+        srv.shutdown()
+    # vLLM: a fresh salt each pass, nothing sent
+    v = ServedSession(VLLM, python="python3", model="m", options={})
+    a, b = v.isolate_pass(), v.isolate_pass()
+    assert set(a) == {"cache_salt"} and a["cache_salt"] != b["cache_salt"]

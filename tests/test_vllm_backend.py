@@ -230,3 +230,60 @@ def test_vllm_served_dummy_weights_from_a_config_only_synthetic_model(tmp_path):
     assert model_dir.name.endswith("-config-only") and (model_dir / "config.json").is_file()
     assert not list(model_dir.glob("*.safetensors"))
     assert_timings(out["runs"][0]["results"], n_out=8)
+
+
+PASS_DRIVER = textwrap.dedent("""
+    import json, sys
+    import httpx
+    from joulebench.backends import get_backend_class
+    from joulebench.backends.base import Request
+    from joulebench.models import parse_model
+
+    def hits(url):
+        text = httpx.get(url + "/metrics", timeout=10).text
+        return sum(float(ln.split()[-1]) for ln in text.splitlines() if ln.startswith("vllm:prefix_cache_hits_total"))
+
+    cfg = json.loads(sys.argv[1])
+    cls = get_backend_class("vllm")
+    backend = cls(cls.Params(**cfg["params"]))
+    info = backend.load(parse_model(cfg["model"]))
+    url = backend.session.base_url
+    reqs = [Request(i, p) for i, p in enumerate(cfg["prompts"])]
+    rt = {"max_output_tokens": 4, "force_output_tokens": True, "concurrency": 2}
+    deltas = []
+    for isolate in (True, True, False, False):
+        backend.session.isolate_passes = isolate
+        before = hits(url)
+        backend.generate(list(reqs), dict(rt))
+        deltas.append(hits(url) - before)
+    notes = json.loads(json.dumps(info.notes, default=str))
+    backend.close()
+    print("@@result " + json.dumps({"deltas": deltas, "notes": notes}), flush=True)
+""")
+
+
+@pytest.mark.vllm
+def test_vllm_served_passes_do_not_reuse_the_prefix_cache_of_earlier_passes(tmp_path):
+    """The workload repeats (warm-up, then the window): without a fresh cache scope per pass, vLLM's prefix
+    cache would serve the measured pass the prefill an earlier pass did. Seen on the real engine's own
+    counter (vllm:prefix_cache_hits), with the isolation off as the control."""
+    py = require_engine("vllm")
+    script = tmp_path / "passes.py"
+    script.write_text(PASS_DRIVER)
+    # distinct prompts of a few hundred tokens each (several full KV blocks), no shared prefix between them
+    prompts = [f"{i} " + " ".join(f"word{(i * 7919 + k) % 1000}" for k in range(120)) for i in range(4)]
+    cfg = {"model": MODEL, "prompts": prompts,
+           "params": {"mode": "served", "dtype": "bfloat16", "max_num_seqs": 2,
+                      "enable_prefix_caching": True}}
+    env = dict(os.environ, JOULEBENCH_CACHE=str(tmp_path.parent / "jb-cache"))
+    proc = subprocess.run([py, str(script), json.dumps(cfg)], capture_output=True, text=True, timeout=420,
+                          env=env, cwd=tmp_path)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@result ")), None)
+    assert proc.returncode == 0 and line, f"driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    out = json.loads(line[len("@@result "):])
+    isolated_1, isolated_2, plain_1, plain_2 = out["deltas"]
+    assert out["notes"]["pass_isolation"] == "cache_salt"
+    # isolated passes: the second finds nothing of the first in the cache (the prompts share no prefix)
+    assert isolated_1 == 0 and isolated_2 == 0, out["deltas"]
+    # the control: the same prompts again without a salt hit the cache the previous unsalted pass filled
+    assert plain_2 > 100, out["deltas"]

@@ -166,7 +166,8 @@ class VLLMBackend(Backend):
             self.tokenizer = hf_tokenizer(self._tokenizer, path)
             ready_s = self.session.start()
             notes = {"mode": "served", "server_pid": self.session.server.pid, "port": self.session.port,
-                     "server_ready_s": ready_s, "command": self.session.command(), "cpu": self._cpu}
+                     "server_ready_s": ready_s, "command": self.session.command(), "cpu": self._cpu,
+                     "pass_isolation": self.session.recipe.pass_isolation}
         else:
             try:
                 from vllm import LLM
@@ -177,7 +178,8 @@ class VLLMBackend(Backend):
             from joulebench.models.tokenizer import hf_tokenizer
 
             self.tokenizer = hf_tokenizer(self.llm.get_tokenizer(), path)
-            notes = {"mode": "offline", "engine_kwargs": {k: v for k, v in kwargs.items()}, "cpu": self._cpu}
+            notes = {"mode": "offline", "engine_kwargs": {k: v for k, v in kwargs.items()}, "cpu": self._cpu,
+                     "pass_isolation": "cache_salt"}
         try:
             import vllm  # noqa: F401 - version for the record
 
@@ -222,10 +224,14 @@ class VLLMBackend(Backend):
         state: dict[str, dict[str, Any]] = {}
         prefix = f"jb{time.monotonic_ns()}-"
         done: dict[int, RequestResult] = {}
+        # a fresh prefix-cache scope for this pass: the workload repeats (warm-up, window), and a pass must not
+        # skip the prefill an earlier pass of the same prompts did (prefixes are still shared inside the pass)
+        salt = f"joulebench-{prefix}"
 
         def submit(req: Request) -> None:
             prompt: Any = ({"prompt_token_ids": list(req.prompt_token_ids)} if req.prompt_token_ids is not None
-                           else req.prompt)
+                           else {"prompt": req.prompt})
+            prompt["cache_salt"] = salt
             rid = f"{prefix}{req.index}"
             state[rid] = {"req": req, "submit": time.perf_counter(), "times": [], "n": 0}
             engine.add_request(rid, prompt, self._sampling(rt, req))

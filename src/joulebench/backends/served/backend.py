@@ -153,7 +153,8 @@ class ServedEngineBackend(Backend):
         notes = {"mode": "served", "server_pid": self.session.server.pid, "port": self.session.port,
                  "server_ready_s": ready_s, "command": self.session.command(),
                  f"{self.recipe_name}_version": engine_version(*self.distributions),
-                 "dummy_weights": self.dummy_weights()}
+                 "dummy_weights": self.dummy_weights(),
+                 "pass_isolation": self.session.recipe.pass_isolation or "none (the engine offers none)"}
         return LoadInfo(load_s=time.perf_counter() - t0, synthetic_weights=synthetic, notes=notes,
                         model_config=_read_config(path))
 

@@ -41,6 +41,12 @@ class ServerRecipe:
     served_model_name: str | None = None
     # Whether /v1/completions takes a prompt as a list of token ids (else the prompt text is sent).
     accepts_token_ids: bool = True
+    # Keeping a pass from reusing the prefix cache that earlier passes of the same prompts filled (warm-up,
+    # repeats): the workload is repeated, so without this a measured pass skips the prefill the warm-up did.
+    # "cache_salt": a fresh salt in every request of a pass (vLLM: prefixes are still shared inside a pass);
+    # "flush": POST ``flush_path`` before each pass; None: the engine offers neither (noted in the record).
+    pass_isolation: str | None = None
+    flush_path: str | None = None
 
 
 def _append_options(cmd: list[str], options: Options, mapping: dict[str, str], bool_flags: set[str]) -> list[str]:
@@ -91,7 +97,8 @@ def _vllm_command(python: str, model: str, host: str, port: int, options: Option
     return cmd
 
 
-VLLM = ServerRecipe(name="vllm", build_command=_vllm_command, served_model_name="joulebench-model")
+VLLM = ServerRecipe(name="vllm", build_command=_vllm_command, served_model_name="joulebench-model",
+                    pass_isolation="cache_salt")
 
 
 # ---------------------------------------------------------------- llama.cpp (llama-cpp-python's server)
@@ -161,7 +168,8 @@ def _sglang_force(n: int, options: Options) -> dict[str, Any]:
 
 SGLANG = ServerRecipe(name="sglang", build_command=_sglang_command, served_model_name="joulebench-model",
                       force_length_fields=_sglang_force, ready_timeout_s=900.0,
-                      stream_options={"include_usage": True, "continuous_usage_stats": True})
+                      stream_options={"include_usage": True, "continuous_usage_stats": True},
+                      pass_isolation="flush", flush_path="/flush_cache")
 
 
 # ---------------------------------------------------------------- TensorRT-LLM (recipe only: not run here)

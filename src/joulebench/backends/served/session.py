@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -47,6 +48,9 @@ class ServedSession:
         self.last_batch: int | None = None       # B of the last pass's steady window
         self.on_window_start: WindowHook | None = None
         self.on_window_end: WindowHook | None = None
+        # a fresh prefix-cache scope for every pass (recipe.pass_isolation); off only to show what it prevents
+        self.isolate_passes = True
+        self.passes_isolated = 0
 
     @property
     def base_url(self) -> str:
@@ -90,6 +94,7 @@ class ServedSession:
             raise BackendError(f"{self.recipe.name} server is not running\n{tail}")
         max_tokens = int(runtime.get("max_output_tokens") or 16)
         force = bool(runtime.get("force_output_tokens", False))
+        isolation = self.isolate_pass()
 
         def want(req: Request) -> int:   # the request's own length (workload shapes), else the trial's
             return int(req.max_output_tokens or max_tokens)
@@ -109,6 +114,7 @@ class ServedSession:
                 body["stream_options"] = dict(self.recipe.stream_options)
             if force:
                 body.update(self.recipe.force_length_fields(want(req), self.options))
+            body.update(isolation)
             if extra_body is not None:
                 body.update(extra_body(req))
             return body
@@ -132,6 +138,27 @@ class ServedSession:
                                    f"(wanted {[wants[i] for i in short[:10]]}, got "
                                    f"{[r.output_tokens for r in results if r.index in short[:10]]})")
         return results
+
+    def isolate_pass(self) -> dict[str, Any]:
+        """Keep the coming pass from reusing the prefix cache of earlier passes of the same prompts (the
+        recipe's ``pass_isolation``): returns the request fields that do it (a fresh cache salt), or flushes
+        the cache now. A failed flush raises: a pass that may reuse the warm-up's prefill is not measured."""
+        self.passes_isolated += 1
+        how = self.recipe.pass_isolation if self.isolate_passes else None
+        if how == "cache_salt":
+            return {"cache_salt": f"joulebench-{uuid.uuid4().hex}"}
+        if how == "flush" and self.recipe.flush_path:
+            import httpx
+
+            try:
+                r = httpx.post(self.base_url + self.recipe.flush_path, timeout=30.0)
+            except httpx.HTTPError as exc:
+                raise BackendError(f"{self.recipe.name}: could not flush the prefix cache before a pass "
+                                   f"({self.recipe.flush_path}: {exc})") from exc
+            if r.status_code >= 300:
+                raise BackendError(f"{self.recipe.name}: {self.recipe.flush_path} answered {r.status_code} "
+                                   f"before a pass: {r.text[:200]}")
+        return {}
 
     def close(self) -> int | None:
         if self.server is None:
