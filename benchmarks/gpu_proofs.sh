@@ -53,6 +53,19 @@ PROMPTS=$PWD/.gpu/aienergyscore_text_generation.jsonl
 [ -f .gpu/aienergyscore_text_generation.jsonl ] && cp .gpu/aienergyscore_text_generation.jsonl "$JB_WORK/prompts.jsonl"
 for z in .gpu/zstd .vp*/zstd; do [ -x "$z" ] && cp "$z" "$JB_WORK/zstd"; done
 [ -x "$JB_WORK/zstd" ] || for z in .sg*/zstd; do [ -x "$z" ] && cp "$z" "$JB_WORK/zstd"; done
+# the SGLang pieces ssite.sha256 lists that the stash still lacks (one name a line; none: all there)
+sglang_missing() {
+  [ -f "$JB_WORK/sgstash/ssite.sha256" ] || { echo ssite.sha256; return; }
+  for p in $(awk '{print $2}' "$JB_WORK/sgstash/ssite.sha256"); do [ -f "$JB_WORK/sgstash/$p" ] || echo "$p"; done
+}
+# wait_pieces WHAT SECONDS CHECK...: in a background run the pieces may still be on their way; poll CHECK
+# every 5 s until it succeeds or SECONDS have passed
+wait_pieces() {
+  local what=$1 limit=$2 waited=0; shift 2
+  while ! "$@" && [ "$waited" -lt "$limit" ]; do sleep 5; waited=$((waited + 5)); done
+  [ "$waited" -gt 0 ] && echo "$what: waited $waited s for the pieces"
+  return 0
+}
 stamp=$(date +%H%M%S)
 t_start=$(date +%s)     # engines: its default time limit counts from here (several stages share a call)
 while [ $# -gt 0 ]; do
@@ -80,9 +93,7 @@ while [ $# -gt 0 ]; do
     for p in .sg*/ssite.tar.zst.part-*; do [ -f "$p" ] && cp "$p" "$JB_WORK/sgstash/"; done
     if [ -f "$JB_WORK/sgstash/ssite.sha256" ]; then
       ( cd "$JB_WORK/sgstash" && sha256sum -c --ignore-missing ssite.sha256 )
-      for p in $(awk '{print $2}' "$JB_WORK/sgstash/ssite.sha256"); do
-        [ -f "$JB_WORK/sgstash/$p" ] || echo "SGLang piece still missing: $p"
-      done
+      for p in $(sglang_missing); do echo "SGLang piece still missing: $p"; done
     fi
     ;;
   containers)
@@ -105,12 +116,7 @@ while [ $# -gt 0 ]; do
       --out "$OUT/container-probe.jsonl" 2>&1 | tee "$OUT/probe.log" | grep -vE "^\s*$" | tail -12
     ;;
   vllm-install)
-    # in a background run the pieces may still be on their way: wait for the stash's mark (VLLM_PIECES_WAIT s)
-    waited=0
-    while [ ! -f "$JB_WORK/stash/.complete" ] && [ "$waited" -lt "${VLLM_PIECES_WAIT:-0}" ]; do
-      sleep 5; waited=$((waited + 5))
-    done
-    [ "$waited" -gt 0 ] && echo "vllm-install: waited $waited s for the pieces"
+    wait_pieces vllm-install "${VLLM_PIECES_WAIT:-0}" test -f "$JB_WORK/stash/.complete"
     JB_ZSTD=$JB_WORK/zstd bash scripts/vllm-gpu-install.sh "$JB_WORK"/stash/vsite.tar.zst.part-* \
       --site "$JB_WORK/vsite" 2>&1 | tee "$OUT/vllm-install.log" | tail -5
     ;;
@@ -138,17 +144,8 @@ while [ $# -gt 0 ]; do
       while read -r f; do tail -30 "$f" > "$OUT/$(basename "$f")"; done
     ;;
   sglang-install)
-    # in a background run the pieces may still be on their way: wait for them (SGLANG_PIECES_WAIT s)
-    waited=0
-    while [ "$waited" -lt "${SGLANG_PIECES_WAIT:-0}" ]; do
-      missing=0
-      if [ -f "$JB_WORK/sgstash/ssite.sha256" ]; then
-        for p in $(awk '{print $2}' "$JB_WORK/sgstash/ssite.sha256"); do [ -f "$JB_WORK/sgstash/$p" ] || missing=1; done
-      else missing=1; fi
-      [ $missing = 0 ] && break
-      sleep 5; waited=$((waited + 5))
-    done
-    [ "$waited" -gt 0 ] && echo "sglang-install: waited $waited s for the pieces"
+    sglang_complete() { [ -z "$(sglang_missing)" ]; }
+    wait_pieces sglang-install "${SGLANG_PIECES_WAIT:-0}" sglang_complete
     zs=(); [ -x "$JB_WORK/zstd" ] && zs=("JB_ZSTD=$JB_WORK/zstd")
     env "${zs[@]}" bash benchmarks/sglang_gpu_install.sh "$JB_WORK/sgstash" "$JB_WORK/ssite" 2>&1 \
       | tee "$OUT/sglang-install.log" | tail -8

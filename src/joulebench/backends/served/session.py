@@ -50,7 +50,6 @@ class ServedSession:
         self.on_window_end: WindowHook | None = None
         # a fresh prefix-cache scope for every pass (recipe.pass_isolation); off only to show what it prevents
         self.isolate_passes = True
-        self.passes_isolated = 0
 
     @property
     def base_url(self) -> str:
@@ -143,7 +142,6 @@ class ServedSession:
         """Keep the coming pass from reusing the prefix cache of earlier passes of the same prompts (the
         recipe's ``pass_isolation``): returns the request fields that do it (a fresh cache salt), or flushes
         the cache now. A failed flush raises: a pass that may reuse the warm-up's prefill is not measured."""
-        self.passes_isolated += 1
         how = self.recipe.pass_isolation if self.isolate_passes else None
         if how == "cache_salt":
             return {"cache_salt": f"joulebench-{uuid.uuid4().hex}"}
