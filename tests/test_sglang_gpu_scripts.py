@@ -165,21 +165,25 @@ def _proofs(root: Path, tmp_path: Path, *stages: str, **env_extra: str) -> subpr
                           timeout=300)
 
 
+def _bring_sglang_piece(root: Path, parts: list[bytes], sums: str, i: int) -> None:
+    """What one call brings: one .sgN folder with piece i and the checksum file (the first also zstd)."""
+    for old in root.glob(".sg*"):
+        shutil.rmtree(old)
+    folder = root / f".sg{i + 1}"
+    folder.mkdir()
+    (folder / f"ssite.tar.zst.part-a{chr(97 + i)}").write_bytes(parts[i])
+    (folder / "ssite.sha256").write_text(sums)
+    if i == 0:
+        shutil.copy(shutil.which("zstd"), folder / "zstd")
+
+
 @pytest.mark.skipif(shutil.which("zstd") is None, reason="needs the zstd binary")
 def test_pieces_brought_in_separate_calls_are_stashed_then_installed(tmp_path):
     parts, sums = _stand_in_pieces(tmp_path)
     root = _checkout(tmp_path)
     stash = tmp_path / "work" / "sgstash"
-    for i, part in enumerate(parts):
-        # one call: one .sgN folder with one piece and the checksum file (the first also brings zstd)
-        for old in root.glob(".sg*"):
-            shutil.rmtree(old)
-        folder = root / f".sg{i + 1}"
-        folder.mkdir()
-        (folder / f"ssite.tar.zst.part-a{chr(97 + i)}").write_bytes(part)
-        (folder / "ssite.sha256").write_text(sums)
-        if i == 0:
-            shutil.copy(shutil.which("zstd"), folder / "zstd")
+    for i in range(len(parts)):
+        _bring_sglang_piece(root, parts, sums, i)
         r = _proofs(root, tmp_path, "stash")
         assert r.returncode == 0, r.stdout + r.stderr
         assert f"ssite.tar.zst.part-a{chr(97 + i)}: OK" in r.stdout
@@ -235,17 +239,7 @@ def test_background_run_waits_for_pieces_that_later_calls_bring_then_collects(tm
     parts, sums = _stand_in_pieces(tmp_path)
     root = _checkout(tmp_path)
 
-    def bring(i: int) -> None:
-        for old in root.glob(".sg*"):
-            shutil.rmtree(old)
-        folder = root / f".sg{i + 1}"
-        folder.mkdir()
-        (folder / f"ssite.tar.zst.part-a{chr(97 + i)}").write_bytes(parts[i])
-        (folder / "ssite.sha256").write_text(sums)
-        if i == 0:
-            shutil.copy(shutil.which("zstd"), folder / "zstd")
-
-    bring(0)
+    _bring_sglang_piece(root, parts, sums, 0)
     r = _proofs(root, tmp_path, "stash", "bg", "sglang-install", SGLANG_PIECES_WAIT="120")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "bg: started sglang-install" in r.stdout
@@ -257,7 +251,7 @@ def test_background_run_waits_for_pieces_that_later_calls_bring_then_collects(tm
     r = _proofs(root, tmp_path, "collect")
     assert "the background run is running" in r.stdout
     for i in (1, 2):
-        bring(i)
+        _bring_sglang_piece(root, parts, sums, i)
         assert _proofs(root, tmp_path, "stash").returncode == 0
     r = _proofs(root, tmp_path, "collect", "120")
     assert "the background run is finished" in r.stdout, r.stdout
