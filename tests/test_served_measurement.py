@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from joulebench.analysis.attribution import (Intervals, attribute, compare_class_alone, length_fit,
                                              per_request_energy, timeline_intervals)
 from joulebench.backends.base import RequestResult
-from joulebench.backends.served.loadgen import running_batch_mean, steady_state, target_batch, window_edges
+from joulebench.backends.served.loadgen import (running_batch_mean, running_cap, steady_state, target_batch,
+                                                warmup_subset, window_edges)
 from joulebench.config.study import WorkloadConfig
 from joulebench.meters.flags import Flag, steady_window_flags
 from joulebench.worker.record import slo_fields
@@ -29,10 +30,31 @@ def _res(i, submit, times, *, inp=4, done=None, cls=None, exact=True, n_out=None
 
 
 # ------------------------------------------------------------------ steady window (ML.ENERGY)
-def test_target_batch_is_max_num_seqs_then_concurrency_then_n():
-    assert target_batch(100, max_num_seqs=8, concurrency=4) == 8
+def test_target_batch_is_the_smaller_of_max_num_seqs_and_concurrency_else_n():
+    assert target_batch(100, max_num_seqs=8, concurrency=4) == 4      # a closed loop of 4 never fills 8
+    assert target_batch(100, max_num_seqs=8, concurrency=16) == 8
+    assert target_batch(100, max_num_seqs=8) == 8
     assert target_batch(100, concurrency=4) == 4
     assert target_batch(100) == 100
+
+
+def test_running_cap_is_the_smaller_of_max_num_seqs_and_concurrency():
+    assert running_cap(100, max_num_seqs=64, concurrency=16) == 16
+    assert running_cap(100, max_num_seqs=8, concurrency=16) == 8
+    assert running_cap(100, max_num_seqs=8) == 8 and running_cap(100, concurrency=4) == 4
+    assert running_cap(5, max_num_seqs=64) == 5 and running_cap(100) == 100
+
+
+def test_served_warmup_subset_keeps_each_class_share_and_falls_back_to_the_workload():
+    # a two-class workload in blocks (classes are assigned in order): the even picks take half of each
+    reqs = [("short" if i < 60 else "long", i) for i in range(120)]
+    sub = warmup_subset(reqs, 16, 1.0)
+    assert len(sub) == 16 and len(set(sub)) == 16
+    assert sum(1 for c, _ in sub if c == "short") == 8
+    assert [i for _, i in sub] == sorted(i for _, i in sub) and sub[0] == reqs[0]
+    assert len(warmup_subset(reqs, 16, 2.5)) == 40                 # 2.5 batches, rounded up
+    assert warmup_subset(reqs, 64, 2.0) == reqs                    # 128 >= 120: the whole workload
+    assert warmup_subset(reqs, 16, 0.0) == reqs                    # 0: the whole workload
 
 
 def _all_at_once(n=6):

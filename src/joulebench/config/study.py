@@ -168,6 +168,9 @@ class WarmupConfig(Strict):
     plateau: bool = Field(True, description="also stop once the mean of the last k passes has stopped moving "
                                             "against the k before (pass-to-pass noise left; meters/warmup.py)")
     max_s: float = Field(300.0, gt=0)
+    served_batches: float = Field(1.0, ge=0, description="served mode: a warm-up pass sends this many running "
+                                  "batches of requests (the smaller of max_num_seqs and concurrency), picked evenly "
+                                  "through the workload; 0: the whole workload")
 
 
 class ThermalGateConfig(Strict):

@@ -98,7 +98,7 @@ _ADVICE: dict[Flag, str] = {
     Flag.THERMAL_GATE_TIMEOUT: "The GPU did not reach the reference temperature band before the timeout; "
                                "raise thermal_gate.timeout_s or widen band_c.",
     Flag.FAKE_DEVICE: "Energy came from a fake NVML device (testing): these numbers are not measurements.",
-    Flag.NO_STEADY_WINDOW: "Served mode: fewer than 2B requests per pass (B = max_num_seqs, else concurrency), so "
+    Flag.NO_STEADY_WINDOW: "Served mode: fewer than 2B requests per pass (B = the smaller of max_num_seqs and concurrency), so "
                            "there is no steady window and the figures cover the whole window, ramp-up and tail "
                            "included; send at least 2B requests per pass (workload.prompts), better 4B or more.",
     Flag.LOW_BATCH_OCCUPANCY: "Served mode: the running batch averaged below 80 % of B in the steady window, so the "

@@ -78,6 +78,14 @@ def run_trial(session: ExperimentSession, trial: TrialSpec) -> dict[str, Any]:
 
         ts_rel = f"timeseries/{tid}.parquet"
         write_timeseries(w.timeline, session.out.root / ts_rel)
+    req_rel = None
+    if params.get("mode") == "served" and w.results:
+        from joulebench.results.requests import requests_trace_path, write_requests_trace
+
+        req_rel = requests_trace_path(tid)
+        write_requests_trace(w.results, session.out.root / req_rel, clock_offset_s=w.clock_offset_s,
+                             window_start_s=w.window.start_time_s, window_end_s=w.window.end_time_s,
+                             window_energy_j=w.window.energy_j, device_uuids=[d.info.uuid for d in w.window.devices])
     flags += window_quality_flags(session, w, params["model"])
     flags += steady_window_flags(w.steady, counter_period_s=session.m.counter_period_s if session.devices else None)
     measured = TrialMeasurement(
@@ -85,7 +93,7 @@ def run_trial(session: ExperimentSession, trial: TrialSpec) -> dict[str, Any]:
         device_uuids=[d.info.uuid for d in devices], started_at=started_at, finished_at=time.time(),
         peak_memory_bytes=backend.peak_memory_bytes(),
         nvml_memory_used_bytes=sum((d.memory_used_bytes() or 0) for d in devices) or None,
-        timeseries=ts_rel, steady=w.steady, warmup=warmup, thermal=thermal, preflight=pre, flags=flags,
+        timeseries=ts_rel, requests_trace=req_rel, steady=w.steady, warmup=warmup, thermal=thermal, preflight=pre, flags=flags,
         per_request_energy=request_energy(w, params))
     rec = trial_record(spec, trial, session.facts(), measured)
     if session.unused_devs and w.unused_window is not None:
@@ -112,7 +120,7 @@ def warm_up(backend: Backend, requests: list, params: dict[str, Any], config_id:
     warmed_before = config_id in state.converged
     floor = statistics.median(state.noise_floor_cvs) if state.noise_floor_cvs else None
     throughputs: list[float] = []
-    warm_requests = backend.warmup_requests(requests, params)
+    warm_requests = warmup_requests(backend, requests, params, wcfg)
     w_start = time.perf_counter()
     st = warmup_step([])
     while len(throughputs) < wcfg.max_passes:
@@ -144,6 +152,19 @@ def warm_up(backend: Backend, requests: list, params: dict[str, Any], config_id:
             "cv": wcv, "throughputs_tok_s": throughputs, "requests_per_pass": len(warm_requests),
             "noise_floor_cv": floor if how == "noise-floor" else None,
             "rewarm": bool(history)}, flags
+
+
+def warmup_requests(backend: Backend, requests: list, params: dict[str, Any], wcfg: WarmupConfig) -> list:
+    """What one warm-up pass sends. Served mode: ``wcfg.served_batches`` running batches picked evenly through
+    the workload (the server is up and compiled; a whole-workload pass per trial would cost as much as the
+    window). Otherwise the backend's choice (one static batch, or the whole workload)."""
+    if params.get("mode") != "served":
+        return backend.warmup_requests(requests, params)
+    from joulebench.backends.served.loadgen import running_cap, warmup_subset
+
+    running = running_cap(len(requests), max_num_seqs=params.get("max_num_seqs"),
+                          concurrency=params.get("concurrency"))
+    return warmup_subset(requests, running, wcfg.served_batches)
 
 
 def thermal_step(devices: list, gate: ThermalGateConfig | None,

@@ -19,8 +19,8 @@ Definitions (vLLM's): TTFT = submit -> first token; ITL = gaps between
 consecutive tokens; TPOT = (latency - TTFT) / (output tokens - 1).
 
 Steady-state window (ML.ENERGY's definition): B is the batch the server is meant to run at
-(the engine's ``max_num_seqs`` when set, else the closed loop's ``concurrency``, else N; see
-:func:`target_batch`). The window opens when the B-th request, in order of first-token
+(the smaller of the engine's ``max_num_seqs`` and the closed loop's ``concurrency``, each when
+set, else N; see :func:`target_batch`). The window opens when the B-th request, in order of first-token
 arrival, receives its first token (ramp-up over) and closes when the (N-B)-th request, in
 order of completion, completes (after it, fewer than B requests remain: the tail). With
 N < 2B, or an empty window, there is none. The generator fires ``on_window_start`` /
@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import random
 import threading
 import time
@@ -43,14 +44,34 @@ from joulebench.backends.base import Request, RequestResult
 WindowHook = Callable[[float], None]
 
 
-STEADY_DEFINITION = "B-th first token -> (N-B)-th completion (ML.ENERGY), B = max_num_seqs | concurrency | N"
+STEADY_DEFINITION = "B-th first token -> (N-B)-th completion (ML.ENERGY), B = min(max_num_seqs, concurrency) | N"
 
 
 def target_batch(n: int, *, max_num_seqs: int | None = None, concurrency: int | None = None) -> int:
-    """B, the batch the server is meant to run at: ``max_num_seqs`` when set, else the closed loop's
-    ``concurrency``, else every request (all sent at once)."""
-    b = max_num_seqs or concurrency or n
-    return max(1, int(b))
+    """B, the batch the server is meant to run at: the smaller of ``max_num_seqs`` and the closed loop's
+    ``concurrency`` (each when set; a closed loop below ``max_num_seqs`` never fills the server), else every
+    request (all sent at once). Not capped by N: with N < 2B there is no steady window."""
+    caps = [int(c) for c in (max_num_seqs, concurrency) if c]
+    return max(1, min(caps)) if caps else max(1, int(n))
+
+
+def running_cap(n: int, *, max_num_seqs: int | None = None, concurrency: int | None = None) -> int:
+    """How many of ``n`` requests can run at once: the smaller of ``max_num_seqs`` and the closed loop's
+    ``concurrency`` (each when given), never more than ``n``."""
+    caps = [int(c) for c in (max_num_seqs, concurrency) if c]
+    return max(1, min([n] + caps)) if n else 0
+
+
+def warmup_subset(requests: list, running: int, batches: float) -> list:
+    """A served warm-up pass: ``batches`` x ``running`` requests (rounded up) picked at even steps through the
+    workload, so each request class and length keeps its share; the whole workload when that is not fewer.
+    One full running batch drains through every batch size the engine runs below it (every CUDA graph size),
+    which is what a server that is already up needs before a window; ``batches <= 0``: the whole workload."""
+    n = len(requests)
+    k = math.ceil(batches * running) if batches > 0 else n
+    if k >= n:
+        return list(requests)
+    return [requests[(i * n) // k] for i in range(k)]
 
 
 def completion_s(r: RequestResult) -> float | None:
