@@ -24,9 +24,9 @@ def check_record(rec, *, n_out: int, prompts: int):
         whole, steady = rec["whole_window"], rec["steady_state"]
         assert whole["output_tokens"] == n_out * rec["requests"]     # forced lengths, exactly
         assert steady["segments"] >= 1 and 0 < steady["output_tokens"] < whole["output_tokens"]
-        # B: the engine's max_num_seqs where it has one (vLLM), else the closed loop's concurrency (llama.cpp)
+        # B: the smaller of the engine's max_num_seqs (vLLM) and the closed loop's concurrency
         params = rec["params"]
-        assert steady["batch"] == (params.get("max_num_seqs") or params["concurrency"])
+        assert steady["batch"] == min(x for x in (params.get("max_num_seqs"), params.get("concurrency")) if x)
         assert steady["running_batch_mean"] > 0
         assert steady["definition"].startswith("B-th first token")
         assert rec["output_tokens"] == steady["output_tokens"]
@@ -61,6 +61,8 @@ def test_vllm_study_offline_and_served_through_engine_environment(write_study, t
     by_mode = {r["params"]["mode"]: r for r in records}
     for mode, rec in by_mode.items():
         check_record(rec, n_out=8, prompts=8 if mode == "served" else 6)
+        # a served warm-up pass sends one running batch (min(max_num_seqs 4, concurrency 2)), not the workload
+        assert rec["warmup"]["requests_per_pass"] == (2 if mode == "served" else 6)
         assert rec["params"]["backend"] == "vllm"
         assert rec["environment"], "engine environment versions missing"
     assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
@@ -109,6 +111,12 @@ def test_vllm_served_study_with_fake_gpu_attributes_energy_to_requests_and_class
     assert pre["window_energy_j"] == pytest.approx(whole["energy_j"], rel=1e-12)
     assert pre["requests"] == rec["requests"] and pre["intervals"] > 5
     assert abs(pre["timeline_scale"] - 1.0) < 0.2           # the timeline's counter deltas stand for the window
+    # the requests trace beside the timeline: the same rule applied again offline gives the record's block
+    from joulebench.results.requests import reattribute
+    again = reattribute(out / rec["requests_trace"], out / rec["timeseries"])
+    assert again.requests == pre["requests"] and again.intervals == pre["intervals"]
+    assert again.energy_j.median == pytest.approx(pre["energy_j"]["median"], rel=1e-3)
+    assert again.by_class["long"].energy_j_mean == pytest.approx(pre["by_class"]["long"]["energy_j_mean"], rel=1e-3)
     by = pre["by_class"]
     assert set(by) == {"short", "long"} and by["short"]["output_tokens_mean"] == 3.0
     assert by["long"]["energy_j_mean"] > by["short"]["energy_j_mean"]   # 4x the tokens each

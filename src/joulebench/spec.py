@@ -214,6 +214,7 @@ class TrialItem(_Model):
     event: TrialEndEvent
     record: dict[str, Any] | None = None      # the trial record (results/schema.py's TrialRecord, as JSON)
     timeseries: bytes | None = None           # the trial's timeseries parquet, if any
+    requests_trace: bytes | None = None       # served mode: its requests trace parquet, if any
     logs: dict[str, bytes] = Field(default_factory=dict)
 
 

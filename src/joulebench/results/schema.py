@@ -192,6 +192,7 @@ class TrialRecord(_Model):
     environment: dict[str, Any] = Field(default_factory=dict)
     node: dict[str, Any] = Field(default_factory=dict)    # hostname, ray node id
     timeseries: str | None = None     # relative path of the timeline parquet
+    requests_trace: str | None = None  # served mode: relative path of the requests trace (results/requests.py)
     # Served mode: the steady-state part of the window (primary figures come from it) and the whole window.
     steady_state: dict[str, Any] | None = None
     whole_window: dict[str, Any] | None = None

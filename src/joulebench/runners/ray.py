@@ -200,8 +200,10 @@ def _run_and_ship(runner: Any, exp: Experiment, store: StudyStore, items: queue.
         if isinstance(ev, TrialEndEvent):
             tid = ev.trial_id
             ts_path = store.timeseries_dir / f"{tid}.parquet"
+            rq_path = store.timeseries_dir / f"{tid}.requests.parquet"
             items.put(TrialItem(event=ev, record=store.records_by_id().get(tid),
                                 timeseries=ts_path.read_bytes() if ts_path.exists() else None,
+                                requests_trace=rq_path.read_bytes() if rq_path.exists() else None,
                                 logs={p.name: p.read_bytes() for p in store.logs_dir.glob(f"{tid}.*")}))
         else:
             items.put(EventItem(event=ev))

@@ -43,10 +43,12 @@ class TaskState:
 
 
 def land_trial(store: StudyStore, item: TrialItem) -> None:
-    """Write a shipped trial into the study directory: timeline first, then the record."""
+    """Write a shipped trial into the study directory: timeline and requests trace first, then the record."""
     tid = item.event.trial_id
     if item.timeseries is not None:
         atomic_write_bytes(store.timeseries_dir / f"{tid}.parquet", item.timeseries)
+    if item.requests_trace is not None:
+        atomic_write_bytes(store.timeseries_dir / f"{tid}.requests.parquet", item.requests_trace)
     for name, data in item.logs.items():
         atomic_write_bytes(store.logs_dir / Path(name).name, data)
     if item.record:

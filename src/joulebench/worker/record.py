@@ -45,6 +45,7 @@ class TrialMeasurement:
     peak_memory_bytes: int | None = None
     nvml_memory_used_bytes: int | None = None
     timeseries: str | None = None          # the timeseries file, relative to the study folder
+    requests_trace: str | None = None      # served mode: the requests, token by token (results/requests.py)
     steady: dict[str, Any] | None = None   # served mode: the steady state's summary (SteadyMarks)
     warmup: dict[str, Any] = field(default_factory=dict)
     thermal: dict[str, Any] = field(default_factory=dict)
@@ -251,7 +252,7 @@ def trial_record(spec: ExperimentSpec, trial: TrialSpec, facts: WorkerFacts, m: 
         "baselines": baselines_field(spec.device_idle, facts.loaded_idle, dev_idle_w, loaded_idle_w),
         "warmup": m.warmup, "thermal": m.thermal, "preflight": m.preflight,
         "flags": [f.to_dict() for f in m.flags],
-        "timeseries": m.timeseries, "steady_state": m.steady, "whole_window": whole,
+        "timeseries": m.timeseries, "requests_trace": m.requests_trace, "steady_state": m.steady, "whole_window": whole,
         "per_request_energy": m.per_request_energy,
         "slo": slo_fields(trial.params.get("slo"), m.results, m.window.duration_s, m.window.energy_j),
     })

@@ -7,7 +7,7 @@ hub cache and any local model files/folders the experiment names are mounted rea
 paths, so the experiment JSON needs no rewriting); a Hugging Face token, if the host has one, goes
 in as a read-only file (``HF_TOKEN_PATH``), never as an environment variable (those show in
 ``docker inspect``) and never into records or logs. Afterwards ``out/trials/*.json`` and
-``out/timeseries/*.parquet`` are merged into the study directory with atomic writes.
+``out/timeseries/*.parquet`` (timelines, requests traces) are merged into the study directory with atomic writes.
 """
 from __future__ import annotations
 
@@ -160,9 +160,10 @@ def merge_trial(study_dir: Path, staging: Path, trial_ids: list[str], trial_id: 
     rec = out / "trials" / f"{trial_id}.json"
     if not rec.is_file() or trial_id not in set(trial_ids):
         return False
-    ts = out / "timeseries" / f"{trial_id}.parquet"
-    if ts.is_file():   # the timeline first: a record never points at a missing timeline
-        atomic_copy(ts, study / "timeseries" / ts.name)
+    # the timeline and the requests trace first: a record never points at a missing file
+    for ts in (out / "timeseries" / f"{trial_id}.parquet", out / "timeseries" / f"{trial_id}.requests.parquet"):
+        if ts.is_file():
+            atomic_copy(ts, study / "timeseries" / ts.name)
     atomic_copy(rec, study / "trials" / rec.name)
     return True
 
