@@ -75,6 +75,22 @@ def compare(trials, axes: Sequence[str], *, gpu: str | None, versions: dict[str,
             "winner_by_level": winners}
 
 
+def experiment_levels(configs: Sequence[dict[str, Any]]) -> list[str]:
+    """Keys that an ``experiments:`` list varies within one engine's configurations (e.g. concurrency with the
+    prompts per pass scaled to it): load levels beside the sweep axes. Pure."""
+    by_backend: dict[str, list[dict[str, Any]]] = {}
+    for c in configs:
+        params = c.get("params") or {}
+        by_backend.setdefault(str(params.get("backend")), []).append(params)
+    keys: list[str] = []
+    for group in by_backend.values():
+        for k in sorted({k for p in group for k in p}):
+            vals = {json.dumps(p.get(k), sort_keys=True) for p in group}
+            if len(vals) > 1 and k != "backend" and k not in keys:
+                keys.append(k)
+    return keys
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("study_dir", type=Path)
@@ -86,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     trials = load_results(args.study_dir)
     plan = json.loads((args.study_dir / "plan.json").read_text()) if (args.study_dir / "plan.json").is_file() else {}
     axes = list(plan.get("axes") or {}) or ["backend"]
+    axes += [k for k in experiment_levels(plan.get("configs") or []) if k not in axes]
     gpu, versions = None, {}
     for p in sorted((args.study_dir / "trials").glob("*.json")):
         rec = json.loads(p.read_text())

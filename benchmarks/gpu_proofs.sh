@@ -18,8 +18,9 @@
 #                   containers (joulebench's isolation; seccomp unconfined) -> $OUT/container-probe.jsonl
 #   vllm-install    scripts/vllm-gpu-install.sh over the stashed pieces -> .venvs/vllm
 #   vllm PART... [--opt V ...]   benchmarks/vllm_gpu.py --parts PART... (mlenergy, twoclass, overhead) with
-#                   its options (e.g. --points 512:1536); also $OUT/vllm-traces-PARTS.tar.gz: one trial record
-#                   and its sampler timeline per study (real GPU traces for tests)
+#                   its options (e.g. --points 512:1536); also $OUT/vllm-traces-PARTS.tar.gz: one trial record,
+#                   its sampler timeline and requests trace per study, every trial of the two-class study
+#                   (real GPU traces for tests and offline attribution)
 #   sglang-install  benchmarks/sglang_gpu_install.sh over the stashed SGLang pieces -> .venvs/sglang
 #   engines [--smoke] [--new] [--retry-failed]
 #                   issue 21: studies/engines-gpu.yaml (vLLM against SGLang; needs .venvs/vllm and
@@ -130,13 +131,19 @@ while [ $# -gt 0 ]; do
       --json "$JB_WORK/vllm-mlenergy.json" --work-dir "$JB_WORK/vllm-$stamp" "${extra[@]}" 2>&1 \
       | tee "$OUT/vllm-$tag.log" | grep -vE "^\s*$" | tail -30
     cp "$JB_WORK/vllm-mlenergy.json" "$OUT/" 2>/dev/null
-    # one trial's record and sampler timeline per study: real vLLM GPU traces for the tests
+    # one trial's record, sampler timeline and requests trace per study (every trial of the two-class study:
+    # attribution rules are compared offline on them): real vLLM GPU traces for the tests
     traces=()
     for t in "$JB_WORK/vllm-$stamp"/*/trials; do
-      rec=$(ls "$t"/*.json 2>/dev/null | head -1); [ -n "$rec" ] || continue
-      d=$(dirname "$t"); id=$(basename "$rec" .json)
-      traces+=("${rec#"$JB_WORK"/}")
-      [ -f "$d/timeseries/$id.parquet" ] && traces+=("${d#"$JB_WORK"/}/timeseries/$id.parquet")
+      d=$(dirname "$t")
+      if [ "$(basename "$d")" = two-class ]; then recs=$(ls "$t"/*.json 2>/dev/null); else recs=$(ls "$t"/*.json 2>/dev/null | head -1); fi
+      for rec in $recs; do
+        id=$(basename "$rec" .json)
+        traces+=("${rec#"$JB_WORK"/}")
+        for f in "$d/timeseries/$id.parquet" "$d/timeseries/$id.requests.parquet"; do
+          [ -f "$f" ] && traces+=("${f#"$JB_WORK"/}")
+        done
+      done
     done
     [ ${#traces[@]} -gt 0 ] && tar -czf "$OUT/vllm-traces-$tag.tar.gz" -C "$JB_WORK" "${traces[@]}"
     # server logs of the last studies, for a failure
@@ -174,7 +181,8 @@ src, dst, prompts = sys.argv[1:4]
 s = yaml.safe_load(open(src))
 s["name"] += "-smoke"
 s["model"] = "synthetic:tiny-llama-hd64"
-s["sweep"] = {"backend": ["vllm"], "concurrency": [2, 4]}
+s["sweep"] = {"backend": ["vllm"]}
+s["experiments"] = [{"concurrency": 2, "prompts": 8}, {"concurrency": 4, "prompts": 8}]
 s["repeats"] = 2
 e = s["engine"]
 e.pop("gpu_memory_utilization", None)

@@ -41,7 +41,10 @@ def records(study_dir: Path) -> list[dict]:
 
 def breakdown(recs: list[dict], wall_s: float, study_dir: Path) -> dict:
     ok = [r for r in recs if r.get("status") == "ok"]
-    window = sum(r.get("duration_s") or 0.0 for r in ok)
+    # the measured (energy) window: a served record's duration_s is its steady state, a part of the window
+    # whose counters were read at its edges (whole_window); both are reported
+    window = sum(((r.get("whole_window") or {}).get("duration_s") or r.get("duration_s") or 0.0) for r in ok)
+    steady = sum(r.get("duration_s") or 0.0 for r in ok if r.get("whole_window"))
     # load_s is repeated on every record of a worker: count it once per worker (one model load);
     # a long-lived worker's loaded idle reference once per measurement of it.
     worker = (lambda r: r.get("worker_id") or r.get("experiment_id"))
@@ -63,6 +66,7 @@ def breakdown(recs: list[dict], wall_s: float, study_dir: Path) -> dict:
         "experiments": n_exp,
         "rewarm_trials": sum(1 for r in ok if (r.get("warmup") or {}).get("rewarm")),
         "window_fraction": window / wall_s if wall_s > 0 else None,
+        "steady_fraction": (steady / wall_s if wall_s > 0 else None) if steady else None,
         "seconds": parts, "fractions": {k: v / wall_s for k, v in parts.items()},
         "other_per_worker_s": parts["other_s"] / n_workers if n_workers else None,
         "other_per_trial_s": parts["other_s"] / len(recs) if recs else None,

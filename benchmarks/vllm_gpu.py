@@ -217,6 +217,9 @@ def part_twoclass(args, work: Path, summary: dict) -> None:
         {"concurrency": b, "classes": [{**long_, "share": 1.0}]},
     ]
     study["repeats"] = {"min": args.class_repeats, "max": args.class_repeats}
+    # windows of several passes (the short class alone takes ~2 s a pass on an H100): this runtime-only sweep
+    # on one server is also the served sweep-efficiency measurement
+    study["measurement"]["min_window_s"] = args.class_window_s
     out = work / "two-class"
     recs, wall = run(study, out)
     from joulebench.analysis.attribution import compare_class_alone  # a class in the mix against it alone
@@ -241,10 +244,13 @@ def part_twoclass(args, work: Path, summary: dict) -> None:
     eff = breakdown(recs, wall, out)
     load = eff["seconds"]["model_load_s"]
     summary["sweep_efficiency"] = {
-        "study": "two-class runtime sweep: 3 runtime configurations x %d repeats, one server" % args.class_repeats,
+        "study": "two-class runtime sweep: 3 runtime configurations x %d repeats, one server, min_window_s %g, "
+                 "served warm-up passes of %g running batch(es)" % (args.class_repeats, args.class_window_s,
+                                                                   study["measurement"]["warmup"].get("served_batches", 1.0)),
         "windows_share": eff["window_fraction"],
         "windows_share_after_server_start": (eff["seconds"]["measured_windows_s"] / (wall - load)
                                              if wall > load else None),
+        "steady_share": eff.get("steady_fraction"),
         "breakdown": eff,
     }
     print(f"two-class: {json.dumps(comparison, default=str)[:600]}", flush=True)
@@ -419,6 +425,7 @@ def main() -> int:
     ap.add_argument("--short", type=int, nargs=2, default=[128, 64], metavar=("IN", "OUT"))
     ap.add_argument("--long", type=int, nargs=2, default=[1024, 512], metavar=("IN", "OUT"))
     ap.add_argument("--window-s", type=float, default=1.0, help="min_window_s: one pass per trial")
+    ap.add_argument("--class-window-s", type=float, default=15.0, help="twoclass: min_window_s (several passes)")
     ap.add_argument("--device-idle-s", type=float, default=5.0)
     ap.add_argument("--loaded-idle-s", type=float, default=3.0)
     ap.add_argument("--warmup-passes", type=int, default=2)
@@ -437,7 +444,7 @@ def main() -> int:
         args.model, args.device, args.dtype = "synthetic:tiny-llama-hd64", "cuda:0", "bfloat16"
         args.points, args.repeats, args.output_low, args.output_high = "2:6,4:12", 2, 4, 12
         args.max_model_len, args.gpu_memory_utilization = 512, None
-        args.class_batch, args.class_requests, args.class_repeats = 4, 12, 2
+        args.class_batch, args.class_requests, args.class_repeats, args.class_window_s = 4, 12, 2, 1.0
         args.overhead_batch, args.overhead_requests, args.overhead_pairs = 4, 12, 2
         args.short, args.long = [16, 4], [64, 16]
         args.device_idle_s, args.loaded_idle_s, args.warmup_passes = 0.0, 0.5, 1

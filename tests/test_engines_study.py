@@ -65,9 +65,15 @@ def test_workload_keys_do_not_belong_in_a_section(write_study):
 
 def test_engines_gpu_study_plans_here():
     plan = build_plan(load_study(STUDY))
-    assert plan.axes == {"backend": ["vllm", "sglang"], "concurrency": [8, 64, 256]}
+    assert plan.axes == {"backend": ["vllm", "sglang"]}
     assert len(plan.configs) == 6 and plan.min_repeats == 3
     assert len({c.load_group for c in plan.configs}) == 2
+    # three load levels per engine, each with 2B or more requests per pass (a steady window)
+    levels = sorted({(c.params["concurrency"], c.params["prompts"]) for c in plan.configs})
+    assert levels == [(8, 32), (64, 192), (256, 768)]
+    assert all(n >= 2 * min(conc, c.params["max_num_seqs"]) for conc, n in levels for c in plan.configs)
+    from .test_engines_compare import engines_compare
+    assert engines_compare.experiment_levels(plan.to_json()["configs"]) == ["concurrency", "prompts"]
     for c in plan.configs:
         p = c.params
         assert p["model"] == "synthetic:llama-3.1-8b" and p["dtype"] == "bfloat16" and p["mode"] == "served"
