@@ -128,6 +128,47 @@ def test_prefill_and_decode_tokens_share_an_interval_by_units():
     assert e == pytest.approx([100.0 * 2 / 3, 100.0 * 1 / 3])
 
 
+def test_context_weight_charges_a_decode_token_by_the_kv_cache_it_reads():
+    # one interval of 100 J, two requests decoding in it (n = 2), no prefill weight:
+    # r0 at contexts 100 and 101 (input 99 + tokens 1, 2), r1 at contexts 1000, 1001 (input 999)
+    rs = [_res(0, 0.0, [0.1, 0.2, 0.3], inp=99), _res(1, 0.0, [0.1, 0.2, 0.3], inp=999)]
+    iv = Intervals(np.array([0.0, 1.0]), np.array([100.0]), "window")
+    w = 1e-3
+    u0 = 1 + sum(1 + w * c * 2 for c in (100, 101))          # first token 1 unit (prefill weight 0)
+    u1 = 1 + sum(1 + w * c * 2 for c in (1000, 1001))
+    e = attribute(rs, iv, prefill_weight=0.0, context_weight=w)
+    assert e == pytest.approx([100.0 * u0 / (u0 + u1), 100.0 * u1 / (u0 + u1)])
+    assert attribute(rs, iv, prefill_weight=0.0) == pytest.approx([50.0, 50.0])      # w = 0: tokens alike
+    with pytest.raises(ValueError, match="context_weight"):
+        attribute(rs, iv, context_weight=-1.0)
+    # n counts the requests decoding in each interval: alone in its interval, a token counts 1 + w * c
+    edges = np.array([0.0, 1.0, 2.0])
+    solo = [_res(0, 0.0, [0.1, 0.5], inp=9), _res(1, 0.0, [1.1, 1.5], inp=9)]
+    e = attribute(solo, Intervals(edges, np.array([30.0, 70.0]), "window"), prefill_weight=0.0, context_weight=w)
+    assert e == pytest.approx([30.0, 70.0])
+
+
+def test_context_weight_of_a_shape_is_kv_bytes_over_step_weight_bytes():
+    from joulebench.analysis.attribution import context_weight_of
+    from joulebench.models import architectures
+
+    h, inter, layers, vocab = 4096, 14336, 32, 128256          # Llama-3.1-8B: GQA 32 / 8 heads of 128
+    step = layers * (h * 4096 + 2 * h * 1024 + 4096 * h + 3 * h * inter + 2 * h) + h + vocab * h
+    assert context_weight_of(architectures()["llama-3.1-8b"]) == pytest.approx(2 * layers * 8 * 128 / step)
+    assert context_weight_of({"hidden_size": 8}) is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6), n=st.integers(1, 40), w=st.floats(0.0, 1e-2))
+def test_conservation_holds_with_context_weight(seed, n, w):
+    rng = random.Random(seed)
+    rs = _random_trace(rng, n, 10.0)
+    window_j = rng.uniform(1.0, 1e5)
+    iv = timeline_intervals(_timeline(["GPU-a"], -1.0, 13.0, seed=seed), ["GPU-a"], 0.0, 12.0, window_j)
+    block = per_request_energy(rs, iv, context_weight=w)
+    assert block.conservation_rel_error < 1e-9 and block.context_weight == w
+
+
 def test_tokenless_intervals_go_to_requests_in_flight_then_idle_in_proportion():
     edges = np.array([0.0, 1.0, 2.0, 3.0, 4.0])
     energy = np.array([30.0, 40.0, 50.0, 10.0])

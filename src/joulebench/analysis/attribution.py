@@ -139,11 +139,37 @@ def _token_units(r: RequestResult, prefill_weight: float) -> tuple[np.ndarray, n
     return np.concatenate([[t[0]], rest]), np.concatenate([[first], np.ones(len(rest))])
 
 
+def context_weight_of(model_config: Mapping[str, Any], dtype_bytes: float = 2.0) -> float | None:
+    """The ``context_weight`` of a decoder-only transformer's shape (config.json keys): the bytes of KV cache one
+    context token adds to a decode step, over the bytes of weights every step reads once (all layers and the
+    output head; the embedding lookup reads only its rows). None when the config lacks the keys."""
+    try:
+        h, layers = int(model_config["hidden_size"]), int(model_config["num_hidden_layers"])
+        heads = int(model_config["num_attention_heads"])
+        kv_heads = int(model_config.get("num_key_value_heads") or heads)
+        hd = int(model_config.get("head_dim") or h // heads)
+        inter, vocab = int(model_config["intermediate_size"]), int(model_config["vocab_size"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    attn = h * heads * hd + 2 * h * kv_heads * hd + heads * hd * h
+    step_params = layers * (attn + 3 * h * inter + 2 * h) + h + vocab * h
+    kv_per_token = 2 * layers * kv_heads * hd
+    return kv_per_token / step_params if step_params else None
+
+
 def attribute(results: Sequence[RequestResult], intervals: Intervals, *, clock_offset_s: float = 0.0,
-              prefill_weight: float = 1.0) -> np.ndarray:
-    """Energy (J) of each request (in the order of ``results``); sums to ``intervals.energy_j.sum()``."""
+              prefill_weight: float = 1.0, context_weight: float = 0.0) -> np.ndarray:
+    """Energy (J) of each request (in the order of ``results``); sums to ``intervals.energy_j.sum()``.
+
+    ``context_weight`` (w, default 0: every decode token counts 1): a decode token of a request at context c
+    (its input plus the tokens it has output) counts 1 + w * c * n in an interval where n requests decode. This
+    is a decode step's memory traffic shared out: the step reads the weights once for its n requests (1/n of it
+    each) and each request's own KV cache (w * c in units of the weights); ``context_weight_of`` gives w of a
+    model's shape (KV bytes per context token / weight bytes)."""
     if prefill_weight < 0:
         raise ValueError("prefill_weight must be >= 0")
+    if context_weight < 0:
+        raise ValueError("context_weight must be >= 0")
     n = len(results)
     out = np.zeros(n)
     if n == 0:
@@ -160,6 +186,12 @@ def attribute(results: Sequence[RequestResult], intervals: Intervals, *, clock_o
     u_all = np.concatenate(units) if units else np.array([])
     o_all = np.concatenate(owner).astype(int) if owner else np.array([], dtype=int)
     k_all = np.clip(np.searchsorted(edges, t_all, side="right") - 1, 0, k_count - 1)
+    if context_weight > 0 and len(t_all):
+        # position of each token in its request (0: the first token, which carries the prefill)
+        pos = np.concatenate([np.arange(len(t)) for t in times])
+        ctx = np.array([results[i].input_tokens for i in o_all], dtype=float) + pos
+        decoding = np.bincount(np.unique(k_all * n + o_all) // n, minlength=k_count)   # requests per interval
+        u_all = np.where(pos > 0, u_all * (1.0 + context_weight * ctx * decoding[k_all]), u_all)
     per_interval_units = np.bincount(k_all, weights=u_all, minlength=k_count)
     has_tokens = per_interval_units > 0
     share = np.where(has_tokens[k_all], energy[k_all] * u_all / np.where(has_tokens, per_interval_units, 1.0)[k_all],
@@ -220,11 +252,12 @@ def length_fit(energy_j: Sequence[float], input_tokens: Sequence[float], output_
 
 
 def per_request_energy(results: Sequence[RequestResult], intervals: Intervals, *, clock_offset_s: float = 0.0,
-                       prefill_weight: float = 1.0) -> PerRequestEnergy | None:
+                       prefill_weight: float = 1.0, context_weight: float = 0.0) -> PerRequestEnergy | None:
     """The record's block: attributed J/request, its distribution, the length fit, per-class means."""
     if not results:
         return None
-    e = attribute(results, intervals, clock_offset_s=clock_offset_s, prefill_weight=prefill_weight)
+    e = attribute(results, intervals, clock_offset_s=clock_offset_s, prefill_weight=prefill_weight,
+                  context_weight=context_weight)
     window = float(intervals.energy_j.sum())
     rel = abs(float(e.sum()) - window) / abs(window) if window else 0.0
     by_class: dict[str, ClassEnergy] = {}
@@ -236,7 +269,7 @@ def per_request_energy(results: Sequence[RequestResult], intervals: Intervals, *
             input_tokens_mean=float(np.mean([results[i].input_tokens for i in idx])),
             output_tokens_mean=float(np.mean([results[i].output_tokens for i in idx])))
     return PerRequestEnergy(
-        prefill_weight=prefill_weight, window_energy_j=window, requests=len(results),
+        prefill_weight=prefill_weight, context_weight=context_weight, window_energy_j=window, requests=len(results),
         intervals=len(intervals.energy_j), interval_source=intervals.source, timeline_scale=intervals.scale,
         energy_j=distribution(e),
         fit=length_fit(e, [r.input_tokens for r in results], [r.output_tokens for r in results]),

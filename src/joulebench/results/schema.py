@@ -109,6 +109,7 @@ class PerRequestEnergy(_Block):
     """The record's ``per_request_energy`` block."""
     rule: str = ATTRIBUTION_RULE
     prefill_weight: float
+    context_weight: float = 0.0          # 0: every decode token 1 unit; > 0: 1 + w x context x requests decoding
     window_energy_j: float
     requests: int
     intervals: int
