@@ -65,6 +65,8 @@ def test_vllm_study_offline_and_served_through_engine_environment(write_study, t
         assert rec["warmup"]["requests_per_pass"] == (2 if mode == "served" else 6)
         assert rec["params"]["backend"] == "vllm"
         assert rec["environment"], "engine environment versions missing"
+        notes = rec["load_notes"]
+        assert notes["mode"] == mode and notes["pass_isolation"] == "cache_salt"   # a fresh cache scope per pass
     assert json.loads((out / "manifest.json").read_text())["status"] == "finished"
 
 

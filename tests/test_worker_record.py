@@ -187,3 +187,21 @@ def test_served_record_keeps_per_request_energy_and_slo_and_others_keep_their_sh
     assert "per_request_energy" not in plain and "slo" not in plain
     failed = failed_record(_spec(), TRIAL, FACTS, "x", ErrorKind.ERROR, finished_at=1.0)
     assert "per_request_energy" not in failed and "slo" not in failed
+
+
+def test_load_notes_reach_the_record_with_secrets_masked():
+    from dataclasses import replace
+
+    notes = {"mode": "served", "vllm_version": "0.26.0", "pass_isolation": "cache_salt", "server_ready_s": 61.2,
+             "command": ["python", "-m", "vllm", "--api-key", "sk-live-123", "--hf-token=hf_abc", "--max-num-seqs", "64"],
+             "hf_token": "hf_abc"}
+    facts = replace(FACTS, load_info=LoadInfo(load_s=1.5, notes=notes))
+    rec = trial_record(_spec(), TRIAL, facts, _measured())
+    ln = rec["load_notes"]
+    assert (ln["mode"], ln["vllm_version"], ln["pass_isolation"], ln["server_ready_s"]) == \
+        ("served", "0.26.0", "cache_salt", 61.2)
+    assert ln["command"] == ["python", "-m", "vllm", "--api-key", "[masked]", "--hf-token=[masked]",
+                             "--max-num-seqs", "64"]
+    assert ln["hf_token"] == "[masked]"
+    assert "sk-live-123" not in str(rec) and "hf_abc" not in str(rec)
+    assert trial_record(_spec(), TRIAL, FACTS, _measured())["load_notes"] == {}

@@ -181,6 +181,7 @@ class TrialRecord(_Model):
     nvml_memory_used_bytes: int | None = None
     weights_bytes: int | None = None
     load_s: float | None = None
+    load_notes: dict[str, Any] = Field(default_factory=dict)   # the engine's load notes (secrets masked)
     load_energy_j: float | None = None
 
     devices: list[DeviceRecord] = Field(default_factory=list)
@@ -194,6 +195,7 @@ class TrialRecord(_Model):
     node: dict[str, Any] = Field(default_factory=dict)    # hostname, ray node id
     timeseries: str | None = None     # relative path of the timeline parquet
     requests_trace: str | None = None  # served mode: relative path of the requests trace (results/requests.py)
+    host_cpu: dict[str, Any] | None = None  # CPU used by the worker's process tree over the window
     # Served mode: the steady-state part of the window (primary figures come from it) and the whole window.
     steady_state: dict[str, Any] | None = None
     whole_window: dict[str, Any] | None = None

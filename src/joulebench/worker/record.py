@@ -46,6 +46,7 @@ class TrialMeasurement:
     nvml_memory_used_bytes: int | None = None
     timeseries: str | None = None          # the timeseries file, relative to the study folder
     requests_trace: str | None = None      # served mode: the requests, token by token (results/requests.py)
+    host_cpu: dict[str, Any] | None = None # CPU the worker's process tree used over the window (system/proc.py)
     steady: dict[str, Any] | None = None   # served mode: the steady state's summary (SteadyMarks)
     warmup: dict[str, Any] = field(default_factory=dict)
     thermal: dict[str, Any] = field(default_factory=dict)
@@ -222,6 +223,33 @@ def baselines_field(device_idle: dict[str, Any] | None, loaded_idle: IdleBaselin
             "loaded_idle_measured_at": loaded_idle.measured_at if loaded_idle else None}
 
 
+_SECRET = ("key", "token", "secret", "password", "passwd", "credential")
+
+
+def load_notes(notes: dict[str, Any]) -> dict[str, Any]:
+    """The backend's load notes for the record (engine version, server command, readiness time, how passes are
+    kept from each other's prefix cache, ...), with the value after any secret-looking flag of a command
+    (``--api-key X``, ``--hf-token=X``) and any secret-looking key masked."""
+    def clean(key: str, value: Any) -> Any:
+        if any(w in key.lower() for w in _SECRET):
+            return "[masked]"
+        if isinstance(value, list) and all(isinstance(x, str) for x in value):
+            out: list[str] = []
+            for i, arg in enumerate(value):
+                prev = value[i - 1] if i else ""
+                if prev.startswith("-") and "=" not in prev and any(w in prev.lower() for w in _SECRET):
+                    out.append("[masked]")
+                elif arg.startswith("-") and "=" in arg and any(w in arg.split("=", 1)[0].lower() for w in _SECRET):
+                    out.append(arg.split("=", 1)[0] + "=[masked]")
+                else:
+                    out.append(arg)
+            return out
+        if isinstance(value, dict):
+            return {k: clean(str(k), v) for k, v in value.items()}
+        return value
+    return {str(k): clean(str(k), v) for k, v in (notes or {}).items()}
+
+
 def model_fields(model: str, results: Sequence[RequestResult], info: LoadInfo | None) -> dict[str, Any]:
     flops, formula = analytic_flops(info.model_config if info else {}, results)
     return {"flops": flops, "flops_formula": formula,
@@ -246,13 +274,14 @@ def trial_record(spec: ExperimentSpec, trial: TrialSpec, facts: WorkerFacts, m: 
     rec.update({
         "peak_memory_bytes": m.peak_memory_bytes, "nvml_memory_used_bytes": m.nvml_memory_used_bytes,
         "weights_bytes": info.weights_bytes if info else None, "load_s": info.load_s if info else None,
+        "load_notes": load_notes(info.notes) if info else {},
         "load_energy_j": facts.load_energy_j,
         "devices": device_rows(m.window, primary["duration_s"], spec.device_idle, facts.loaded_idle,
                                {g.uuid: g.index for g in spec.gpus if g.uuid}),
         "baselines": baselines_field(spec.device_idle, facts.loaded_idle, dev_idle_w, loaded_idle_w),
         "warmup": m.warmup, "thermal": m.thermal, "preflight": m.preflight,
         "flags": [f.to_dict() for f in m.flags],
-        "timeseries": m.timeseries, "requests_trace": m.requests_trace, "steady_state": m.steady, "whole_window": whole,
+        "timeseries": m.timeseries, "requests_trace": m.requests_trace, "host_cpu": m.host_cpu, "steady_state": m.steady, "whole_window": whole,
         "per_request_energy": m.per_request_energy,
         "slo": slo_fields(trial.params.get("slo"), m.results, m.window.duration_s, m.window.energy_j),
     })
