@@ -53,6 +53,11 @@ def test_sweep_with_repeats_end_to_end(write_study, tmp_path):
         assert r["energy_j"] is None and r["energy_per_output_token_j"] is None
         codes = {f["code"] for f in r["flags"]}
         assert "energy_unavailable" in codes and "synthetic_weights" in codes
+        # the worker generated on the CPU during the window: its process tree used CPU, its busiest process most
+        cpu = r["host_cpu"]
+        assert cpu["cpu_s"] > 0 and cpu["processes"] >= 1
+        assert cpu["cores_mean"] == pytest.approx(cpu["cpu_s"] / r["duration_s"])       # over the window
+        assert 0 < cpu["busiest"][0]["cpu_share"] <= 2.5     # torch may use both cores of a CI machine
         assert all(f["advice"] for f in r["flags"])
         assert r["model"]["synthetic_weights"] is True
         assert r["environment"]["libraries"]["transformers"]

@@ -40,6 +40,7 @@ class Flag(str, Enum):
     NO_STEADY_WINDOW = "no_steady_window"
     LOW_BATCH_OCCUPANCY = "low_batch_occupancy"
     SHORT_STEADY_WINDOW = "short_steady_window"
+    HOST_CPU_BUSY = "host_cpu_busy"
 
     @classmethod
     def _missing_(cls, value):
@@ -107,6 +108,10 @@ _ADVICE: dict[Flag, str] = {
     Flag.SHORT_STEADY_WINDOW: "Served mode: the steady window is shorter than 100 energy-counter periods (10 s on "
                               "H100), so counter quantisation exceeds 1 %; send more requests per pass (4B or more) "
                               "or longer outputs.",
+    Flag.HOST_CPU_BUSY: "A process of this trial (the engine's server or its scheduler, or joulebench's load "
+                        "generator) kept one CPU core busy for 90 % or more of the window, so the run may wait on the "
+                        "host rather than the GPU, and repeats vary with the host's load; see host_cpu.busiest, "
+                        "then spread the work (more API-server processes, fewer streamed tokens) or use a faster host.",
 }
 _INFO = {Flag.SYNTHETIC_WEIGHTS}
 
@@ -321,6 +326,16 @@ def steady_window_flags(steady: Mapping | None, *, counter_period_s: float | Non
         out.append(QualityFlag(Flag.SHORT_STEADY_WINDOW,
                                f"{per_segment_s:.2f} s per pass < 100 x {counter_period_s:g} s counter period"))
     return out
+
+
+def host_cpu_flags(host_cpu: Mapping | None, *, busy_share: float = 0.9) -> list[QualityFlag]:
+    """``host_cpu_busy`` when a process of the trial's tree used a core for ``busy_share`` of the window or more."""
+    busiest = (host_cpu or {}).get("busiest") or []
+    hot = [b for b in busiest if b.get("cpu_share", 0.0) >= busy_share]
+    if not hot:
+        return []
+    return [QualityFlag(Flag.HOST_CPU_BUSY, ", ".join(f"{b['name']} (pid {b['pid']}) {b['cpu_share']:.0%} of a core"
+                                                         for b in hot))]
 
 
 def flags_to_dicts(flags: Iterable[QualityFlag]) -> list[dict]:

@@ -1,4 +1,4 @@
-"""Process trees: is a pid alive, every process below one, and the parent-death signal.
+"""Process trees: is a pid alive, every process below one, their CPU time, and the parent-death signal.
 
 The host side uses these to find a study's leftover processes (locks, runners) and to make sure a
 worker never outlives the orchestrator that started it."""
@@ -70,3 +70,41 @@ def set_parent_death_signal(sig: int = signal.SIGTERM) -> None:
         libc.prctl(1, sig)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - not Linux (no libc.so.6 or no prctl)
         pass
+
+
+def cpu_times(pids) -> dict[int, tuple[str, float]]:
+    """{pid: (name, user + system CPU seconds so far)} from Linux /proc (threads included); processes that are
+    gone or unreadable are left out (empty off Linux)."""
+    tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    out: dict[int, tuple[str, float]] = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        head, _, rest = stat.rpartition(")")
+        fields = rest.split()
+        try:   # fields after the name: state(0) ppid(1) ... utime(11) stime(12)
+            out[int(pid)] = (head.partition("(")[2], (int(fields[11]) + int(fields[12])) / tick)
+        except (IndexError, ValueError):
+            continue
+    return out
+
+
+def cpu_usage(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], duration_s: float,
+              top: int = 3) -> dict | None:
+    """The CPU a process tree used over a window (pure): total CPU seconds, mean cores busy, and the busiest
+    processes with their share of one core (1.0: a process busy for the whole window, e.g. a single-threaded
+    server loop that the run waits on). Processes present at both readings count; a process that started inside
+    the window counts from zero."""
+    if duration_s <= 0 or not after:
+        return None
+    used = []
+    for pid, (name, t1) in after.items():
+        t0 = before.get(pid, (name, 0.0))[1]
+        used.append((max(0.0, t1 - t0), pid, name))
+    used.sort(reverse=True)
+    total = sum(u for u, _, _ in used)
+    return {"cpu_s": total, "cores_mean": total / duration_s, "processes": len(used),
+            "busiest": [{"pid": pid, "name": name, "cpu_share": u / duration_s} for u, pid, name in used[:top]]}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from joulebench.backends.base import Backend, RequestResult
 from joulebench.backends.served.loadgen import STEADY_DEFINITION
 from joulebench.config.study import MeasurementConfig, ThermalGateConfig, WarmupConfig
-from joulebench.meters.flags import Flag, QualityFlag, steady_window_flags
+from joulebench.meters.flags import Flag, QualityFlag, host_cpu_flags, steady_window_flags
 from joulebench.meters.window import WindowMeasurement
 from joulebench.spec import Phase, TrialSpec
 from joulebench.worker.record import TrialMeasurement, trial_record, unused_device_rows
@@ -50,6 +50,7 @@ class WindowOutcome:
     steady: dict[str, Any] | None    # served mode: SteadyMarks.summary()
     timeline: Any                    # the sampler's timeline (or None)
     clock_offset_s: float = 0.0      # time.time() - time.perf_counter() in this process (timeline vs token clocks)
+    host_cpu: dict[str, Any] | None = None   # CPU used by this worker's process tree over the window (system/proc.py)
 
 
 def run_trial(session: ExperimentSession, trial: TrialSpec) -> dict[str, Any]:
@@ -88,12 +89,14 @@ def run_trial(session: ExperimentSession, trial: TrialSpec) -> dict[str, Any]:
                              window_energy_j=w.window.energy_j, device_uuids=[d.info.uuid for d in w.window.devices])
     flags += window_quality_flags(session, w, params["model"])
     flags += steady_window_flags(w.steady, counter_period_s=session.m.counter_period_s if session.devices else None)
+    if session.devices:      # on a CPU-only run the CPU is the device: busy is the point, not a warning
+        flags += host_cpu_flags(w.host_cpu)
     measured = TrialMeasurement(
         window=w.window, cpu_window=w.cpu_window, results=w.results, passes=w.passes,
         device_uuids=[d.info.uuid for d in devices], started_at=started_at, finished_at=time.time(),
         peak_memory_bytes=backend.peak_memory_bytes(),
         nvml_memory_used_bytes=sum((d.memory_used_bytes() or 0) for d in devices) or None,
-        timeseries=ts_rel, requests_trace=req_rel, steady=w.steady, warmup=warmup, thermal=thermal, preflight=pre, flags=flags,
+        timeseries=ts_rel, requests_trace=req_rel, host_cpu=w.host_cpu, steady=w.steady, warmup=warmup, thermal=thermal, preflight=pre, flags=flags,
         per_request_energy=request_energy(w, params))
     rec = trial_record(spec, trial, session.facts(), measured)
     if session.unused_devs and w.unused_window is not None:
@@ -198,6 +201,10 @@ def measure_window(session: ExperimentSession, requests: list, params: dict[str,
     if params.get("mode") == "served":
         steady = SteadyMarks(session.devices)   # counters read live at the steady state's edges
         backend.steady_state_hooks = (steady.on_start, steady.on_end)
+    from joulebench.system.proc import cpu_times, cpu_usage
+
+    pids = session.own_pids()            # read outside the window's edges (a /proc walk)
+    cpu_before = cpu_times(pids)
     try:
         with EnergyWindow(session.devices, sync=backend.synchronize) as w, \
                 EnergyWindow(session.cpu_devs) as wcpu, EnergyWindow(session.unused_devs) as wunused:
@@ -212,9 +219,10 @@ def measure_window(session: ExperimentSession, requests: list, params: dict[str,
                     break
     finally:
         timeline = sampler.end() if sampler is not None else None
+    host_cpu = cpu_usage(cpu_before, cpu_times(pids | session.own_pids()), w.result.duration_s)
     return WindowOutcome(window=w.result, cpu_window=wcpu.result, unused_window=wunused.result, results=results,
                          passes=passes, steady=steady.summary() if steady is not None else None,
-                         timeline=timeline, clock_offset_s=time.time() - time.perf_counter())
+                         timeline=timeline, clock_offset_s=time.time() - time.perf_counter(), host_cpu=host_cpu)
 
 
 def request_energy(w: WindowOutcome, params: dict[str, Any]) -> dict[str, Any] | None:
