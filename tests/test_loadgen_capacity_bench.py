@@ -1,0 +1,29 @@
+"""benchmarks/loadgen_capacity.py: the load generator against a stub server in another process counts every
+streamed token of every request (in one write per response and one write per event)."""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("loadgen_capacity", REPO / "benchmarks" / "loadgen_capacity.py")
+loadgen_capacity = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(loadgen_capacity)
+
+
+@pytest.mark.parametrize("per_event", [False, True])
+def test_every_streamed_token_is_counted(per_event):
+    out = loadgen_capacity.run(requests=48, concurrency=16, tokens=12, per_event=per_event)
+    assert out["tokens"] == 48 * 12 and out["tokens_per_s"] > 0 and out["cpu_s"] > 0
+    assert out["stub"] == ("one write per event" if per_event else "one write per response")
+
+
+def test_stub_body_is_vllm_style_with_running_usage():
+    import json
+
+    events = [e for e in loadgen_capacity.sse_body(3).decode().split("\n\n") if e]
+    assert events[-1] == "data: [DONE]"
+    usage = [json.loads(e[len("data: "):])["usage"]["completion_tokens"] for e in events[:-1]]
+    assert usage == [1, 2, 3]
