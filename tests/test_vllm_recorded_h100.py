@@ -1,5 +1,5 @@
 """Served vLLM records from a real H100 (tests/fixtures/vllm/h100_served_records.json.gz, trimmed trial records
-of benchmarks/vllm_gpu.py on 2026-12-07; the figures are in benchmarks/results/vllm-mlenergy-h100-2026-12-07.json).
+of benchmarks/vllm_gpu.py on 2026-12-07; the figures are in benchmarks/results/vllm-mlenergy-h100-2026-12-07-prefix-warm.json).
 Conservation of the per-request attribution, the two-class comparison and ML.ENERGY's steady window, checked on
 what the GPU produced rather than on made-up numbers."""
 from __future__ import annotations
@@ -14,7 +14,7 @@ from joulebench.analysis.attribution import compare_class_alone
 
 REPO = Path(__file__).resolve().parents[1]
 DOC = json.loads(gzip.decompress((REPO / "tests" / "fixtures" / "vllm" / "h100_served_records.json.gz").read_bytes()))
-RESULT = json.loads((REPO / "benchmarks" / "results" / "vllm-mlenergy-h100-2026-12-07.json").read_text())
+RESULT = json.loads((REPO / "benchmarks" / "results" / "vllm-mlenergy-h100-2026-12-07-prefix-warm.json").read_text())
 
 
 def _classes(rec):

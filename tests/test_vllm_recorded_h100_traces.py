@@ -1,0 +1,98 @@
+"""Served vLLM on a real H100 with requests traces (the second 2026-12-07 run: prefix cache isolated per pass,
+served warm-up of one running batch). tests/fixtures/vllm/h100_two_class holds one round of the two-class study
+(the 50/50 short/long mix and each class alone, max_num_seqs = concurrency = 64): records, sampler timelines
+and requests traces as the worker wrote them. The figures are in benchmarks/results/vllm-mlenergy-h100-2026-12-07.json."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from joulebench.results.requests import read_requests_trace, reattribute
+
+REPO = Path(__file__).resolve().parents[1]
+STUDY = REPO / "tests" / "fixtures" / "vllm" / "h100_two_class"
+RESULT = json.loads((REPO / "benchmarks" / "results" / "vllm-mlenergy-h100-2026-12-07.json").read_text())
+RECORDS = [json.loads(p.read_text()) for p in sorted((STUDY / "trials").glob("*.json"))]
+_spec = importlib.util.spec_from_file_location("attribution_rules", REPO / "benchmarks" / "attribution_rules.py")
+attribution_rules = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(attribution_rules)
+
+
+def _classes(rec):
+    return [c["name"] for c in rec["params"]["classes"]]
+
+
+def test_fixture_is_one_round_of_the_two_class_study_on_an_h100():
+    assert sorted(map(_classes, RECORDS)) == [["long"], ["short"], ["short", "long"]]
+    for rec in RECORDS:
+        assert rec["status"] == "ok" and rec["energy_source"] == "nvml-counter"
+        assert rec["devices"][0]["name"] == "NVIDIA H100 80GB HBM3"
+        # a served warm-up pass of one running batch (64 of 256 requests)
+        assert rec["warmup"]["requests_per_pass"] == 64 and rec["params"]["prompts"] == 256
+
+
+@pytest.mark.parametrize("rec", RECORDS, ids=lambda r: r["trial_id"])
+def test_requests_trace_holds_every_request_and_token_of_the_window(rec):
+    results, meta = read_requests_trace(STUDY / rec["requests_trace"])
+    assert len(results) == rec["requests"] == rec["passes"] * 256
+    forced = {c["name"]: c["output_tokens"] for c in rec["params"]["classes"]}
+    assert all(r.output_tokens == forced[r.request_class] == len(r.token_times_s) for r in results)
+    assert sum(r.output_tokens for r in results) == rec["whole_window"]["output_tokens"]
+    assert meta["window_energy_j"] == pytest.approx(rec["whole_window"]["energy_j"], rel=1e-12)
+    assert meta["device_uuids"] == [rec["devices"][0]["uuid"]]
+    # token times inside the window (timeline clock), in order within each request
+    start, end = meta["window_start_s"], meta["window_end_s"]
+    for r in results:
+        t = [x + meta["clock_offset_s"] for x in r.token_times_s]
+        assert start - 0.01 <= t[0] and t[-1] <= end + 0.01 and t == sorted(t)
+
+
+@pytest.mark.parametrize("rec", RECORDS, ids=lambda r: r["trial_id"])
+def test_the_rule_applied_again_offline_gives_the_records_block(rec):
+    block = reattribute(STUDY / rec["requests_trace"], STUDY / rec["timeseries"])
+    pre = rec["per_request_energy"]
+    assert block.interval_source == pre["interval_source"] == "counter"
+    assert block.intervals == pre["intervals"] and block.conservation_rel_error < 1e-9
+    assert block.window_energy_j == pytest.approx(pre["window_energy_j"], rel=1e-12)
+    for q in ("median", "p90", "p99"):
+        assert block.energy_j.model_dump()[q] == pytest.approx(pre["energy_j"][q], rel=1e-4), q
+    for name, c in pre["by_class"].items():
+        assert block.by_class[name].energy_j_mean == pytest.approx(c["energy_j_mean"], rel=1e-4)
+
+
+def test_context_weighted_rule_is_fairer_to_short_requests_on_gpu_traces():
+    from joulebench.analysis.attribution import context_weight_of
+
+    w = context_weight_of(RECORDS[0]["model"]["config"])
+    assert w == pytest.approx(8.73e-6, rel=1e-3)
+    doc = attribution_rules.compare_rules(STUDY, {"tokens": 0.0, "context": w})
+    assert 0.0 < doc["mix_excess"] < 0.15                     # the mix cost more than its classes alone
+    tok, ctx = doc["rules"]["tokens"], doc["rules"]["context"]
+    # the token rule charges the short class far beyond the mix's excess; the context rule halves the spread
+    assert tok["classes"]["short"]["rel_diff"] > 0.3 and tok["classes"]["long"]["rel_diff"] < 0.1
+    assert ctx["spread"] < tok["spread"] / 2
+    assert ctx["classes"]["short"]["rel_diff"] < tok["classes"]["short"]["rel_diff"]
+    assert ctx["classes"]["long"]["rel_diff"] > tok["classes"]["long"]["rel_diff"]
+    for res in (tok, ctx):
+        assert res["conservation_max_rel_error"] < 1e-9
+
+
+def test_result_file_has_what_the_issue_asks_for():
+    assert RESULT["gpu"] == "NVIDIA H100 80GB HBM3" and RESULT["vllm_version"] == "0.26.0"
+    pts = {p["max_num_seqs"]: p for p in RESULT["points"]}
+    assert sorted(pts) == [8, 64, 512]
+    for b, p in pts.items():
+        xs = p["j_per_output_token"]
+        assert p["repeats"] == len(xs) == 5 and p["ci95"][0] < p["j_per_output_token_mean"] < p["ci95"][1]
+        assert p["mlenergy_j_per_output_token"] == {8: 0.4548, 64: 0.1186, 512: 0.0702}[b]
+        assert p["cv_within_1pct"] == (p["cv"] <= 0.01)
+        assert p["window_power_w_mean"] > 0
+    pr = RESULT["per_request"]
+    assert pr["conservation_max_rel_error"] < 1e-9
+    assert set(pr["two_class_agreement"]["classes"]) == {"short", "long"}
+    assert 0 < RESULT["sweep_efficiency"]["windows_share"] < RESULT["sweep_efficiency"]["windows_share_after_server_start"] < 1
+    mo = RESULT["meter_overhead_ratio"]
+    assert mo["ci95"][0] < mo["ratio_mean"] < mo["ci95"][1] and mo["complete"] is False
