@@ -96,3 +96,23 @@ def test_result_file_has_what_the_issue_asks_for():
     assert 0 < RESULT["sweep_efficiency"]["windows_share"] < RESULT["sweep_efficiency"]["windows_share_after_server_start"] < 1
     mo = RESULT["meter_overhead_ratio"]
     assert mo["ci95"][0] < mo["ratio_mean"] < mo["ci95"][1] and mo["complete"] is False
+
+
+def test_stream_stats_on_gpu_traces_and_by_hand():
+    spec = importlib.util.spec_from_file_location("stream_stats", REPO / "benchmarks" / "stream_stats.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    from joulebench.backends.base import RequestResult
+
+    # by hand: two requests, tokens 10 ms apart, one whole-server pause of 200 ms, one double token
+    rs = [RequestResult(index=0, input_tokens=1, output_tokens=4, submit_s=0.0, token_times_s=[0.0, 0.01, 0.21, 0.21]),
+          RequestResult(index=1, input_tokens=1, output_tokens=2, submit_s=0.0, token_times_s=[0.005, 0.015])]
+    st = mod.stream_stats(rs, pause_s=0.05)
+    assert st["tokens"] == 6 and st["pauses"] == 1 and st["pause_total_s"] == pytest.approx(0.195)
+    assert st["same_event_share"] == pytest.approx(1 / 4) and st["itl_ms"]["max"] == pytest.approx(200.0)
+    # the long class alone on the H100: ~10 ms between a request's tokens (64 running, CUDA graphs)
+    rec = next(r for r in RECORDS if _classes(r) == ["long"])
+    results, _ = read_requests_trace(STUDY / rec["requests_trace"])
+    st = mod.stream_stats(results)
+    assert st["tokens"] == rec["whole_window"]["output_tokens"]
+    assert 5.0 < st["itl_ms"]["median"] < 20.0 and st["itl_ms"]["median"] <= st["itl_ms"]["p90"] <= st["itl_ms"]["p99"]
