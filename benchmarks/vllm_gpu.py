@@ -110,6 +110,8 @@ def base_study(args, name: str) -> dict:
               "max_model_len": args.max_model_len}
     if not args.smoke:
         engine["load_format"] = "dummy"
+    if args.engine_arg:
+        engine["engine_args"] = engine_args(args.engine_arg)
     return {
         "name": name, "model": args.model, "backend": "vllm", "device": args.device, "engine": engine,
         "runner": "process", "runner_options": {"busy_wait_s": 30},
@@ -117,6 +119,31 @@ def base_study(args, name: str) -> dict:
                         "loaded_idle_s": args.loaded_idle_s,
                         "warmup": {"min_passes": 1, "max_passes": args.warmup_passes, "k": 2, "cv_target": 0.05}},
     }
+
+
+def engine_args(items: list[str]) -> dict:
+    """``KEY=VALUE`` pairs (``--engine-arg api_server_count=4``) as the study's ``engine_args`` (server flags);
+    numbers and true/false are typed, a bare ``KEY`` is a flag that is on."""
+    out: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not key:
+            raise SystemExit(f"--engine-arg {item!r}: give KEY=VALUE")
+        if not sep:
+            out[key] = True
+            continue
+        value: object = raw
+        if raw.lower() in ("true", "false"):
+            value = raw.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(raw)
+                    break
+                except ValueError:
+                    continue
+        out[key] = value
+    return out
 
 
 def workload(args, n: int) -> dict:
@@ -415,6 +442,9 @@ def main() -> int:
                     "instead of the AI Energy Score prompts (e.g. 600: ML.ENERGY-like contexts)")
     ap.add_argument("--variant", help="mlenergy: a name for these points (kept beside the default ones, e.g. "
                     "'mlenergy-lengths' for --input-tokens 600 --output-low 300 --output-high 500)")
+    ap.add_argument("--engine-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="mlenergy/twoclass: a vLLM server flag for the studies' engine_args (repeatable), e.g. "
+                         "api_server_count=4 with --variant api4")
     ap.add_argument("--output-low", type=int, default=64)
     ap.add_argument("--output-high", type=int, default=384)
     ap.add_argument("--max-model-len", type=int, default=2048)

@@ -55,3 +55,12 @@ def test_overhead_interval_flags_a_real_cost_and_ignores_unpaired_passes():
     none = vllm_gpu.overhead_summary(_passes([(1.0, 1.0)]), key="steady_throughput_tok_s")
     assert none["pairs"] == 0 and none["ratio_mean"] is None and not none["inside_1pct"]
     assert not any(isinstance(x, float) and math.isnan(x) for x in none["ci95"] if x is not None)
+
+
+def test_engine_args_from_the_command_line_are_typed():
+    assert vllm_gpu.engine_args(["api_server_count=4", "stream_interval=2.5", "disable_log_stats",
+                                 "async_scheduling=false", "kv_cache_memory=5GiB"]) == \
+        {"api_server_count": 4, "stream_interval": 2.5, "disable_log_stats": True, "async_scheduling": False,
+         "kv_cache_memory": "5GiB"}
+    with pytest.raises(SystemExit, match="KEY=VALUE"):
+        vllm_gpu.engine_args(["=3"])
