@@ -139,22 +139,21 @@ def _token_units(r: RequestResult, prefill_weight: float) -> tuple[np.ndarray, n
     return np.concatenate([[t[0]], rest]), np.concatenate([[first], np.ones(len(rest))])
 
 
-def context_weight_of(model_config: Mapping[str, Any], dtype_bytes: float = 2.0) -> float | None:
-    """The ``context_weight`` of a decoder-only transformer's shape (config.json keys): the bytes of KV cache one
-    context token adds to a decode step, over the bytes of weights every step reads once (all layers and the
-    output head; the embedding lookup reads only its rows). None when the config lacks the keys."""
+def context_weight_of(model_config: Mapping[str, Any]) -> float | None:
+    """The ``context_weight`` of a decoder-only transformer's shape (config.json keys): the KV cache one context
+    token adds to a decode step, over the weights every step reads once (all layers and the output head, tied or
+    not; the embedding lookup reads only its rows); both in the same dtype. None when the config lacks the keys."""
+    from joulebench.models.synthetic import parameter_count_of
+
     try:
-        h, layers = int(model_config["hidden_size"]), int(model_config["num_hidden_layers"])
-        heads = int(model_config["num_attention_heads"])
+        counts = parameter_count_of(model_config)
+        layers, heads = int(model_config["num_hidden_layers"]), int(model_config["num_attention_heads"])
         kv_heads = int(model_config.get("num_key_value_heads") or heads)
-        hd = int(model_config.get("head_dim") or h // heads)
-        inter, vocab = int(model_config["intermediate_size"]), int(model_config["vocab_size"])
+        hd = int(model_config.get("head_dim") or int(model_config["hidden_size"]) // heads)
     except (KeyError, TypeError, ValueError):
         return None
-    attn = h * heads * hd + 2 * h * kv_heads * hd + heads * hd * h
-    step_params = layers * (attn + 3 * h * inter + 2 * h) + h + vocab * h
-    kv_per_token = 2 * layers * kv_heads * hd
-    return kv_per_token / step_params if step_params else None
+    step_params = counts["non_embedding"] + (counts["lm_head"] or counts["embedding"])
+    return 2 * layers * kv_heads * hd / step_params if step_params else None
 
 
 def attribute(results: Sequence[RequestResult], intervals: Intervals, *, clock_offset_s: float = 0.0,
@@ -274,6 +273,16 @@ def per_request_energy(results: Sequence[RequestResult], intervals: Intervals, *
         energy_j=distribution(e),
         fit=length_fit(e, [r.input_tokens for r in results], [r.output_tokens for r in results]),
         conservation_rel_error=rel, by_class=by_class or None)
+
+
+def window_request_energy(results: Sequence[RequestResult], timeline: "pd.DataFrame | None",
+                          device_uuids: Sequence[str], start_s: float, end_s: float, energy_j: float, *,
+                          clock_offset_s: float = 0.0, **rule_options: float) -> PerRequestEnergy | None:
+    """One measured window's requests and sampler timeline -> its ``per_request_energy`` block (the worker at the
+    end of a trial, and ``results.requests.reattribute`` offline); ``rule_options``: ``prefill_weight``,
+    ``context_weight``."""
+    intervals = timeline_intervals(timeline, device_uuids, start_s, end_s, energy_j)
+    return per_request_energy(results, intervals, clock_offset_s=clock_offset_s, **rule_options)
 
 
 # ------------------------------------------------------------------ validation: a class in a mix vs alone

@@ -35,13 +35,19 @@ def build_config(arch: str):
 
 
 def parameter_count(arch: str) -> dict[str, int]:
-    """Analytic parameter counts of a decoder-only Llama/Qwen/Mistral shape."""
-    c = architectures()[arch]
-    h, i, n = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
-    heads, kv = c["num_attention_heads"], c.get("num_key_value_heads", c["num_attention_heads"])
-    hd = c.get("head_dim") or h // heads
-    v = c["vocab_size"]
-    bias = c["model_type"] == "qwen2"
+    """Analytic parameter counts of a built-in decoder-only Llama/Qwen/Mistral shape."""
+    return parameter_count_of(architectures()[arch])
+
+
+def parameter_count_of(c) -> dict[str, int]:
+    """Analytic parameter counts of a decoder-only Llama/Qwen/Mistral shape from its config.json keys (KeyError
+    when one is missing)."""
+    h, i, n = int(c["hidden_size"]), int(c["intermediate_size"]), int(c["num_hidden_layers"])
+    heads = int(c["num_attention_heads"])
+    kv = int(c.get("num_key_value_heads") or heads)
+    hd = int(c.get("head_dim") or h // heads)
+    v = int(c["vocab_size"])
+    bias = c.get("model_type") == "qwen2"
     attn = h * heads * hd + 2 * h * kv * hd + heads * hd * h + ((heads + 2 * kv) * hd if bias else 0)
     mlp = 3 * h * i
     per_layer = attn + mlp + 2 * h

@@ -94,12 +94,12 @@ def reattribute(trace: Path, timeline: Path | None = None, **rule_options):
     its ``PerRequestEnergy`` block, or None when the window had no energy."""
     import pandas as pd
 
-    from joulebench.analysis.attribution import per_request_energy, timeline_intervals
+    from joulebench.analysis.attribution import window_request_energy
 
     results, meta = read_requests_trace(Path(trace))
     if meta.get("window_energy_j") is None or meta.get("window_start_s") is None:
         return None
     tl = pd.read_parquet(timeline) if timeline is not None and Path(timeline).is_file() else None
-    intervals = timeline_intervals(tl, meta["device_uuids"], float(meta["window_start_s"]),
-                                   float(meta["window_end_s"]), float(meta["window_energy_j"]))
-    return per_request_energy(results, intervals, clock_offset_s=float(meta["clock_offset_s"]), **rule_options)
+    return window_request_energy(results, tl, meta["device_uuids"], float(meta["window_start_s"]),
+                                 float(meta["window_end_s"]), float(meta["window_energy_j"]),
+                                 clock_offset_s=float(meta["clock_offset_s"]), **rule_options)

@@ -227,13 +227,13 @@ def measure_window(session: ExperimentSession, requests: list, params: dict[str,
 
 def request_energy(w: WindowOutcome, params: dict[str, Any]) -> dict[str, Any] | None:
     """Served mode: the window's energy attributed to its requests (analysis/attribution.py)."""
-    from joulebench.analysis.attribution import per_request_energy, timeline_intervals
+    from joulebench.analysis.attribution import window_request_energy
 
     if params.get("mode") != "served" or w.window.energy_j is None or not w.results:
         return None
-    uuids = [d.info.uuid for d in w.window.devices]
-    intervals = timeline_intervals(w.timeline, uuids, w.window.start_time_s, w.window.end_time_s, w.window.energy_j)
-    block = per_request_energy(w.results, intervals, clock_offset_s=w.clock_offset_s)
+    block = window_request_energy(w.results, w.timeline, [d.info.uuid for d in w.window.devices],
+                                  w.window.start_time_s, w.window.end_time_s, w.window.energy_j,
+                                  clock_offset_s=w.clock_offset_s)
     return block.model_dump(mode="json") if block is not None else None
 
 

@@ -56,10 +56,8 @@ def target_batch(n: int, *, max_num_seqs: int | None = None, concurrency: int | 
 
 
 def running_cap(n: int, *, max_num_seqs: int | None = None, concurrency: int | None = None) -> int:
-    """How many of ``n`` requests can run at once: the smaller of ``max_num_seqs`` and the closed loop's
-    ``concurrency`` (each when given), never more than ``n``."""
-    caps = [int(c) for c in (max_num_seqs, concurrency) if c]
-    return max(1, min([n] + caps)) if n else 0
+    """How many of ``n`` requests can run at once: B (``target_batch``), never more than ``n``."""
+    return min(n, target_batch(n, max_num_seqs=max_num_seqs, concurrency=concurrency)) if n else 0
 
 
 def warmup_subset(requests: list, running: int, batches: float) -> list:
