@@ -32,6 +32,7 @@ from typing import Any, Iterator
 from joulebench.config.runner import DockerOptions
 from joulebench.config.device import DeviceSpec
 from joulebench.errors import JoulebenchError
+from joulebench.results.requests import requests_trace_path
 from joulebench.results.store import StudyStore, atomic_write_bytes
 from joulebench.runners.base import EventCallback, Experiment, ExperimentOutcome, Runner
 from joulebench.runners.ray_task import TaskState
@@ -200,7 +201,7 @@ def _run_and_ship(runner: Any, exp: Experiment, store: StudyStore, items: queue.
         if isinstance(ev, TrialEndEvent):
             tid = ev.trial_id
             ts_path = store.timeseries_dir / f"{tid}.parquet"
-            rq_path = store.timeseries_dir / f"{tid}.requests.parquet"
+            rq_path = store.root / requests_trace_path(tid)
             items.put(TrialItem(event=ev, record=store.records_by_id().get(tid),
                                 timeseries=ts_path.read_bytes() if ts_path.exists() else None,
                                 requests_trace=rq_path.read_bytes() if rq_path.exists() else None,

@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from joulebench.results.requests import requests_trace_path
 from joulebench.results.store import StudyStore, atomic_write_bytes
 from joulebench.runners.base import EventCallback, ExperimentOutcome
 from joulebench.spec import Event, EventItem, OutcomeItem, RayItem, TrialItem, TrialStartEvent
@@ -48,7 +49,7 @@ def land_trial(store: StudyStore, item: TrialItem) -> None:
     if item.timeseries is not None:
         atomic_write_bytes(store.timeseries_dir / f"{tid}.parquet", item.timeseries)
     if item.requests_trace is not None:
-        atomic_write_bytes(store.timeseries_dir / f"{tid}.requests.parquet", item.requests_trace)
+        atomic_write_bytes(store.root / requests_trace_path(tid), item.requests_trace)
     for name, data in item.logs.items():
         atomic_write_bytes(store.logs_dir / Path(name).name, data)
     if item.record:

@@ -20,6 +20,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from joulebench.results.requests import requests_trace_path
 from joulebench.results.store import atomic_copy, atomic_write_bytes, atomic_write_json
 from joulebench.spec import ExperimentSpec
 
@@ -161,9 +162,9 @@ def merge_trial(study_dir: Path, staging: Path, trial_ids: list[str], trial_id: 
     if not rec.is_file() or trial_id not in set(trial_ids):
         return False
     # the timeline and the requests trace first: a record never points at a missing file
-    for ts in (out / "timeseries" / f"{trial_id}.parquet", out / "timeseries" / f"{trial_id}.requests.parquet"):
-        if ts.is_file():
-            atomic_copy(ts, study / "timeseries" / ts.name)
+    for rel in (f"timeseries/{trial_id}.parquet", requests_trace_path(trial_id)):
+        if (out / rel).is_file():
+            atomic_copy(out / rel, study / rel)
     atomic_copy(rec, study / "trials" / rec.name)
     return True
 
