@@ -11,6 +11,7 @@
 #   .sgN/ssite.tar.zst.part-* + .sgN/ssite.sha256   the SGLang pieces (benchmarks/sglang_gpu_pack.sh),
 #                          one per call in .sg1/, .sg2/, .sg3/ (the checksum file beside each)
 # Stages:
+#   tier            the GPU test tier: pytest -m gpu tests/gpu (one GPU; the study test alone first)
 #   stash           copy the vLLM piece(s) this call brought into $JB_WORK/stash, the SGLang ones into
 #                   $JB_WORK/sgstash (checks those that are there; says which are still missing)
 #   containers      issue 20: process vs docker runner (Podman, GPU passed in) + the no-GPU control
@@ -96,6 +97,16 @@ while [ $# -gt 0 ]; do
       ( cd "$JB_WORK/sgstash" && sha256sum -c --ignore-missing ssite.sha256 )
       for p in $(sglang_missing); do echo "SGLang piece still missing: $p"; done
     fi
+    ;;
+  tier)
+    # the GPU test tier (pytest -m gpu tests/gpu, one GPU), the study test alone first: a CUDA context left in
+    # the pytest process by the meter tests would be another user's process to the study it starts
+    nvidia-smi --query-gpu=index,name,uuid,driver_version,power.limit --format=csv > "$OUT/nvidia-smi.csv" 2>&1
+    timeout ${TIER_TIMEOUT:-200} python3 -m pytest -m gpu tests/gpu/test_gpu_study.py -v -s -p no:cacheprovider 2>&1 \
+      | tee "$OUT/pytest-gpu-study.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed| ok " | tail -20
+    timeout ${TIER_TIMEOUT:-200} python3 -m pytest -m gpu tests/gpu/test_gpu_meters.py -v -s -p no:cacheprovider \
+      -k "not multi_gpu" 2>&1 | tee "$OUT/pytest-gpu.log" \
+      | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|W, CV|idle .* W|counter period" | tail -30
     ;;
   containers)
     nvidia-smi --query-gpu=index,name,uuid,driver_version,power.limit --format=csv > "$OUT/nvidia-smi.csv" 2>&1
