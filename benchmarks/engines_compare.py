@@ -22,6 +22,8 @@ from typing import Any, Sequence
 
 
 def _clean(x: Any) -> Any:
+    if hasattr(x, "item") and not isinstance(x, (list, dict, str)):
+        x = x.item()          # numpy scalars
     if isinstance(x, float) and not math.isfinite(x):
         return None
     return x
@@ -61,18 +63,46 @@ def compare(trials, axes: Sequence[str], *, gpu: str | None, versions: dict[str,
         rows.sort(key=lambda r: tuple(str(r["level"][a]) if not isinstance(r["level"][a], (int, float))
                                       else f"{r['level'][a]:020.6f}" for a in levels_axes))
     winners = []
-    by_level: dict[str, dict[str, float]] = {}
+    by_level: dict[str, dict[str, dict[str, Any]]] = {}
     for name, rows in engines.items():
         for r in rows:
             if r["j_per_output_token_mean"] is not None:
-                by_level.setdefault(json.dumps(r["level"], sort_keys=True), {})[name] = r["j_per_output_token_mean"]
-    for level, vals in sorted(by_level.items()):
-        if len(vals) > 1:
+                by_level.setdefault(json.dumps(r["level"], sort_keys=True), {})[name] = r
+    for level, rows_of in sorted(by_level.items()):
+        if len(rows_of) > 1:
+            vals = {n: r["j_per_output_token_mean"] for n, r in rows_of.items()}
             best = min(vals, key=vals.get)
+            runner_up = sorted(vals, key=vals.get)[1]
             winners.append({"level": json.loads(level), "fewest_j_per_output_token": best,
-                            "ratio_to_next": sorted(vals.values())[1] / vals[best] if vals[best] else None})
+                            "ratio_to_next": vals[runner_up] / vals[best] if vals[best] else None,
+                            "verdict": verdict(best, rows_of[best]["ci95"], runner_up, rows_of[runner_up]["ci95"])})
     return {"gpu": gpu, "engine_versions": versions, "axes": list(axes), "engines": engines,
             "winner_by_level": winners}
+
+
+def verdict(best: str, best_ci: Sequence[Any], other: str, other_ci: Sequence[Any]) -> str:
+    """Which engine wins a level, only where the 95 % CIs of J/output-token do not overlap. Pure."""
+    if None in (*best_ci, *other_ci):
+        return f"{best} (no CI)"
+    if best_ci[1] < other_ci[0]:
+        return best
+    return f"no clear winner: the 95 % CIs of {best} and {other} overlap"
+
+
+def effects_summary(trials, plan: dict[str, Any]) -> dict[str, Any]:
+    """The report's effects table for the study (``backend`` and the levels as axes, with their interaction):
+    variance shares of log(J/output-token) and main-effect ratios with 95 % CIs."""
+    from joulebench.analysis.effects import fit_effects
+    from joulebench.report.build import sweep_axes
+
+    axes, levels = sweep_axes(plan, trials)
+    eff = fit_effects(trials, axes, axis_levels=levels)
+
+    def rows(df) -> list[dict[str, Any]]:
+        return [{k: _clean(v) for k, v in r.items()} for r in df.to_dict("records")]
+
+    return {"response": eff.label, "axes": rows(eff.axes), "interactions": rows(eff.interactions),
+            "main_effects": rows(eff.main_effects), "headline": eff.headline}
 
 
 def experiment_levels(configs: Sequence[dict[str, Any]]) -> list[str]:
@@ -118,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         name, _, ver = item.partition("=")
         versions[name] = ver or None
     doc = compare(trials, axes, gpu=gpu, versions=versions)
+    doc["effects"] = effects_summary(trials, plan)
     doc["study_dir"] = str(args.study_dir)
     text = json.dumps(doc, indent=1)
     if args.out:
