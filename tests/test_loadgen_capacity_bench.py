@@ -27,3 +27,12 @@ def test_stub_body_is_vllm_style_with_running_usage():
     assert events[-1] == "data: [DONE]"
     usage = [json.loads(e[len("data: "):])["usage"]["completion_tokens"] for e in events[:-1]]
     assert usage == [1, 2, 3]
+
+
+def test_paced_stub_says_whether_the_client_kept_pace():
+    # 16 streams, one token each every 20 ms: the client keeps pace on any machine
+    out = loadgen_capacity.run(requests=32, concurrency=16, tokens=10, step_s=0.02)
+    assert out["tokens"] == 32 * 10 and out["stub"] == "events paced at 20 ms steps"
+    assert out["paced_wall_s"] == pytest.approx(0.02 * 10 * 2)
+    assert 0.9 < out["slowdown"] < 3 and out["pauses"] >= 0 and out["itl_ms"]["median"] > 5
+    assert out["gc"]["full_collections"] == 0        # the collector is off while the requests stream

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -303,3 +304,95 @@ def test_live_hooks_fire_at_the_steady_window_edges_over_real_http(tmp_path):
         fired.clear()
         gen.run(reqs[:5], lambda r: {"prompt": r.prompt, "max_tokens": 2}, LoadSpec(batch=3))
         assert fired == {}
+
+
+CHUNKED_SERVER = textwrap.dedent("""
+    import asyncio, json, sys
+    accepted = 0
+    async def handle(reader, writer):
+        global accepted
+        accepted += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\\r\\n\\r\\n")
+                length = int([l.split(b":")[1] for l in head.split(b"\\r\\n") if l.lower().startswith(b"content-length")][0])
+                body = json.loads(await reader.readexactly(length))
+                if body.get("stall"):
+                    writer.write(b"HTTP/1.1 200 OK\\r\\ncontent-type: text/event-stream\\r\\ntransfer-encoding: chunked\\r\\n\\r\\n")
+                    await asyncio.sleep(3600)
+                n = int(body["max_tokens"])
+                events = b"".join(("data: " + json.dumps({"choices": [{"text": "x", "finish_reason": "length" if k == n else None}],
+                                   "usage": {"prompt_tokens": 2, "completion_tokens": k}}) + "\\r\\n\\r\\n").encode() for k in range(1, n + 1))
+                events += b"data: [DONE]\\r\\n\\r\\n"
+                writer.write(b"HTTP/1.1 200 OK\\r\\ncontent-type: text/event-stream\\r\\ntransfer-encoding: chunked\\r\\n\\r\\n")
+                # chunks that cut events (and the \\r\\n between lines) anywhere: 7 bytes each
+                for i in range(0, len(events), 7):
+                    part = events[i:i + 7]
+                    writer.write(b"%x\\r\\n" % len(part) + part + b"\\r\\n")
+                    await writer.drain()
+                    await asyncio.sleep(0)
+                writer.write(b"0\\r\\n\\r\\n")
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+    async def count(reader, writer):                  # a second port: how many connections the first accepted
+        writer.write(str(accepted).encode()); await writer.drain(); writer.close()
+    async def main():
+        a = await asyncio.start_server(handle, "127.0.0.1", int(sys.argv[1]))
+        b = await asyncio.start_server(count, "127.0.0.1", int(sys.argv[2]))
+        async with a, b:
+            await asyncio.gather(a.serve_forever(), b.serve_forever())
+    asyncio.run(main())
+""")
+
+
+def _accepted(port: int) -> int:
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        return int(s.recv(64))
+
+
+def test_chunked_streams_with_crlf_events_cut_anywhere_on_reused_connections(tmp_path):
+    """Chunked transfer encoding (uvicorn's, vLLM's and SGLang's servers) with \\r\\n line ends (sse-starlette's, the
+    llama.cpp server's), events cut across chunks at every byte offset: every token counted, in order, and a closed
+    loop of 4 keeps its 4 keep-alive connections for all 24 requests."""
+    port, count_port = free_port(), free_port()
+    with ServerProcess([sys.executable, "-c", CHUNKED_SERVER, str(port), str(count_port)],
+                       log_path=tmp_path / "c.log") as srv:
+        srv.wait_ready(lambda: _accepted(count_port) == 0, timeout_s=20)
+        gen = LoadGenerator(f"http://127.0.0.1:{port}")
+        reqs = [Request(i, "hi", max_output_tokens=3 + i % 5) for i in range(24)]
+        res = gen.run(reqs, lambda r: {"prompt": r.prompt, "max_tokens": r.max_output_tokens}, LoadSpec(concurrency=4))
+        assert [r.output_tokens for r in res] == [3 + i % 5 for i in range(24)]
+        assert all(r.token_times_exact and r.token_times_s == sorted(r.token_times_s) for r in res)
+        assert all(r.finish_reason == "length" and r.input_tokens == 2 and r.text == "x" * r.output_tokens
+                   for r in res)
+        assert _accepted(count_port) == 4
+
+
+def test_a_server_that_stops_sending_fails_the_request_after_the_timeout(tmp_path):
+    port, count_port = free_port(), free_port()
+    with ServerProcess([sys.executable, "-c", CHUNKED_SERVER, str(port), str(count_port)],
+                       log_path=tmp_path / "c.log") as srv:
+        srv.wait_ready(lambda: _accepted(count_port) == 0, timeout_s=20)
+        gen = LoadGenerator(f"http://127.0.0.1:{port}")
+        t0 = time.monotonic()
+        with pytest.raises(BackendError, match="no data from the server for 1 s"):
+            gen.run([Request(0, "hi")], lambda r: {"prompt": r.prompt, "stall": True},
+                    LoadSpec(concurrency=1, timeout_s=1.0))
+        assert time.monotonic() - t0 < 10
+
+
+def test_load_generator_only_speaks_plain_http():
+    gen = LoadGenerator("https://example.invalid")
+    with pytest.raises(BackendError, match="plain HTTP"):
+        gen.run([Request(0, "hi")], lambda r: {"prompt": r.prompt}, LoadSpec(concurrency=1))
+
+
+def test_the_garbage_collector_is_back_on_after_a_pass(tmp_path):
+    import gc
+
+    gen = LoadGenerator("https://example.invalid")
+    assert gc.isenabled()
+    with pytest.raises(BackendError):
+        gen.run([Request(0, "hi")], lambda r: {"prompt": r.prompt}, LoadSpec(concurrency=1))
+    assert gc.isenabled() and gc.get_freeze_count() == 0

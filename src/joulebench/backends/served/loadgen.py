@@ -30,6 +30,7 @@ See ``steady_state``.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import math
 import random
@@ -255,8 +256,6 @@ class LoadGenerator:
         return box["out"]
 
     async def _run(self, requests, body_for, spec: LoadSpec) -> list[RequestResult]:
-        import httpx
-
         n = len(requests)
         limit = spec.concurrency or n or 1
         sem = asyncio.Semaphore(limit)
@@ -264,10 +263,15 @@ class LoadGenerator:
         batch = spec.batch or target_batch(n, concurrency=spec.concurrency)
         steady = n >= 2 * batch            # else no steady window: no hooks
         firsts = done = 0
-        limits = httpx.Limits(max_connections=limit + 4, max_keepalive_connections=limit + 4)
-        timeout = httpx.Timeout(spec.timeout_s, connect=30.0)
-
-        async with httpx.AsyncClient(limits=limits, timeout=timeout) as client:
+        pool = _Pool(self.url, idle_timeout_s=spec.timeout_s)
+        watchdog = asyncio.create_task(pool.watch())
+        # The cyclic garbage collector stops the event loop for tens of ms when it runs over the many objects a
+        # pass of hundreds of streams makes (a client that stalls stretches the windows it times): objects that
+        # exist now are left out of its scans, and it does not run while the requests stream.
+        gc_was_enabled = gc.isenabled()
+        gc.freeze()
+        gc.disable()
+        try:
             t0 = time.perf_counter()
 
             def first_token(t: float) -> None:
@@ -286,16 +290,12 @@ class LoadGenerator:
                     body["stream"] = True
                     state = _StreamState()
                     submit = time.perf_counter()
-                    async with client.stream("POST", self.url, json=body) as resp:
-                        if resp.status_code != 200:
-                            detail = (await resp.aread()).decode("utf-8", "replace")[:2000]
-                            raise BackendError(f"server answered {resp.status_code} to request {req.index}: {detail}")
-                        await _read_stream(resp, req, state, first_token)
-                        # the response ended: count it before anything awaits (completion order = count order)
-                        completed = time.perf_counter()
-                        done += 1
-                        if steady and done == n - batch and self.on_window_end is not None:
-                            self.on_window_end(completed)
+                    await pool.stream(json.dumps(body).encode(), req, state, first_token)
+                    # the response ended: count it before anything awaits (completion order = count order)
+                    completed = time.perf_counter()
+                    done += 1
+                    if steady and done == n - batch and self.on_window_end is not None:
+                        self.on_window_end(completed)
                 res = _to_result(req, submit, state, max_tokens=body.get("max_tokens"))
                 res.completed_s = completed
                 return res
@@ -308,27 +308,202 @@ class LoadGenerator:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
                 raise
+        finally:
+            watchdog.cancel()
+            pool.close()
+            gc.unfreeze()
+            if gc_was_enabled:
+                gc.enable()
 
 
-async def _read_stream(resp, req: Request, state: _StreamState, first_token: Callable[[float], None]) -> None:
-    """Consume one response's server-sent events into ``state``; ``first_token(t)`` when its first token comes."""
-    async for line in resp.aiter_lines():
-        t = time.perf_counter()
-        if not line.startswith("data:"):
-            continue
-        data = line[5:].strip()
-        if data == "[DONE]":
-            break
+class _Conn:
+    """One HTTP/1.1 keep-alive connection to the server."""
+
+    __slots__ = ("reader", "writer", "last_s", "busy")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        self.reader, self.writer = reader, writer
+        self.last_s = time.monotonic()
+        self.busy = False
+
+
+class _Pool:
+    """A lean HTTP/1.1 client for the local server's streamed completions: keep-alive connections (one per request
+    in flight), chunked or sized bodies, server-sent events split into lines as they arrive. A general client
+    (httpx) costs several times more CPU per event: at ~15,000 single-token events/s (max_num_seqs 512 on an
+    H100) it took a whole core and fell behind, stretching the windows it timed
+    (benchmarks/loadgen_capacity.py --step-ms). A connection idle for ``idle_timeout_s`` mid-response fails its
+    request."""
+
+    def __init__(self, url: str, *, idle_timeout_s: float):
+        from urllib.parse import urlsplit
+
+        u = urlsplit(url)
+        if u.scheme != "http" or not u.hostname:
+            raise BackendError(f"the load generator speaks plain HTTP to the local server, not {url!r}")
+        self.host, self.port = u.hostname, u.port or 80
+        self.path = (u.path or "/") + (f"?{u.query}" if u.query else "")
+        self.idle_timeout_s = idle_timeout_s
+        self.idle: list[_Conn] = []
+        self.open: set[_Conn] = set()
+        self.head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                     "Content-Type: application/json\r\nAccept: text/event-stream\r\n").encode()
+
+    async def _connect(self) -> _Conn:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(self.host, self.port, limit=1 << 22), 30.0)
+        conn = _Conn(reader, writer)
+        self.open.add(conn)
+        return conn
+
+    def _drop(self, conn: _Conn) -> None:
+        self.open.discard(conn)
+        conn.writer.close()
+
+    async def watch(self) -> None:
+        """Abort connections that got nothing for ``idle_timeout_s`` while a response was due."""
+        while True:
+            await asyncio.sleep(min(1.0, self.idle_timeout_s))
+            now = time.monotonic()
+            for conn in list(self.open):
+                if conn.busy and now - conn.last_s > self.idle_timeout_s:
+                    conn.writer.transport.abort()
+
+    def close(self) -> None:
+        for conn in list(self.open):
+            self._drop(conn)
+        self.idle.clear()
+
+    async def stream(self, body: bytes, req: Request, state: _StreamState,
+                     first_token: Callable[[float], None]) -> None:
+        conn = self.idle.pop() if self.idle else await self._connect()
+        conn.busy, conn.last_s = True, time.monotonic()
         try:
-            chunk = json.loads(data)
-        except json.JSONDecodeError:
-            continue
-        if "error" in chunk and not chunk.get("choices"):
-            raise BackendError(f"server error on request {req.index}: {chunk['error']}")
-        had_token = bool(state.times)
-        _consume_chunk(state, chunk, t)
-        if not had_token and state.times:
-            first_token(t)
+            reuse = await self._exchange(conn, body, req, state, first_token)
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            self._drop(conn)
+            if isinstance(exc, asyncio.IncompleteReadError) and time.monotonic() - conn.last_s >= self.idle_timeout_s:
+                raise BackendError(f"request {req.index}: no data from the server for {self.idle_timeout_s:g} s") \
+                    from exc
+            raise BackendError(f"request {req.index}: the connection to the server failed: {exc!r}") from exc
+        except BaseException:
+            self._drop(conn)
+            raise
+        conn.busy = False
+        if reuse:
+            self.idle.append(conn)
+        else:
+            self._drop(conn)
+
+    async def _exchange(self, conn: _Conn, body: bytes, req: Request, state: _StreamState,
+                        first_token: Callable[[float], None]) -> bool:
+        """One request and its whole response; whether the connection can be reused."""
+        reader = conn.reader
+        conn.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        status_line = await reader.readuntil(b"\n")
+        parts = status_line.split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
+            raise ValueError(f"not an HTTP response: {status_line[:100]!r}")
+        status = int(parts[1])
+        length, chunked, keep = None, False, parts[0] != b"HTTP/1.0"
+        while True:
+            line = await reader.readuntil(b"\n")
+            if line in (b"\r\n", b"\n"):
+                break
+            name, _, value = line.partition(b":")
+            name, value = name.strip().lower(), value.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"transfer-encoding":
+                chunked = b"chunked" in value
+            elif name == b"connection":
+                keep = value != b"close"
+        sse = _SSE(req, state, first_token)
+        if status != 200:
+            sse = _Collect()
+        if chunked:
+            while True:
+                size = int((await reader.readuntil(b"\n")).split(b";")[0].strip(), 16)
+                conn.last_s = time.monotonic()
+                if size == 0:
+                    while (await reader.readuntil(b"\n")) not in (b"\r\n", b"\n"):
+                        pass
+                    break
+                data = await reader.readexactly(size + 2)
+                conn.last_s = time.monotonic()
+                sse.feed(data[:-2])
+        elif length is not None:
+            left = length
+            while left > 0:
+                data = await reader.read(min(left, 1 << 20))
+                if not data:
+                    raise asyncio.IncompleteReadError(b"", left)
+                conn.last_s = time.monotonic()
+                left -= len(data)
+                sse.feed(data)
+        else:
+            keep = False
+            while data := await reader.read(1 << 20):
+                conn.last_s = time.monotonic()
+                sse.feed(data)
+        sse.feed(b"\n")                # a last line without its newline
+        if status != 200:
+            detail = sse.text()[:2000]
+            raise BackendError(f"server answered {status} to request {req.index}: {detail}")
+        return keep
+
+
+class _Collect:
+    """An error response's body."""
+
+    def __init__(self):
+        self.parts: list[bytes] = []
+
+    def feed(self, data: bytes) -> bool:
+        self.parts.append(data)
+        return False
+
+    def text(self) -> str:
+        return b"".join(self.parts).decode("utf-8", "replace").strip()
+
+
+class _SSE:
+    """Server-sent events of one response, line by line as bytes arrive (lines end in \\n or \\r\\n); every
+    token of a read gets that read's time. What follows the stream's [DONE] is read (so the connection can be
+    reused) and ignored."""
+
+    __slots__ = ("req", "state", "first_token", "rest", "done")
+
+    def __init__(self, req: Request, state: _StreamState, first_token: Callable[[float], None]):
+        self.req, self.state, self.first_token = req, state, first_token
+        self.rest = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> bool:
+        if self.done:
+            return True
+        t = time.perf_counter()
+        buf = self.rest + data if self.rest else data
+        lines = buf.split(b"\n")
+        self.rest = lines.pop()
+        state = self.state
+        for line in lines:
+            if not line.startswith(b"data:"):
+                continue
+            payload = line[5:].strip()
+            if payload == b"[DONE]":
+                self.done = True
+                return True
+            try:
+                chunk = json.loads(payload)
+            except ValueError:
+                continue
+            if "error" in chunk and not chunk.get("choices"):
+                raise BackendError(f"server error on request {self.req.index}: {chunk['error']}")
+            had_token = bool(state.times)
+            _consume_chunk(state, chunk, t)
+            if not had_token and state.times:
+                self.first_token(t)
+        return False
 
 
 def _to_result(req: Request, submit: float, state: _StreamState, max_tokens: int | None = None) -> RequestResult:
