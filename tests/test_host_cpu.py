@@ -50,3 +50,12 @@ def test_cpu_usage_is_pure_arithmetic_and_counts_new_processes_from_zero():
     assert host_cpu_flags({"busiest": [{"pid": 1, "name": "x", "cpu_share": 0.5}]}) == []
     assert cpu_usage(before, after, 0.0) is None and host_cpu_flags(None) == []
     assert Flag.HOST_CPU_BUSY.advice.startswith("A process of this trial")
+
+
+def test_roles_name_the_processes_that_are_all_called_python():
+    before = {10: ("python", 1.0), 11: ("python", 1.0), 12: ("python", 1.0)}
+    after = {10: ("python", 10.2), 11: ("python", 5.0), 12: ("python", 1.1)}
+    use = cpu_usage(before, after, 10.0, roles={10: "joulebench worker (load generator)", 11: "engine server"})
+    assert [b.get("role") for b in use["busiest"]] == ["joulebench worker (load generator)", "engine server", None]
+    (flag,) = host_cpu_flags(use)
+    assert flag.detail == "python (pid 10, joulebench worker (load generator)) 92% of a core"

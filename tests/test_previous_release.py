@@ -28,7 +28,7 @@ ADDED_SINCE_PREVIOUS_RELEASE = {
     # served requests traces (null outside served mode), the engine's load notes, the window's host CPU
     "requests_trace", "load_notes", "load_notes.device",
     "host_cpu", "host_cpu.cpu_s", "host_cpu.cores_mean", "host_cpu.processes", "host_cpu.busiest",
-    "host_cpu.busiest[].pid", "host_cpu.busiest[].name", "host_cpu.busiest[].cpu_share",
+    "host_cpu.busiest[].pid", "host_cpu.busiest[].name", "host_cpu.busiest[].cpu_share", "host_cpu.busiest[].role",
 }
 
 

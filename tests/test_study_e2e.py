@@ -58,6 +58,7 @@ def test_sweep_with_repeats_end_to_end(write_study, tmp_path):
         assert cpu["cpu_s"] > 0 and cpu["processes"] >= 1
         assert cpu["cores_mean"] == pytest.approx(cpu["cpu_s"] / r["duration_s"])       # over the window
         assert 0 < cpu["busiest"][0]["cpu_share"] <= 2.5     # torch may use both cores of a CI machine
+        assert "joulebench worker (engine)" in {b.get("role") for b in cpu["busiest"]}   # it generated
         assert all(f["advice"] for f in r["flags"])
         assert r["model"]["synthetic_weights"] is True
         assert r["environment"]["libraries"]["transformers"]

@@ -334,8 +334,9 @@ def host_cpu_flags(host_cpu: Mapping | None, *, busy_share: float = 0.9) -> list
     hot = [b for b in busiest if b.get("cpu_share", 0.0) >= busy_share]
     if not hot:
         return []
-    return [QualityFlag(Flag.HOST_CPU_BUSY, ", ".join(f"{b['name']} (pid {b['pid']}) {b['cpu_share']:.0%} of a core"
-                                                         for b in hot))]
+    return [QualityFlag(Flag.HOST_CPU_BUSY, ", ".join(
+        f"{b['name']} (pid {b['pid']}{', ' + b['role'] if b.get('role') else ''}) {b['cpu_share']:.0%} of a core"
+        for b in hot))]
 
 
 def flags_to_dicts(flags: Iterable[QualityFlag]) -> list[dict]:

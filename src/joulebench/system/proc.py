@@ -93,11 +93,12 @@ def cpu_times(pids) -> dict[int, tuple[str, float]]:
 
 
 def cpu_usage(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], duration_s: float,
-              top: int = 3) -> dict | None:
+              top: int = 3, roles: dict[int, str] | None = None) -> dict | None:
     """The CPU a process tree used over a window (pure): total CPU seconds, mean cores busy, and the busiest
     processes with their share of one core (1.0: a process busy for the whole window, e.g. a single-threaded
     server loop that the run waits on). Processes present at both readings count; a process that started inside
-    the window counts from zero."""
+    the window counts from zero. ``roles`` names what a pid is (the worker and its load generator, the engine's
+    server, the sampler): a process's name alone is often just "python"."""
     if duration_s <= 0 or not after:
         return None
     used = []
@@ -107,4 +108,5 @@ def cpu_usage(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
     used.sort(reverse=True)
     total = sum(u for u, _, _ in used)
     return {"cpu_s": total, "cores_mean": total / duration_s, "processes": len(used),
-            "busiest": [{"pid": pid, "name": name, "cpu_share": u / duration_s} for u, pid, name in used[:top]]}
+            "busiest": [{"pid": pid, "name": name, "cpu_share": u / duration_s,
+                         **({"role": roles[pid]} if roles and pid in roles else {})} for u, pid, name in used[:top]]}

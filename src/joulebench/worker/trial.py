@@ -11,6 +11,7 @@ what they need as arguments. The record is built by worker/record.py.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -219,10 +220,24 @@ def measure_window(session: ExperimentSession, requests: list, params: dict[str,
                     break
     finally:
         timeline = sampler.end() if sampler is not None else None
-    host_cpu = cpu_usage(cpu_before, cpu_times(pids | session.own_pids()), w.result.duration_s)
+    host_cpu = cpu_usage(cpu_before, cpu_times(pids | session.own_pids()), w.result.duration_s,
+                         roles=process_roles(session, params))
     return WindowOutcome(window=w.result, cpu_window=wcpu.result, unused_window=wunused.result, results=results,
                          passes=passes, steady=steady.summary() if steady is not None else None,
                          timeline=timeline, clock_offset_s=time.time() - time.perf_counter(), host_cpu=host_cpu)
+
+
+def process_roles(session: ExperimentSession, params: dict[str, Any]) -> dict[int, str]:
+    """What the known processes of the worker's tree are, for ``host_cpu``."""
+    roles = {os.getpid(): "joulebench worker (load generator)" if params.get("mode") == "served"
+             else "joulebench worker (engine)"}
+    notes = getattr(session.load_info, "notes", None) or {}
+    if isinstance(notes.get("server_pid"), int):
+        roles[notes["server_pid"]] = "engine server"
+    sampler_pid = getattr(session.sampler, "pid", None)
+    if isinstance(sampler_pid, int):
+        roles[sampler_pid] = "joulebench sampler"
+    return roles
 
 
 def request_energy(w: WindowOutcome, params: dict[str, Any]) -> dict[str, Any] | None:
