@@ -82,9 +82,11 @@ def test_context_weighted_rule_is_fairer_to_short_requests_on_gpu_traces():
 
 def test_result_file_has_what_the_issue_asks_for():
     assert RESULT["gpu"] == "NVIDIA H100 80GB HBM3" and RESULT["vllm_version"] == "0.26.0"
-    pts = {p["max_num_seqs"]: p for p in RESULT["points"]}
+    pts = {p["max_num_seqs"]: p for p in RESULT["points"] if not p.get("variant")}
     assert sorted(pts) == [8, 64, 512]
-    for b, p in pts.items():
+    api4 = [p for p in RESULT["points"] if p.get("variant") == "api4"]
+    assert [p["max_num_seqs"] for p in api4] == [512]
+    for b, p in [*pts.items(), (512, api4[0])]:
         xs = p["j_per_output_token"]
         assert p["repeats"] == len(xs) == 5 and p["ci95"][0] < p["j_per_output_token_mean"] < p["ci95"][1]
         assert p["mlenergy_j_per_output_token"] == {8: 0.4548, 64: 0.1186, 512: 0.0702}[b]
@@ -95,7 +97,13 @@ def test_result_file_has_what_the_issue_asks_for():
     assert set(pr["two_class_agreement"]["classes"]) == {"short", "long"}
     assert 0 < RESULT["sweep_efficiency"]["windows_share"] < RESULT["sweep_efficiency"]["windows_share_after_server_start"] < 1
     mo = RESULT["meter_overhead_ratio"]
-    assert mo["ci95"][0] < mo["ratio_mean"] < mo["ci95"][1] and mo["complete"] is False
+    assert mo["ci95"][0] < mo["ratio_mean"] < mo["ci95"][1] and mo["complete"] is True and mo["pairs"] == 8
+    ratios = RESULT["meter_overhead"]["whole_pass"]["ratios"]
+    assert len(ratios) == 8 and sum(ratios) / 8 == pytest.approx(mo["ratio_mean"], rel=1e-12)
+    # the B = 512 spread: five repeats, each with the load generator's share of a core and its pauses
+    spread = RESULT["b512_spread"]["per_repeat"]
+    assert [r["j_per_output_token"] for r in spread] == api4[0]["j_per_output_token"]
+    assert all(r["worker_cpu_share"] > 0.85 and r["pauses"] >= 10 for r in spread)
 
 
 def test_stream_stats_on_gpu_traces_and_by_hand():
@@ -116,3 +124,23 @@ def test_stream_stats_on_gpu_traces_and_by_hand():
     st = mod.stream_stats(results)
     assert st["tokens"] == rec["whole_window"]["output_tokens"]
     assert 5.0 < st["itl_ms"]["median"] < 20.0 and st["itl_ms"]["median"] <= st["itl_ms"]["p90"] <= st["itl_ms"]["p99"]
+
+
+def test_b512_records_show_the_load_generator_near_a_whole_core():
+    """The third run's five B = 512 records (--api-server-count 4): the worker, which runs the load generator,
+    is the busiest process of the trial's tree and is flagged; its share matches the result file's table."""
+    recs = [json.loads(p.read_text()) for p in sorted((REPO / "tests" / "fixtures" / "vllm" / "h100_b512_api4"
+                                                       / "trials").glob("*.json"))]
+    spread = RESULT["b512_spread"]["per_repeat"]
+    assert len(recs) == len(spread) == 5
+    for rec, row in zip(recs, spread):
+        assert rec["repeat"] == row["repeat"]
+        assert rec["energy_per_output_token_j"] == pytest.approx(row["j_per_output_token"], rel=1e-12)
+        top = rec["host_cpu"]["busiest"][0]
+        assert top["cpu_share"] == pytest.approx(row["worker_cpu_share"], abs=5e-4)
+        busy = [f for f in rec["flags"] if f["code"] == "host_cpu_busy"]
+        assert bool(busy) == (top["cpu_share"] >= 0.9)          # 4 of 5 repeats; r4 at 88.5 % is not flagged
+        assert all(f"pid {top['pid']}" in f["detail"] for f in busy)
+        command = rec["load_notes"]["command"]
+        assert command[command.index("--api-server-count") + 1] == "4"
+        assert rec["steady_state"]["running_batch_mean"] > 0.98 * 512
