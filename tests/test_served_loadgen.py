@@ -333,6 +333,9 @@ CHUNKED_SERVER = textwrap.dedent("""
                     await asyncio.sleep(0)
                 writer.write(b"0\\r\\n\\r\\n")
                 await writer.drain()
+                if len(sys.argv) > 3:          # let the connection go after one response, without saying so
+                    writer.close()
+                    return
         except (asyncio.IncompleteReadError, ConnectionError):
             writer.close()
     async def count(reader, writer):                  # a second port: how many connections the first accepted
@@ -396,3 +399,18 @@ def test_the_garbage_collector_is_back_on_after_a_pass(tmp_path):
     with pytest.raises(BackendError):
         gen.run([Request(0, "hi")], lambda r: {"prompt": r.prompt}, LoadSpec(concurrency=1))
     assert gc.isenabled() and gc.get_freeze_count() == 0
+
+
+def test_a_keep_alive_connection_the_server_let_go_is_replaced(tmp_path):
+    """A server that closes every connection after one response without saying so (as a keep-alive timeout does
+    to an idle connection): each reused connection fails before any response comes, and the request goes out
+    again on a new one."""
+    port, count_port = free_port(), free_port()
+    with ServerProcess([sys.executable, "-c", CHUNKED_SERVER, str(port), str(count_port), "one-per-connection"],
+                       log_path=tmp_path / "c.log") as srv:
+        srv.wait_ready(lambda: _accepted(count_port) == 0, timeout_s=20)
+        gen = LoadGenerator(f"http://127.0.0.1:{port}")
+        reqs = [Request(i, "hi", max_output_tokens=4) for i in range(12)]
+        res = gen.run(reqs, lambda r: {"prompt": r.prompt, "max_tokens": r.max_output_tokens}, LoadSpec(concurrency=3))
+        assert [r.output_tokens for r in res] == [4] * 12
+        assert _accepted(count_port) == 12

@@ -319,12 +319,17 @@ class LoadGenerator:
 class _Conn:
     """One HTTP/1.1 keep-alive connection to the server."""
 
-    __slots__ = ("reader", "writer", "last_s", "busy")
+    __slots__ = ("reader", "writer", "last_s", "busy", "status_line")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader, self.writer = reader, writer
         self.last_s = time.monotonic()
         self.busy = False
+        self.status_line = b""
+
+
+class _Stale(Exception):
+    """A connection closed before any of the response came."""
 
 
 class _Pool:
@@ -375,18 +380,29 @@ class _Pool:
 
     async def stream(self, body: bytes, req: Request, state: _StreamState,
                      first_token: Callable[[float], None]) -> None:
-        conn = self.idle.pop() if self.idle else await self._connect()
-        conn.busy, conn.last_s = True, time.monotonic()
+        conn = self.idle.pop() if self.idle else None
         try:
-            reuse = await self._exchange(conn, body, req, state, first_token)
-        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
-            self._drop(conn)
-            if isinstance(exc, asyncio.IncompleteReadError) and time.monotonic() - conn.last_s >= self.idle_timeout_s:
-                raise BackendError(f"request {req.index}: no data from the server for {self.idle_timeout_s:g} s") \
-                    from exc
+            if conn is not None:
+                conn.busy, conn.last_s = True, time.monotonic()
+                try:
+                    await self._send(conn, body)
+                except _Stale:
+                    conn = None     # the server let it go while it sat idle (keep-alive timeout): once more, anew
+            if conn is None:
+                conn = await self._connect()
+                conn.busy, conn.last_s = True, time.monotonic()
+                await self._send(conn, body)
+            reuse = await self._exchange(conn, req, state, first_token)
+        except (_Stale, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
+            if conn is not None:
+                self._drop(conn)
+                if time.monotonic() - conn.last_s >= self.idle_timeout_s:
+                    raise BackendError(f"request {req.index}: no data from the server for {self.idle_timeout_s:g} s") \
+                        from exc
             raise BackendError(f"request {req.index}: the connection to the server failed: {exc!r}") from exc
         except BaseException:
-            self._drop(conn)
+            if conn is not None:
+                self._drop(conn)
             raise
         conn.busy = False
         if reuse:
@@ -394,12 +410,25 @@ class _Pool:
         else:
             self._drop(conn)
 
-    async def _exchange(self, conn: _Conn, body: bytes, req: Request, state: _StreamState,
+    async def _send(self, conn: _Conn, body: bytes) -> _Conn:
+        """Send a request and wait for its status line (kept on the connection); ``_Stale`` when the connection was
+        closed before any of the response came (a keep-alive connection the server let go)."""
+        try:
+            conn.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+            conn.status_line = await conn.reader.readuntil(b"\n")
+        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+            if (isinstance(exc, asyncio.IncompleteReadError) and exc.partial) or \
+                    time.monotonic() - conn.last_s >= self.idle_timeout_s:
+                raise                   # part of a response came, or it timed out: not a connection let go
+            self._drop(conn)
+            raise _Stale() from exc
+        return conn
+
+    async def _exchange(self, conn: _Conn, req: Request, state: _StreamState,
                         first_token: Callable[[float], None]) -> bool:
-        """One request and its whole response; whether the connection can be reused."""
+        """The rest of a response after its status line; whether the connection can be reused."""
         reader = conn.reader
-        conn.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-        status_line = await reader.readuntil(b"\n")
+        status_line = conn.status_line
         parts = status_line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
             raise ValueError(f"not an HTTP response: {status_line[:100]!r}")
