@@ -15,6 +15,10 @@ when the server reports them: a running ``usage.completion_tokens`` per chunk
 ``usage`` or, without one, with ``max_tokens`` when the request finished for "length"
 (then ``token_times_exact`` is False if they disagree).
 
+The client is a lean HTTP/1.1 one of its own (``_Pool``) and Python's garbage collector is off while a
+pass streams: the windows are timed here, so the client must keep pace with the server (at max_num_seqs 512
+on an H100, ~15,000 single-token events a second; docs/measurement.md, "The load generator must keep pace").
+
 Definitions (vLLM's): TTFT = submit -> first token; ITL = gaps between
 consecutive tokens; TPOT = (latency - TTFT) / (output tokens - 1).
 
