@@ -323,13 +323,12 @@ class LoadGenerator:
 class _Conn:
     """One HTTP/1.1 keep-alive connection to the server."""
 
-    __slots__ = ("reader", "writer", "last_s", "busy", "status_line")
+    __slots__ = ("reader", "writer", "last_s", "busy")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.reader, self.writer = reader, writer
         self.last_s = time.monotonic()
         self.busy = False
-        self.status_line = b""
 
 
 class _Stale(Exception):
@@ -389,14 +388,15 @@ class _Pool:
             if conn is not None:
                 conn.busy, conn.last_s = True, time.monotonic()
                 try:
-                    await self._send(conn, body)
+                    status_line = await self._send(conn, body)
                 except _Stale:
+                    self._drop(conn)
                     conn = None     # the server let it go while it sat idle (keep-alive timeout): once more, anew
             if conn is None:
                 conn = await self._connect()
                 conn.busy, conn.last_s = True, time.monotonic()
-                await self._send(conn, body)
-            reuse = await self._exchange(conn, req, state, first_token)
+                status_line = await self._send(conn, body)
+            reuse = await self._exchange(conn, status_line, req, state, first_token)
         except (_Stale, OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError) as exc:
             if conn is not None:
                 self._drop(conn)
@@ -414,25 +414,22 @@ class _Pool:
         else:
             self._drop(conn)
 
-    async def _send(self, conn: _Conn, body: bytes) -> _Conn:
-        """Send a request and wait for its status line (kept on the connection); ``_Stale`` when the connection was
-        closed before any of the response came (a keep-alive connection the server let go)."""
+    async def _send(self, conn: _Conn, body: bytes) -> bytes:
+        """Send a request and return its response's status line; ``_Stale`` when the connection was closed before
+        any of the response came (a keep-alive connection the server let go)."""
         try:
             conn.writer.write(self.head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
-            conn.status_line = await conn.reader.readuntil(b"\n")
+            return await conn.reader.readuntil(b"\n")
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             if (isinstance(exc, asyncio.IncompleteReadError) and exc.partial) or \
                     time.monotonic() - conn.last_s >= self.idle_timeout_s:
                 raise                   # part of a response came, or it timed out: not a connection let go
-            self._drop(conn)
             raise _Stale() from exc
-        return conn
 
-    async def _exchange(self, conn: _Conn, req: Request, state: _StreamState,
+    async def _exchange(self, conn: _Conn, status_line: bytes, req: Request, state: _StreamState,
                         first_token: Callable[[float], None]) -> bool:
         """The rest of a response after its status line; whether the connection can be reused."""
         reader = conn.reader
-        status_line = conn.status_line
         parts = status_line.split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/"):
             raise ValueError(f"not an HTTP response: {status_line[:100]!r}")
@@ -450,9 +447,7 @@ class _Pool:
                 chunked = b"chunked" in value
             elif name == b"connection":
                 keep = value != b"close"
-        sse = _SSE(req, state, first_token)
-        if status != 200:
-            sse = _Collect()
+        sse = _SSE(req, state, first_token) if status == 200 else _Collect()
         if chunked:
             while True:
                 size = int((await reader.readuntil(b"\n")).split(b";")[0].strip(), 16)
@@ -491,9 +486,8 @@ class _Collect:
     def __init__(self):
         self.parts: list[bytes] = []
 
-    def feed(self, data: bytes) -> bool:
+    def feed(self, data: bytes) -> None:
         self.parts.append(data)
-        return False
 
     def text(self) -> str:
         return b"".join(self.parts).decode("utf-8", "replace").strip()
@@ -511,9 +505,9 @@ class _SSE:
         self.rest = b""
         self.done = False
 
-    def feed(self, data: bytes) -> bool:
+    def feed(self, data: bytes) -> None:
         if self.done:
-            return True
+            return
         t = time.perf_counter()
         buf = self.rest + data if self.rest else data
         lines = buf.split(b"\n")
@@ -525,7 +519,7 @@ class _SSE:
             payload = line[5:].strip()
             if payload == b"[DONE]":
                 self.done = True
-                return True
+                return
             try:
                 chunk = json.loads(payload)
             except ValueError:
@@ -536,7 +530,6 @@ class _SSE:
             _consume_chunk(state, chunk, t)
             if not had_token and state.times:
                 self.first_token(t)
-        return False
 
 
 def _to_result(req: Request, submit: float, state: _StreamState, max_tokens: int | None = None) -> RequestResult:
