@@ -99,14 +99,10 @@ while [ $# -gt 0 ]; do
     fi
     ;;
   tier)
-    # the GPU test tier (pytest -m gpu tests/gpu, one GPU), the study test alone first: a CUDA context left in
-    # the pytest process by the meter tests would be another user's process to the study it starts
+    # the GPU test tier (benchmarks/gpu_tier.sh: the study test alone first, then the meter tests)
     nvidia-smi --query-gpu=index,name,uuid,driver_version,power.limit --format=csv > "$OUT/nvidia-smi.csv" 2>&1
-    timeout ${TIER_TIMEOUT:-200} python3 -m pytest -m gpu tests/gpu/test_gpu_study.py -v -s -p no:cacheprovider 2>&1 \
-      | tee "$OUT/pytest-gpu-study.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed| ok " | tail -20
-    timeout ${TIER_TIMEOUT:-200} python3 -m pytest -m gpu tests/gpu/test_gpu_meters.py -v -s -p no:cacheprovider \
-      -k "not multi_gpu" 2>&1 | tee "$OUT/pytest-gpu.log" \
-      | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|W, CV|idle .* W|counter period" | tail -30
+    OUT=$OUT TIER_STUDY_TIMEOUT=${TIER_TIMEOUT:-200} TIER_METERS_TIMEOUT=${TIER_TIMEOUT:-200} \
+      bash benchmarks/gpu_tier.sh | tail -50
     ;;
   containers)
     nvidia-smi --query-gpu=index,name,uuid,driver_version,power.limit --format=csv > "$OUT/nvidia-smi.csv" 2>&1

@@ -41,13 +41,7 @@ prepare_real() {
 case $stage in
 tier|study)
   [ -f .jbm1/part0 ] && cp .jbm1/part0 "$JB_WORK/part0"
-  # The study test first and on its own: a CUDA context left in this pytest process by the meter tests
-  # would be another user's process to the study it starts.
-  timeout 150 python3 -m pytest -m gpu tests/gpu/test_gpu_study.py -v -s -p no:cacheprovider 2>&1 \
-    | tee "$OUT/pytest-gpu-study.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed| ok "
-  [ "$stage" = study ] && exit 0
-  timeout 200 python3 -m pytest -m gpu tests/gpu/test_gpu_meters.py -v -s -p no:cacheprovider -k "not multi_gpu" 2>&1 \
-    | tee "$OUT/pytest-gpu.log" | grep -E "PASSED|FAILED|SKIPPED|ERROR|passed|failed|W, CV|idle .* W|counter period"
+  OUT=$OUT bash benchmarks/gpu_tier.sh "$([ "$stage" = study ] && echo study)"
   ;;
 sweep)
   [ -f .jbm1/part0 ] && cp .jbm1/part0 "$JB_WORK/part0"
