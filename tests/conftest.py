@@ -1,6 +1,7 @@
 """Shared test helpers: paths, tiny study files, running the real CLI."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -35,6 +36,15 @@ FAST_MEASUREMENT = {
     "warmup": {"cv_target": 0.5, "k": 2, "min_passes": 1, "max_passes": 2},
 }
 
+
+
+def load_benchmark(name: str):
+    """The script benchmarks/<name>.py as a module (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module          # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
 
 def tiny_study(name: str = "t", **overrides) -> dict:
     study = {

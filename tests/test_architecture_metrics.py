@@ -1,21 +1,18 @@
 """benchmarks/architecture_metrics.py counts what it claims to, on a tiny package of known shape."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+from .conftest import load_benchmark
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "architecture_metrics.py"
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location("architecture_metrics", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module        # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("architecture_metrics")
 
 
 def _package(root: Path) -> Path:

@@ -2,7 +2,6 @@
 in the worker's format; the window is one interval, so the figures follow from the token counts)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,10 +10,9 @@ import pytest
 from joulebench.backends.base import RequestResult
 from joulebench.results.requests import requests_trace_path, write_requests_trace
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("attribution_rules", REPO / "benchmarks" / "attribution_rules.py")
-attribution_rules = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(attribution_rules)
+from .conftest import load_benchmark
+
+attribution_rules = load_benchmark("attribution_rules")
 
 SHORT = {"name": "short", "input_tokens": 10, "output_tokens": 2}
 LONG = {"name": "long", "input_tokens": 1000, "output_tokens": 2}

@@ -1,17 +1,16 @@
 """benchmarks/container_probe.py: the medians per variant and their ratios to the host (pure)."""
 from __future__ import annotations
 
-import importlib.util
 import sys
 from pathlib import Path
 
 import pytest
 
+from .conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-_spec = importlib.util.spec_from_file_location("container_probe", REPO / "benchmarks" / "container_probe.py")
-probe = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(probe)
+probe = load_benchmark("container_probe")
 
 
 def _rows(variant, launches, syscalls):

@@ -1,16 +1,15 @@
 """benchmarks/engines_compare.py: the issue's comparison document from a trial table (pure part)."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pandas as pd
 
+from .conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("engines_compare", REPO / "benchmarks" / "engines_compare.py")
-engines_compare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(engines_compare)
+engines_compare = load_benchmark("engines_compare")
 
 
 def _rows():

@@ -3,7 +3,6 @@ workers wrote them, in tests/fixtures/engines/h100_vllm_sglang (no timelines). T
 them is benchmarks/results/engines-gpu-h100-2026-12-07.json; the report's effects table is checked here."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -13,13 +12,13 @@ import pytest
 
 from joulebench.report.build import sweep_axes
 
+from .conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "tests" / "fixtures" / "engines" / "h100_vllm_sglang"
 RESULT = json.loads((REPO / "benchmarks" / "results" / "engines-gpu-h100-2026-12-07.json").read_text())
 RECORDS = [json.loads(p.read_text()) for p in sorted((STUDY / "trials").glob("*.json"))]
-_spec = importlib.util.spec_from_file_location("engines_compare", REPO / "benchmarks" / "engines_compare.py")
-engines_compare = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(engines_compare)
+engines_compare = load_benchmark("engines_compare")
 
 
 def test_fixture_is_the_whole_study_on_one_h100():

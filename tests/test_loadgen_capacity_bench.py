@@ -2,15 +2,12 @@
 streamed token of every request (in one write per response and one write per event)."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("loadgen_capacity", REPO / "benchmarks" / "loadgen_capacity.py")
-loadgen_capacity = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(loadgen_capacity)
+from .conftest import load_benchmark
+
+loadgen_capacity = load_benchmark("loadgen_capacity")
 
 
 @pytest.mark.parametrize("per_event", [False, True])

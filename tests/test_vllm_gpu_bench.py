@@ -1,16 +1,13 @@
 """benchmarks/vllm_gpu.py's pure parts: the split of the gap to ML.ENERGY and the paired meter-overhead figure."""
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("vllm_gpu", REPO / "benchmarks" / "vllm_gpu.py")
-vllm_gpu = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(vllm_gpu)
+from .conftest import load_benchmark
+
+vllm_gpu = load_benchmark("vllm_gpu")
 
 
 def test_published_points_are_consistent_power_over_throughput():

@@ -4,7 +4,6 @@ served warm-up of one running batch). tests/fixtures/vllm/h100_two_class holds o
 and requests traces as the worker wrote them. The figures are in benchmarks/results/vllm-mlenergy-h100-2026-12-07.json."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,13 +11,13 @@ import pytest
 
 from joulebench.results.requests import read_requests_trace, reattribute
 
+from .conftest import load_benchmark
+
 REPO = Path(__file__).resolve().parents[1]
 STUDY = REPO / "tests" / "fixtures" / "vllm" / "h100_two_class"
 RESULT = json.loads((REPO / "benchmarks" / "results" / "vllm-mlenergy-h100-2026-12-07.json").read_text())
 RECORDS = [json.loads(p.read_text()) for p in sorted((STUDY / "trials").glob("*.json"))]
-_spec = importlib.util.spec_from_file_location("attribution_rules", REPO / "benchmarks" / "attribution_rules.py")
-attribution_rules = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(attribution_rules)
+attribution_rules = load_benchmark("attribution_rules")
 
 
 def _classes(rec):
@@ -107,9 +106,7 @@ def test_result_file_has_what_the_issue_asks_for():
 
 
 def test_stream_stats_on_gpu_traces_and_by_hand():
-    spec = importlib.util.spec_from_file_location("stream_stats", REPO / "benchmarks" / "stream_stats.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
+    mod = load_benchmark("stream_stats")
     from joulebench.backends.base import RequestResult
 
     # by hand: two requests, tokens 10 ms apart, one whole-server pause of 200 ms, one double token
