@@ -91,6 +91,19 @@ def test_warmup_step_rules_in_a_long_lived_worker():
     assert not warmup_step([100.2], history=[60, 80, 100], min_passes=2, k=3).converged
 
 
+def test_rewarm_check_holds_a_skipped_rewarm_to_the_earlier_windows():
+    from joulebench.meters.warmup import rewarm_check
+
+    earlier = [1000.0, 1010.0, 990.0]
+    ok, rel = rewarm_check(995.0, earlier, cv_target=0.02)
+    assert ok and rel == pytest.approx(-0.005)
+    ok, rel = rewarm_check(900.0, earlier, cv_target=0.02)          # 10 % slow: not warm
+    assert not ok and rel == pytest.approx(-0.1)
+    assert rewarm_check(1050.0, [900.0, 1100.0, 1000.0], cv_target=0.02)[0]   # inside 2 sd of noisy windows
+    assert not rewarm_check(1030.0, [1000.0], cv_target=0.02)[0]     # one earlier pass: cv_target alone
+    assert rewarm_check(1030.0, [], cv_target=0.02) == (True, None)  # nothing to hold it to
+
+
 # ---- thermal gate ----
 @pytest.fixture
 def clock():

@@ -178,6 +178,40 @@ def test_one_worker_serves_every_round_of_its_load_group(write_study, tmp_path):
     assert not list((out / "experiments").glob("inbox-*"))       # the inbox is cleaned up
 
 
+def test_rewarm_passes_zero_measures_a_repeat_at_once_and_checks_its_first_pass(write_study, tmp_path):
+    """warmup.rewarm_passes: 0: a repeat of a configuration warmed in an earlier round gets no warm-up pass;
+    its window's first pass is held to the configuration's earlier window passes and the result recorded."""
+    study = tiny_study("rewarm0", sweep={"max_output_tokens": [2, 4]}, repeats=2)
+    study["measurement"] = dict(FAST_MEASUREMENT, warmup={"cv_target": 1e6, "k": 2, "min_passes": 2,
+                                                          "max_passes": 4, "rewarm_passes": 0})
+    out = tmp_path / "r"
+    result = run_study(write_study(study), out=out, quiet=True, report=False)
+    assert result.exit_code == 0 and result.ok == 4
+    for r in _records(out).values():
+        w = r["warmup"]
+        if r["repeat"] == 0:
+            assert w["passes"] >= 2 and not w["skipped"] and w["first_pass_rel_diff"] is None
+        else:        # no pass, the window began at once; cv_target 1e6: any first pass agrees
+            assert w["skipped"] and w["passes"] == 0 and w["duration_s"] == 0.0 and w["converged_by"] == "earlier"
+            assert w["first_pass_agrees"] is True and isinstance(w["first_pass_rel_diff"], float)
+            assert "rewarm_drift" not in {f["code"] for f in r["flags"]}
+
+
+def test_rewarm_window_check_flags_a_first_pass_that_ran_elsewhere():
+    from joulebench.config.study import WarmupConfig
+    from joulebench.worker.trial import WarmState, rewarm_window_check
+
+    state, cfg = WarmState(), WarmupConfig(rewarm_passes=0, cv_target=0.02)
+    first = {"skipped": False}
+    assert rewarm_window_check(first, [1000.0, 1005.0], "c", cfg, state) == []   # first window: remembered
+    assert state.window_passes["c"] == [1000.0, 1005.0]
+    slow = {"skipped": True}
+    flags = rewarm_window_check(slow, [700.0, 1000.0], "c", cfg, state)
+    assert [f.code for f in flags] == ["rewarm_drift"] and "-30.2%" in flags[0].detail
+    assert slow["first_pass_agrees"] is False and slow["first_pass_rel_diff"] == pytest.approx(-0.3017, abs=1e-3)
+    assert "rewarm_passes" in flags[0].advice
+
+
 def test_worker_needs_a_spec_or_an_inbox(tmp_path):
     r = subprocess.run([*JOULEBENCH[:1], "-m", "joulebench.worker.main", "--out", str(tmp_path)],
                        capture_output=True, text=True)

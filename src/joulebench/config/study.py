@@ -162,8 +162,10 @@ class WarmupConfig(Strict):
     cv_target: float = Field(0.02, gt=0, description="stop when CV of the last k passes' tokens/s is below")
     k: int = Field(3, ge=2)
     min_passes: int = Field(2, ge=0)
-    rewarm_passes: int = Field(1, ge=1, description="passes for a configuration this worker warmed to "
-                                                    "stability in an earlier round (the switch back to its shapes)")
+    rewarm_passes: int = Field(1, ge=0, description="passes for a configuration this worker warmed to "
+                                                    "stability in an earlier round (the switch back to its shapes); "
+                                                    "0: none, the window's first pass is checked against the "
+                                                    "configuration's earlier windows instead (flag rewarm_drift)")
     max_passes: int = Field(20, ge=0)
     plateau: bool = Field(True, description="also stop once the mean of the last k passes has stopped moving "
                                             "against the k before (pass-to-pass noise left; meters/warmup.py)")

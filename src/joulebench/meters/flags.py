@@ -41,6 +41,7 @@ class Flag(str, Enum):
     LOW_BATCH_OCCUPANCY = "low_batch_occupancy"
     SHORT_STEADY_WINDOW = "short_steady_window"
     HOST_CPU_BUSY = "host_cpu_busy"
+    REWARM_DRIFT = "rewarm_drift"
 
     @classmethod
     def _missing_(cls, value):
@@ -112,6 +113,10 @@ _ADVICE: dict[Flag, str] = {
                         "generator) kept one CPU core busy for 90 % or more of the window, so the run may wait on the "
                         "host rather than the GPU, and repeats vary with the host's load; see host_cpu.busiest, "
                         "then spread the work (more API-server processes, fewer streamed tokens) or use a faster host.",
+    Flag.REWARM_DRIFT: "This repeat ran without a re-warm pass (warmup.rewarm_passes: 0) and the window's first pass "
+                       "did not run where this configuration's earlier windows ran, so the configuration may not "
+                       "have been warm when the window began; set measurement.warmup.rewarm_passes to 1 (the "
+                       "default) or more, or treat this trial with care.",
 }
 _INFO = {Flag.SYNTHETIC_WEIGHTS}
 

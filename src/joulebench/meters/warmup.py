@@ -17,7 +17,10 @@ Ways to be stable, all over whole warm-up passes (tokens/s of each pass):
   round; the switch back to its shapes costs ``rewarm_passes`` passes, not a new warm-up,
   provided the latest pass agrees with the earlier ones (within ``cv_target``, or within two
   of their standard deviations); otherwise passes continue until one does, or until an
-  ordinary rule (over the earlier and new passes together) says stable.
+  ordinary rule (over the earlier and new passes together) says stable. With ``rewarm_passes: 0`` the
+  switch back costs nothing: the window starts at once, and its first pass is held to the passes of the
+  configuration's earlier windows (:func:`rewarm_check`; the trial is flagged ``rewarm_drift`` when it
+  runs elsewhere). All the window's passes are kept either way: no pass is dropped for disagreeing.
 """
 from __future__ import annotations
 
@@ -108,3 +111,20 @@ def warmup_step(new: Sequence[float], *, history: Sequence[float] = (), k: int =
         if last is not None and last <= max(cv_target, noise_floor_cv):
             return WarmupState(True, last, "noise-floor")
     return st
+
+
+def rewarm_check(first_pass_tok_s: float, earlier_tok_s: Sequence[float], *,
+                 cv_target: float = 0.02) -> tuple[bool, float | None]:
+    """A repeat measured without a re-warm pass (``rewarm_passes: 0``): does the window's first pass run where
+    this configuration's earlier windows ran? Within ``cv_target`` of their passes' mean, or within two of
+    their standard deviations (the same tolerance as the ``earlier`` rule). Returns (agrees, relative
+    difference to that mean); no earlier passes -> (True, None): nothing to hold it to."""
+    ref = [float(x) for x in earlier_tok_s if x is not None and math.isfinite(float(x))]
+    if not ref or not math.isfinite(float(first_pass_tok_s)):
+        return True, None
+    m = sum(ref) / len(ref)
+    if m <= 0:
+        return True, None
+    sd = math.sqrt(_mean_var(ref)[1]) if len(ref) > 1 else 0.0
+    diff = float(first_pass_tok_s) - m
+    return abs(diff) <= max(cv_target * m, 2.0 * sd), diff / m

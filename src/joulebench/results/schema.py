@@ -67,6 +67,9 @@ class WarmupRecord(_Model):
     throughputs_tok_s: list[float] = Field(default_factory=list)
     rewarm: bool = False              # the worker had warmed this configuration before (an earlier round)
     noise_floor_cv: float | None = None   # the worker's steady-state pass CV this trial was held to
+    skipped: bool = False             # a repeat with rewarm_passes 0: no re-warm pass, the window began at once
+    first_pass_rel_diff: float | None = None   # then: its window's first pass against the earlier windows' passes
+    first_pass_agrees: bool | None = None      # within the tolerance (else the trial is flagged rewarm_drift)
 
 
 # ---------------------------------------------------------------- served mode: per-request energy, SLO

@@ -38,6 +38,7 @@ class WarmState:
     history: dict[str, list[float]] = field(default_factory=dict)   # config id -> pass throughputs (tokens/s)
     converged: set[str] = field(default_factory=set)                # configurations warmed to stability
     noise_floor_cvs: list[float] = field(default_factory=list)      # steady-state pass-to-pass CVs (plateaus)
+    window_passes: dict[str, list[float]] = field(default_factory=dict)  # config id -> its windows' pass tokens/s
 
 
 @dataclass
@@ -52,6 +53,7 @@ class WindowOutcome:
     timeline: Any                    # the sampler's timeline (or None)
     clock_offset_s: float = 0.0      # time.time() - time.perf_counter() in this process (timeline vs token clocks)
     host_cpu: dict[str, Any] | None = None   # CPU used by this worker's process tree over the window (system/proc.py)
+    pass_throughputs_tok_s: list[float] = field(default_factory=list)   # output tokens / duration of each pass
 
 
 def run_trial(session: ExperimentSession, trial: TrialSpec) -> dict[str, Any]:
@@ -74,6 +76,7 @@ def run_trial(session: ExperimentSession, trial: TrialSpec) -> dict[str, Any]:
     session.phase(Phase.WINDOW, tid)
     inject_fault(tid)
     w = measure_window(session, requests, params)
+    flags += rewarm_window_check(warmup, w.pass_throughputs_tok_s, trial.config_id, m.warmup, session.warm)
     ts_rel = None
     if w.timeline is not None and len(w.timeline):
         from joulebench.meters.sampler import write_timeseries
@@ -123,6 +126,11 @@ def warm_up(backend: Backend, requests: list, params: dict[str, Any], config_id:
     history = list(state.history.get(config_id, []))
     warmed_before = config_id in state.converged
     floor = statistics.median(state.noise_floor_cvs) if state.noise_floor_cvs else None
+    if warmed_before and history and wcfg.rewarm_passes == 0:
+        # no re-warm pass: the window starts at once and its first pass is checked (rewarm_window_check)
+        return {"passes": 0, "converged": True, "converged_by": "earlier", "duration_s": 0.0,
+                "cv": cv_of(history[-wcfg.k:]), "throughputs_tok_s": [], "requests_per_pass": 0,
+                "noise_floor_cv": None, "rewarm": True, "skipped": True}, []
     throughputs: list[float] = []
     warm_requests = warmup_requests(backend, requests, params, wcfg)
     w_start = time.perf_counter()
@@ -156,6 +164,25 @@ def warm_up(backend: Backend, requests: list, params: dict[str, Any], config_id:
             "cv": wcv, "throughputs_tok_s": throughputs, "requests_per_pass": len(warm_requests),
             "noise_floor_cv": floor if how == "noise-floor" else None,
             "rewarm": bool(history)}, flags
+
+
+def rewarm_window_check(warmup: dict[str, Any], pass_tok_s: list[float], config_id: str, wcfg: WarmupConfig,
+                        state: WarmState) -> list[QualityFlag]:
+    """Remember this window's pass throughputs for the configuration; a repeat that skipped its re-warm pass
+    (``rewarm_passes: 0``) has its first pass held to the earlier windows' passes (meters/warmup.rewarm_check).
+    The result goes into the warm-up block: ``first_pass_rel_diff``, ``first_pass_agrees``."""
+    from joulebench.meters.warmup import rewarm_check
+
+    earlier = list(state.window_passes.get(config_id, []))
+    state.window_passes[config_id] = (earlier + list(pass_tok_s))[-4 * wcfg.k:]
+    if not warmup.get("skipped") or not pass_tok_s:
+        return []
+    agrees, rel = rewarm_check(pass_tok_s[0], earlier, cv_target=wcfg.cv_target)
+    warmup["first_pass_rel_diff"], warmup["first_pass_agrees"] = rel, agrees
+    if agrees:
+        return []
+    return [QualityFlag(Flag.REWARM_DRIFT, f"first pass {pass_tok_s[0]:.1f} tok/s, {rel:+.1%} from this "
+                                           f"configuration's {len(earlier)} earlier window passes")]
 
 
 def warmup_requests(backend: Backend, requests: list, params: dict[str, Any], wcfg: WarmupConfig) -> list:
@@ -197,6 +224,7 @@ def measure_window(session: ExperimentSession, requests: list, params: dict[str,
     if sampler is not None:
         sampler.begin()
     results: list[RequestResult] = []
+    pass_tok_s: list[float] = []
     passes = 0
     steady = None
     if params.get("mode") == "served":
@@ -211,7 +239,11 @@ def measure_window(session: ExperimentSession, requests: list, params: dict[str,
                 EnergyWindow(session.cpu_devs) as wcpu, EnergyWindow(session.unused_devs) as wunused:
             t_end = time.perf_counter() + float(session.m.min_window_s)
             while True:
-                results.extend(backend.generate(requests, params))
+                t_pass = time.perf_counter()
+                res = backend.generate(requests, params)
+                dt = time.perf_counter() - t_pass
+                results.extend(res)
+                pass_tok_s.append(sum(r.output_tokens for r in res) / dt if dt > 0 else 0.0)
                 passes += 1
                 if steady is not None:
                     steady.close_pass(getattr(backend, "steady_state", None), getattr(backend, "steady_batch", None),
@@ -224,7 +256,8 @@ def measure_window(session: ExperimentSession, requests: list, params: dict[str,
                          roles=process_roles(session, params))
     return WindowOutcome(window=w.result, cpu_window=wcpu.result, unused_window=wunused.result, results=results,
                          passes=passes, steady=steady.summary() if steady is not None else None,
-                         timeline=timeline, clock_offset_s=time.time() - time.perf_counter(), host_cpu=host_cpu)
+                         timeline=timeline, clock_offset_s=time.time() - time.perf_counter(), host_cpu=host_cpu,
+                         pass_throughputs_tok_s=pass_tok_s)
 
 
 def process_roles(session: ExperimentSession, params: dict[str, Any]) -> dict[int, str]:
