@@ -18,10 +18,10 @@
 #   probe           benchmarks/container_probe.py: kernel-launch and syscall loops on the host and in
 #                   containers (joulebench's isolation; seccomp unconfined) -> $OUT/container-probe.jsonl
 #   vllm-install    scripts/vllm-gpu-install.sh over the stashed pieces -> .venvs/vllm
-#   vllm PART... [--opt V ...]   benchmarks/vllm_gpu.py --parts PART... (mlenergy, twoclass, overhead) with
-#                   its options (e.g. --points 512:1536); also $OUT/vllm-traces-PARTS.tar.gz: one trial record,
-#                   its sampler timeline and requests trace per study, every trial of the two-class study
-#                   (real GPU traces for tests and offline attribution)
+#   vllm PART... [--opt V ...]   benchmarks/vllm_gpu.py --parts PART... (mlenergy, twoclass, sweep, overhead) with
+#                   its options (e.g. --points 512:1536); also $OUT/vllm-traces-PARTS.tar.gz: every trial
+#                   record, the sampler timeline and requests trace of the first trial of each study and of
+#                   every trial of the two-class study (real GPU traces for tests and offline attribution)
 #   sglang-install  benchmarks/sglang_gpu_install.sh over the stashed SGLang pieces -> .venvs/sglang
 #   engines [--smoke] [--new] [--retry-failed]
 #                   issue 21: studies/engines-gpu.yaml (vLLM against SGLang; needs .venvs/vllm and
@@ -130,7 +130,7 @@ while [ $# -gt 0 ]; do
     ;;
   vllm)
     parts=()
-    while [ $# -gt 0 ] && [[ $1 != -* ]] && [[ $1 =~ ^(mlenergy|twoclass|overhead)$ ]]; do parts+=("$1"); shift; done
+    while [ $# -gt 0 ] && [[ $1 != -* ]] && [[ $1 =~ ^(mlenergy|twoclass|overhead|sweep)$ ]]; do parts+=("$1"); shift; done
     extra=()
     while [ $# -gt 0 ] && [[ $1 == --* ]]; do extra+=("$1" "$2"); shift 2; done
     tag=$(IFS=-; echo "${parts[*]}")
@@ -141,12 +141,15 @@ while [ $# -gt 0 ]; do
     # one trial's record, sampler timeline and requests trace per study (every trial of the two-class study:
     # attribution rules are compared offline on them): real vLLM GPU traces for the tests
     traces=()
+    # every trial record (small), with its sampler timeline and requests trace for the first of each study
+    # and for every trial of the two-class study
     for t in "$JB_WORK/vllm-$stamp"/*/trials; do
       d=$(dirname "$t")
-      if [ "$(basename "$d")" = two-class ]; then recs=$(ls "$t"/*.json 2>/dev/null); else recs=$(ls "$t"/*.json 2>/dev/null | head -1); fi
-      for rec in $recs; do
+      first=$(ls "$t"/*.json 2>/dev/null | head -1)
+      for rec in $(ls "$t"/*.json 2>/dev/null); do
         id=$(basename "$rec" .json)
         traces+=("${rec#"$JB_WORK"/}")
+        [ "$rec" = "$first" ] || [ "$(basename "$d")" = two-class ] || continue
         for f in "$d/timeseries/$id.parquet" "$d/timeseries/$id.requests.parquet"; do
           [ -f "$f" ] && traces+=("${f#"$JB_WORK"/}")
         done

@@ -14,6 +14,9 @@ process runner and the vLLM engine environment found the usual way, e.g. ``.venv
   of the same load group: a short/long request mix, the short class alone, the long class alone, at the
   same batch occupancy. Per-request attribution (joulebench's rule) of each class in the mix against the
   class alone; also this runtime-only sweep's share of wall time inside measured windows.
+* ``sweep``     a served runtime-only sweep on one server: the mlenergy workload and ML.ENERGY-like lengths,
+  ``--repeats`` rounds of long windows, repeats without a re-warm pass; its share of wall time inside
+  measured windows (the 80 % goal), and both points' repeatability and gap to ML.ENERGY (see part_sweep).
 * ``overhead``  meter overhead on served vLLM: one server, passes of the same requests with joulebench's
   meters on (sampler process + energy-window counter reads) and off, ABBA-paired; the 95 % interval of the
   on/off throughput ratio (the goal: inside +-1 %). Runs in the vLLM engine environment.
@@ -286,6 +289,86 @@ def part_twoclass(args, work: Path, summary: dict) -> None:
     write(summary, args)
 
 
+def part_sweep(args, work: Path, summary: dict) -> None:
+    """A served runtime-only sweep on one server (max_num_seqs ``--sweep-batch``): the mlenergy workload and
+    ML.ENERGY-like lengths (``--sweep-lengths IN LOW HIGH``: synthetic prompts of IN tokens, outputs uniform
+    on [LOW, HIGH]) as two experiments of one load group, ``--repeats`` rounds, ``--sweep-window-s`` windows,
+    repeats without a re-warm pass (``--sweep-rewarm-passes``, default 0: each window's first pass is held to
+    the configuration's earlier windows). Three figures from one study: its share of wall time inside the
+    measured windows (the 80 % goal), the repeatability of both points, and the gap to ML.ENERGY measured
+    with their lengths."""
+    from sweep_efficiency import breakdown
+
+    b, n = args.sweep_batch, args.sweep_requests
+    study = base_study(args, "vllm-served-sweep")
+    study["engine"]["max_num_seqs"] = b
+    default = workload(args, n)
+    lin, llow, lhigh = args.sweep_lengths
+    lengths = {"dataset": "synthetic", "prompts": n, "input_tokens": lin,
+               "max_output_tokens": lhigh, "force_output_tokens": True,
+               "output_tokens": {"distribution": "uniform", "low": llow, "high": lhigh}}
+    study["workload"] = default
+    # the lengths experiment restates every workload key (dataset_path and max_input_tokens only fit the
+    # AI Energy Score prompts: null there)
+    study["experiments"] = [dict(default),
+                            {**{k: None for k in ("dataset_path", "max_input_tokens") if k in default}, **lengths}]
+    study["repeats"] = {"min": args.repeats, "max": args.repeats}
+    study["measurement"]["min_window_s"] = args.sweep_window_s
+    study["measurement"]["warmup"]["rewarm_passes"] = args.sweep_rewarm_passes
+    out = work / "served-sweep"
+    recs, wall = run(study, out)
+    ok = [r for r in recs if r.get("status") == "ok"]
+    def is_lengths(r: dict) -> bool:
+        prm = r.get("params") or {}
+        return (prm.get("dataset"), prm.get("input_tokens"), prm.get("max_output_tokens")) == ("synthetic", lin, lhigh)
+
+    pts = summary.setdefault("points", [])
+    for variant, wl, group in (("sweep", default, [r for r in recs if not is_lengths(r)]),
+                               ("sweep-lengths", lengths, [r for r in recs if is_lengths(r)])):
+        p = {"max_num_seqs": b, "requests_per_pass": n, "variant": variant,
+             "workload": {k: v for k, v in wl.items() if k != "dataset_path"}, "min_window_s": args.sweep_window_s,
+             "rewarm_passes": args.sweep_rewarm_passes, "wall_s": None, **summarise_point(group),
+             "mlenergy_j_per_output_token": MLENERGY_J_PER_TOKEN.get(b)}
+        if p["j_per_output_token_mean"] and p["mlenergy_j_per_output_token"]:
+            p["ratio_to_mlenergy"] = p["j_per_output_token_mean"] / p["mlenergy_j_per_output_token"]
+        p["mlenergy"] = MLENERGY.get(b)
+        p["gap_to_mlenergy"] = gap_to_mlenergy(b, p["j_per_output_token_mean"], p["window_power_w_mean"],
+                                               p["throughput_tok_s_mean"])
+        p["rewarm_first_pass_rel_diff"] = [(r.get("warmup") or {}).get("first_pass_rel_diff")
+                                           for r in group if r.get("status") == "ok"]
+        pts[:] = [q for q in pts if (q["max_num_seqs"], q.get("variant")) != (b, variant)] + [p]
+        print(f"sweep {variant:<14} B={b} N={n} J/token {p['j_per_output_token_mean']}  CI {p['ci95']}  CV {p['cv']}  "
+              f"power {p['window_power_w_mean']} W (CV {p['window_power_cv']})  tok/s {p['throughput_tok_s_mean']}  "
+              f"ML.ENERGY {p['mlenergy_j_per_output_token']}  flags {p['flags']}  errors {p['errors']}", flush=True)
+    pts.sort(key=lambda q: (q["max_num_seqs"], q.get("variant") or ""))
+    eff = breakdown(recs, wall, out)
+    load = eff["seconds"]["model_load_s"]
+    old = summary.get("sweep_efficiency")
+    earlier = [] if not old else [*(old.pop("earlier_runs", []) or []), {k: v for k, v in old.items()
+                                                                          if k != "breakdown"}]
+    summary["sweep_efficiency"] = {
+        "study": "served runtime-only sweep: 2 workloads (the mlenergy workload and ML.ENERGY-like lengths) x %d "
+                 "repeats in rounds, one server (max_num_seqs %d, %d requests per pass), min_window_s %g, repeats "
+                 "with %d re-warm pass(es)" % (args.repeats, b, n, args.sweep_window_s, args.sweep_rewarm_passes),
+        "windows_share": eff["window_fraction"],
+        "windows_share_after_server_start": (eff["seconds"]["measured_windows_s"] / (wall - load)
+                                             if wall > load else None),
+        "steady_share": eff.get("steady_fraction"),
+        "goal": ">= 80 % of wall time inside measured windows",
+        "met": bool(eff["window_fraction"] and eff["window_fraction"] >= 0.8),
+        "breakdown": eff,
+        "earlier_runs": earlier,
+    }
+    errs = conservation_errors(ok)
+    pr = summary.setdefault("per_request", {})
+    pr["conservation_max_rel_error"] = max([e for e in [pr.get("conservation_max_rel_error")] + errs
+                                            if e is not None], default=None)
+    print(f"served sweep efficiency: windows {eff['window_fraction']:.3f} of wall {wall:.0f} s (server start "
+          f"{load:.0f} s, warm-up {eff['seconds']['warmup_s']:.0f} s, other {eff['seconds']['other_s']:.0f} s)",
+          flush=True)
+    write(summary, args)
+
+
 def _overhead_child(cfg_path: str, out_path: str) -> int:
     """Runs in the vLLM engine environment: one served vLLM, passes of N requests alternating meters on and
     off in ABBA order; writes each pass's throughput. 'On' is what a joulebench trial runs around the work:
@@ -426,7 +509,7 @@ def write(summary: dict, args) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--parts", nargs="+", default=["mlenergy", "twoclass"], choices=["mlenergy", "twoclass", "overhead"])
+    ap.add_argument("--parts", nargs="+", default=["mlenergy", "twoclass"], choices=["mlenergy", "twoclass", "overhead", "sweep"])
     ap.add_argument("--overhead-batch", type=int, default=64, help="overhead: max_num_seqs")
     ap.add_argument("--overhead-requests", type=int, default=192, help="overhead: requests per pass")
     ap.add_argument("--overhead-pairs", type=int, default=8, help="overhead: on/off pairs")
@@ -456,6 +539,12 @@ def main() -> int:
     ap.add_argument("--long", type=int, nargs=2, default=[1024, 512], metavar=("IN", "OUT"))
     ap.add_argument("--window-s", type=float, default=1.0, help="min_window_s: one pass per trial")
     ap.add_argument("--class-window-s", type=float, default=15.0, help="twoclass: min_window_s (several passes)")
+    ap.add_argument("--sweep-batch", type=int, default=64, help="sweep: max_num_seqs")
+    ap.add_argument("--sweep-requests", type=int, default=192, help="sweep: requests per pass")
+    ap.add_argument("--sweep-window-s", type=float, default=60.0, help="sweep: min_window_s")
+    ap.add_argument("--sweep-rewarm-passes", type=int, default=0, help="sweep: warmup.rewarm_passes")
+    ap.add_argument("--sweep-lengths", type=int, nargs=3, default=[600, 300, 500], metavar=("IN", "LOW", "HIGH"),
+                    help="sweep: the ML.ENERGY-like experiment's prompt length and output length range")
     ap.add_argument("--device-idle-s", type=float, default=5.0)
     ap.add_argument("--loaded-idle-s", type=float, default=3.0)
     ap.add_argument("--warmup-passes", type=int, default=2)
@@ -477,6 +566,7 @@ def main() -> int:
         args.class_batch, args.class_requests, args.class_repeats, args.class_window_s = 4, 12, 2, 1.0
         args.overhead_batch, args.overhead_requests, args.overhead_pairs = 4, 12, 2
         args.short, args.long = [16, 4], [64, 16]
+        args.sweep_batch, args.sweep_requests, args.sweep_window_s, args.sweep_lengths = 4, 12, 1.0, [24, 6, 10]
         args.device_idle_s, args.loaded_idle_s, args.warmup_passes = 0.0, 0.5, 1
 
     from joulebench.devices import gpu_environment
@@ -500,6 +590,8 @@ def main() -> int:
         part_mlenergy(args, work, summary)
     if "twoclass" in args.parts:
         part_twoclass(args, work, summary)
+    if "sweep" in args.parts:
+        part_sweep(args, work, summary)
     if "overhead" in args.parts:
         part_overhead(args, work / "overhead", summary)
     recs = [r for p in sorted(work.glob("*/trials/*.json")) for r in [json.loads(p.read_text())]]
