@@ -288,3 +288,21 @@ def test_report_uses_the_recorded_targets_and_window(tmp_path):
     html = build_report(study).read_text()
     assert "The study has a fixed repeat count, so no CI target is checked." in html
     assert "(10 s in this study" in html
+
+
+def test_devices_table_shares_a_served_window_by_its_whole_energy():
+    """Device rows hold each GPU's energy over the whole window; a served record's energy_j is its steady state,
+    a part of it: the share of the total is over the whole window (it read 240 % before)."""
+    import pandas as pd
+
+    from joulebench.report.details import devices_table
+
+    rec = {"trial_id": "c-r0", "config_id": "c", "status": "ok", "energy_j": 250.0,
+           "whole_window": {"energy_j": 600.0, "duration_s": 2.0},
+           "devices": [{"index": 0, "name": "H100", "uuid": "GPU-a", "energy_j": 450.0},
+                       {"index": 1, "name": "H100", "uuid": "GPU-b", "energy_j": 150.0}]}
+    html = devices_table([rec], pd.DataFrame([{"trial_id": "c-r0", "config_id": "c"}]), [])
+    assert "75.0 %" in html and "25.0 %" in html and "240" not in html
+    offline = {**rec, "whole_window": None, "energy_j": 600.0}
+    html = devices_table([offline], pd.DataFrame([{"trial_id": "c-r0", "config_id": "c"}]), [])
+    assert "75.0 %" in html and "25.0 %" in html

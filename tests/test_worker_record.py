@@ -92,6 +92,10 @@ def test_served_steady_state_replaces_the_whole_window():
     assert rec["throughput_tok_s"] == pytest.approx(30.0) and rec["mean_power_w"] == pytest.approx(250.0)
     assert rec["whole_window"] == {"duration_s": 2.0, "energy_j": 600.0, "output_tokens": 40, "input_tokens": 20}
     assert rec["steady_state"] == steady
+    # the device rows keep each device's energy over the whole window, and their mean power is over it too
+    # (it was the whole window's energy over the steady duration: 1.5x the card's power here, 987 W on a 700 W H100)
+    (dev,) = rec["devices"]
+    assert dev["energy_j"] == 600.0 and dev["mean_power_w"] == pytest.approx(300.0)
     # no GPU measured: the steady state's counter energy is not used
     rec = trial_record(_spec(), TRIAL, FACTS, _measured(steady=steady, device_uuids=[]))
     assert rec["energy_j"] is None and rec["energy_per_output_token_j"] is None and rec["duration_s"] == 1.0

@@ -60,8 +60,8 @@ def trial_flags(records: list[dict[str, Any]], trials: pd.DataFrame, axes: Seque
 
 
 def devices_table(records: list[dict[str, Any]], trials: pd.DataFrame, axes: Sequence[str]) -> str:
-    """Mean energy of each measured device per configuration and its share of the total; visible GPUs
-    that the trials did not use are listed apart (their energy is never part of the total)."""
+    """Mean energy of each measured device per configuration (over the whole window) and its share of the
+    window's total; visible GPUs that the trials did not use are listed apart (never part of the total)."""
     by_id = {r["trial_id"]: r for r in records}
     per: dict[tuple[str, str], dict[str, Any]] = {}
     unused: dict[tuple[str, str], list[float]] = {}
@@ -77,7 +77,8 @@ def devices_table(records: list[dict[str, Any]], trials: pd.DataFrame, axes: Seq
                 key = (cid, f"{d.get('index')}: {d.get('name')} ({d.get('uuid')})")
                 g = per.setdefault(key, {"energy": [], "total": []})
                 g["energy"].append(float(d["energy_j"]))
-                g["total"].append(float(rec.get("energy_j") or 0.0))
+                # the device rows are over the whole window; a served record's energy_j is its steady state
+                g["total"].append(float((rec.get("whole_window") or {}).get("energy_j") or rec.get("energy_j") or 0.0))
         for u in rec.get("unused_devices") or []:
             if isinstance(u, dict) and u.get("mean_power_w") is not None:
                 unused.setdefault((cid, f"{u.get('index')}: {u.get('name')} ({u.get('uuid')})"), []).append(

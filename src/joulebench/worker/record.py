@@ -276,7 +276,9 @@ def trial_record(spec: ExperimentSpec, trial: TrialSpec, facts: WorkerFacts, m: 
         "weights_bytes": info.weights_bytes if info else None, "load_s": info.load_s if info else None,
         "load_notes": load_notes(info.notes) if info else {},
         "load_energy_j": facts.load_energy_j,
-        "devices": device_rows(m.window, primary["duration_s"], spec.device_idle, facts.loaded_idle,
+        # a device row holds the device's counter energy over the whole window, so its mean power is over the
+        # whole window too (served mode's primary duration is the steady state, a part of it)
+        "devices": device_rows(m.window, m.window.duration_s, spec.device_idle, facts.loaded_idle,
                                {g.uuid: g.index for g in spec.gpus if g.uuid}),
         "baselines": baselines_field(spec.device_idle, facts.loaded_idle, dev_idle_w, loaded_idle_w),
         "warmup": m.warmup, "thermal": m.thermal, "preflight": m.preflight,
