@@ -64,6 +64,20 @@ def test_engine_args_from_the_command_line_are_typed():
         vllm_gpu.engine_args(["=3"])
 
 
+def test_point_summary_names_the_busiest_processes_per_repeat():
+    """A summary that comes home without its records still says which process kept a core busy (the H100 B = 512
+    records with four API servers: the worker and load generator at 0.91 of a core, vLLM's engine core at 0.63)."""
+    import json
+
+    recs = [json.loads(p.read_text()) for p in
+            sorted((vllm_gpu.ROOT / "tests/fixtures/vllm/h100_b512_api4/trials").glob("*.json"))]
+    p = vllm_gpu.summarise_point(recs)
+    assert len(p["host_cpu_busiest"]) == len(p["throughput_tok_s"]) == 5
+    first = p["host_cpu_busiest"][0]
+    assert first[0] == ["python", 0.909] and first[2] == ["VLLM::EngineCor", 0.634]
+    assert p["throughput_tok_s"][0] == pytest.approx(16806.3, abs=0.1)
+
+
 @pytest.mark.slow
 @pytest.mark.vllm
 def test_sweep_part_runs_one_server_for_both_workloads_on_vllm_cpu(tmp_path):
