@@ -172,3 +172,49 @@ def test_write_timeseries_is_atomic_parquet(fake_env, tmp_path):
     assert len(back) == len(df) and list(back.columns) == list(df.columns)
     assert back["throttle_reasons"].dtype.name == "Int64"
     assert [p.name for p in out.parent.iterdir()] == ["trial-1.parquet"]    # no temp file left
+
+
+def test_device_window_stats_sum_up_a_device_over_its_window():
+    import pandas as pd
+
+    from joulebench.devices.nvml import THROTTLE_SW_POWER_CAP, THROTTLE_SW_THERMAL
+    from joulebench.meters.sampler import device_window_stats
+
+    rows = [  # t, uuid, power, clock, util, reasons
+        (0.5, "GPU-a", 100.0, 1000, 10, 0),                       # before the window: left out
+        (1.0, "GPU-a", 600.0, 1980, 100, THROTTLE_SW_POWER_CAP),
+        (1.1, "GPU-a", 700.0, 1500, 100, THROTTLE_SW_POWER_CAP | 0x1),
+        (1.2, "GPU-a", 500.0, 1980, 70, THROTTLE_SW_THERMAL),
+        (1.3, "GPU-a", 400.0, 1980, 50, 0x1),                     # GPU idle bit only: not a clock limit
+        (1.0, "GPU-b", None, None, None, None),                   # a device whose reads failed
+    ]
+    df = pd.DataFrame(rows, columns=["t_s", "device_uuid", "power_w", "sm_clock_mhz", "gpu_util_pct",
+                                     "throttle_reasons"])
+    st = device_window_stats(df, 1.0, 1.3)
+    a = st["GPU-a"]
+    assert a["samples"] == 4 and a["power_w_mean"] == 550.0
+    assert a["sm_clock_mhz_mean"] == 1860.0 and a["sm_clock_mhz_min"] == 1500.0 and a["gpu_util_pct_mean"] == 80.0
+    assert a["power_cap_share"] == 0.5 and a["clock_limited_share"] == 0.75
+    assert st["GPU-b"] == {"samples": 1, "power_w_mean": None, "sm_clock_mhz_mean": None, "sm_clock_mhz_min": None,
+                           "gpu_util_pct_mean": None, "power_cap_share": None, "clock_limited_share": None}
+    assert device_window_stats(None, 0, 1) == {} and device_window_stats(df.iloc[:0], 0, 1) == {}
+
+
+def test_device_window_stats_on_a_recorded_h100_window():
+    """The long class alone on vLLM, H100: sampled power agrees with the counter's window power, and the card
+    spent most of the window at its 700 W software power cap, clocks down to 1140 MHz."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from joulebench.meters.sampler import device_window_stats
+
+    root = Path(__file__).parent / "fixtures" / "vllm" / "h100_two_class"
+    rec = json.loads((root / "trials" / "e984780f2a-r1.json").read_text())
+    df = pd.read_parquet(root / "timeseries" / "e984780f2a-r1.parquet")
+    (st,) = device_window_stats(df, float(df["t_s"].min()), float(df["t_s"].max())).values()
+    whole = rec["whole_window"]
+    assert st["power_w_mean"] == pytest.approx(whole["energy_j"] / whole["duration_s"], rel=0.01)
+    assert st["samples"] == 168 and st["sm_clock_mhz_min"] == 1140.0 and 1800 < st["sm_clock_mhz_mean"] < 1900
+    assert st["gpu_util_pct_mean"] > 95 and 0.55 < st["power_cap_share"] == st["clock_limited_share"] < 0.65

@@ -31,6 +31,10 @@ ADDED_SINCE_PREVIOUS_RELEASE = {
     "host_cpu.busiest[].pid", "host_cpu.busiest[].name", "host_cpu.busiest[].cpu_share", "host_cpu.busiest[].role",
     # a repeat run without a re-warm pass (warmup.rewarm_passes: 0) and its first-pass check
     "warmup.skipped", "warmup.first_pass_rel_diff", "warmup.first_pass_agrees",
+    # each device over the window, from the sampler timeline (clocks, utilisation, power cap)
+    "devices[].timeline", "devices[].timeline.samples", "devices[].timeline.power_w_mean",
+    "devices[].timeline.sm_clock_mhz_mean", "devices[].timeline.sm_clock_mhz_min", "devices[].timeline.gpu_util_pct_mean",
+    "devices[].timeline.power_cap_share", "devices[].timeline.clock_limited_share",
 }
 
 

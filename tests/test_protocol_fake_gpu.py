@@ -39,6 +39,10 @@ def test_counter_energy_on_the_used_gpu_and_the_idle_one_apart(write_study, tmp_
     assert unused[0]["mean_power_w"] == pytest.approx(70.0, rel=0.15)
     assert rec["energy_j"] < 300.0 * rec["duration_s"] + 70.0 * rec["duration_s"] * 0.5  # not summed
     assert rec["timeseries"] and (out / rec["timeseries"]).exists()
+    # the device row says what the sampler saw of the GPU over the window
+    tl = rec["devices"][0]["timeline"]
+    assert tl["samples"] >= 5 and tl["power_w_mean"] == pytest.approx(300.0, rel=0.05)
+    assert 0.0 <= tl["power_cap_share"] <= 1.0 and tl["sm_clock_mhz_mean"] is not None
 
     # the report shows each device's share, and the unused GPU apart
     from joulebench.report.build import build_report

@@ -301,3 +301,36 @@ def write_timeseries(df: "pd.DataFrame", path: Path | str) -> None:
 def pd_int(series):
     """Nullable integer column (None stays missing)."""
     return series.astype("Int64")
+
+
+def device_window_stats(df: "pd.DataFrame | None", start_s: float, end_s: float) -> dict[str, dict]:
+    """Per device (UUID), what the timeline says of the device over one window: samples, mean sampled power,
+    mean and lowest SM clock, mean GPU utilisation, and the share of samples with the software power cap
+    engaged or any clock-limiting reason (devices/nvml.THROTTLE_MASK). A device the clocks say little about (a
+    CPU domain, a failed read) gets None for those. Pure: the sampler's DataFrame in, numbers out."""
+    from joulebench.devices.nvml import THROTTLE_MASK, THROTTLE_SW_POWER_CAP
+
+    if df is None or not len(df) or "device_uuid" not in df.columns:
+        return {}
+    tl = df[(df["t_s"] >= start_s) & (df["t_s"] <= end_s)]
+    out: dict[str, dict] = {}
+
+    def mean(col, g) -> float | None:
+        if col not in g.columns:
+            return None
+        s = g[col].dropna()
+        return float(s.mean()) if len(s) else None
+
+    for uuid, g in tl.groupby("device_uuid", sort=True):
+        clocks = g["sm_clock_mhz"].dropna() if "sm_clock_mhz" in g.columns else []
+        reasons = g["throttle_reasons"].dropna().astype("int64") if "throttle_reasons" in g.columns else []
+        out[str(uuid)] = {
+            "samples": int(len(g)),
+            "power_w_mean": mean("power_w", g),
+            "sm_clock_mhz_mean": float(clocks.mean()) if len(clocks) else None,
+            "sm_clock_mhz_min": float(clocks.min()) if len(clocks) else None,
+            "gpu_util_pct_mean": mean("gpu_util_pct", g),
+            "power_cap_share": float(((reasons & THROTTLE_SW_POWER_CAP) != 0).mean()) if len(reasons) else None,
+            "clock_limited_share": float(((reasons & THROTTLE_MASK) != 0).mean()) if len(reasons) else None,
+        }
+    return out

@@ -27,6 +27,18 @@ class LatencyStats(_Model):
     n: int = 0
 
 
+class DeviceTimelineStats(_Model):
+    """A device over one window, from the sampler's timeline (meters/sampler.device_window_stats)."""
+
+    samples: int = 0
+    power_w_mean: float | None = None          # sampled power (the counter gives the energy)
+    sm_clock_mhz_mean: float | None = None
+    sm_clock_mhz_min: float | None = None
+    gpu_util_pct_mean: float | None = None     # share of time a kernel ran (NVML), mean over the samples
+    power_cap_share: float | None = None       # share of samples with the software power cap engaged
+    clock_limited_share: float | None = None   # share with any power / thermal clock-limiting reason
+
+
 class DeviceRecord(_Model):
     """Identity and energy of one measured device."""
 
@@ -41,6 +53,7 @@ class DeviceRecord(_Model):
     mean_power_w: float | None = None
     start_temperature_c: float | None = None
     end_temperature_c: float | None = None
+    timeline: DeviceTimelineStats | None = None   # what the sampler saw of it over the window
 
 
 class QualityFlagRecord(_Model):

@@ -53,6 +53,7 @@ class TrialMeasurement:
     preflight: dict[str, Any] = field(default_factory=dict)
     flags: Sequence[QualityFlag] = ()
     per_request_energy: dict[str, Any] | None = None   # served mode: analysis.attribution's block
+    device_stats: dict[str, dict[str, Any]] = field(default_factory=dict)  # UUID -> the timeline over the window
 
 
 def percentile_stats(values: Iterable[float | None]) -> dict[str, Any] | None:
@@ -198,9 +199,13 @@ def slo_fields(slo: dict[str, Any] | None, results: Sequence[RequestResult], dur
 
 
 def device_rows(window: WindowMeasurement, duration_s: float, device_idle: dict[str, Any] | None,
-                loaded_idle: IdleBaseline | None, host_index: dict[str, int] | None = None) -> list[dict[str, Any]]:
+                loaded_idle: IdleBaseline | None, host_index: dict[str, int] | None = None,
+                stats: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per metered device of the window, with its idle references. ``host_index``: UUID -> the host's
-    index of that GPU (a container numbers its GPUs from 0; records say the host's)."""
+    index of that GPU (a container numbers its GPUs from 0; records say the host's). ``stats``: UUID -> what
+    the sampler's timeline says of the device over the window (meters/sampler.device_window_stats): the row's
+    ``timeline`` (None without a timeline)."""
+    stats = stats or {}
     dev_per = (device_idle or {}).get("per_device_w", {})
     host_index = host_index or {}
     return [{
@@ -211,6 +216,7 @@ def device_rows(window: WindowMeasurement, duration_s: float, device_idle: dict[
         "mean_power_w": _ratio(de.energy_j, duration_s),
         "start_temperature_c": de.start_temperature_c, "end_temperature_c": de.end_temperature_c,
         "power_limit_w": de.info.power_limit_w,
+        "timeline": stats.get(de.info.uuid),
     } for de in window.devices]
 
 
@@ -279,7 +285,7 @@ def trial_record(spec: ExperimentSpec, trial: TrialSpec, facts: WorkerFacts, m: 
         # a device row holds the device's counter energy over the whole window, so its mean power is over the
         # whole window too (served mode's primary duration is the steady state, a part of it)
         "devices": device_rows(m.window, m.window.duration_s, spec.device_idle, facts.loaded_idle,
-                               {g.uuid: g.index for g in spec.gpus if g.uuid}),
+                               {g.uuid: g.index for g in spec.gpus if g.uuid}, m.device_stats),
         "baselines": baselines_field(spec.device_idle, facts.loaded_idle, dev_idle_w, loaded_idle_w),
         "warmup": m.warmup, "thermal": m.thermal, "preflight": m.preflight,
         "flags": [f.to_dict() for f in m.flags],

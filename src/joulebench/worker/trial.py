@@ -101,7 +101,7 @@ def run_trial(session: ExperimentSession, trial: TrialSpec) -> dict[str, Any]:
         peak_memory_bytes=backend.peak_memory_bytes(),
         nvml_memory_used_bytes=sum((d.memory_used_bytes() or 0) for d in devices) or None,
         timeseries=ts_rel, requests_trace=req_rel, host_cpu=w.host_cpu, steady=w.steady, warmup=warmup, thermal=thermal, preflight=pre, flags=flags,
-        per_request_energy=request_energy(w, params))
+        per_request_energy=request_energy(w, params), device_stats=device_stats(w))
     rec = trial_record(spec, trial, session.facts(), measured)
     if session.unused_devs and w.unused_window is not None:
         rec["unused_devices"] = unused_device_rows(w.unused_window)
@@ -258,6 +258,13 @@ def measure_window(session: ExperimentSession, requests: list, params: dict[str,
                          passes=passes, steady=steady.summary() if steady is not None else None,
                          timeline=timeline, clock_offset_s=time.time() - time.perf_counter(), host_cpu=host_cpu,
                          pass_throughputs_tok_s=pass_tok_s)
+
+
+def device_stats(w: WindowOutcome) -> dict[str, dict[str, Any]]:
+    """What the sampler's timeline says of each device over the window (clocks, utilisation, power cap)."""
+    from joulebench.meters.sampler import device_window_stats
+
+    return device_window_stats(w.timeline, w.window.start_time_s, w.window.end_time_s)
 
 
 def process_roles(session: ExperimentSession, params: dict[str, Any]) -> dict[int, str]:
