@@ -194,6 +194,8 @@ def summarise_point(recs: list[dict]) -> dict:
         "host_cpu_busiest": [[[b.get("role") or b.get("name"), round(float(b.get("cpu_share") or 0.0), 3)]
                               for b in ((r.get("host_cpu") or {}).get("busiest") or [])[:3]] for r in ok],
         "throughput_tok_s": [r.get("throughput_tok_s") for r in ok],
+        # per repeat, the GPU over the window (sampler timeline): SM clock, utilisation, share at the power cap
+        "gpu_timeline": [((r.get("devices") or [{}])[0] or {}).get("timeline") for r in ok],
         "ttft_s_median": _median_of(ok, "ttft_s"), "tpot_s_median": _median_of(ok, "tpot_s"),
         "conservation_rel_errors": conservation_errors(ok),
         "per_request": [per_request_block(r) for r in ok][:1],
@@ -207,6 +209,25 @@ def _median_of(recs, key):
     return statistics.median(xs) if xs else None
 
 
+def point_entry(b: int, n: int, variant: str | None, workload_: dict, recs: list[dict], **extra) -> dict:
+    """One max_num_seqs point of the summary: its records' figures beside ML.ENERGY's at the same B."""
+    p = {"max_num_seqs": b, "requests_per_pass": n, "variant": variant,
+         "workload": {k: v for k, v in workload_.items() if k != "dataset_path"}, **extra, **summarise_point(recs),
+         "mlenergy_j_per_output_token": MLENERGY_J_PER_TOKEN.get(b)}
+    if p["j_per_output_token_mean"] and p["mlenergy_j_per_output_token"]:
+        p["ratio_to_mlenergy"] = p["j_per_output_token_mean"] / p["mlenergy_j_per_output_token"]
+    p["mlenergy"] = MLENERGY.get(b)
+    p["gap_to_mlenergy"] = gap_to_mlenergy(b, p["j_per_output_token_mean"], p["window_power_w_mean"],
+                                           p["throughput_tok_s_mean"])
+    return p
+
+
+def put_point(pts: list[dict], p: dict) -> None:
+    """Put ``p`` in the summary's points in place of an earlier one of the same B and variant, in order."""
+    pts[:] = [q for q in pts if (q["max_num_seqs"], q.get("variant")) != (p["max_num_seqs"], p.get("variant"))] + [p]
+    pts.sort(key=lambda q: (q["max_num_seqs"], q.get("variant") or ""))
+
+
 def part_mlenergy(args, work: Path, summary: dict) -> None:
     pts = summary.setdefault("points", [])
     for spec in args.points.split(","):
@@ -216,16 +237,8 @@ def part_mlenergy(args, work: Path, summary: dict) -> None:
         study["workload"] = workload(args, n)
         study["repeats"] = {"min": args.repeats, "max": args.repeats}
         recs, wall = run(study, work / f"b{b}{'-' + args.variant if args.variant else ''}")
-        p = {"max_num_seqs": b, "requests_per_pass": n, "variant": args.variant or None,
-             "workload": {k: v for k, v in study["workload"].items() if k != "dataset_path"}, "wall_s": wall, **summarise_point(recs),
-             "mlenergy_j_per_output_token": MLENERGY_J_PER_TOKEN.get(b)}
-        if p["j_per_output_token_mean"] and p["mlenergy_j_per_output_token"]:
-            p["ratio_to_mlenergy"] = p["j_per_output_token_mean"] / p["mlenergy_j_per_output_token"]
-        p["mlenergy"] = MLENERGY.get(b)
-        p["gap_to_mlenergy"] = gap_to_mlenergy(b, p["j_per_output_token_mean"], p["window_power_w_mean"],
-                                               p["throughput_tok_s_mean"])
-        pts[:] = [q for q in pts if (q["max_num_seqs"], q.get("variant")) != (b, p["variant"])] + [p]
-        pts.sort(key=lambda q: (q["max_num_seqs"], q.get("variant") or ""))
+        p = point_entry(b, n, args.variant or None, study["workload"], recs, wall_s=wall)
+        put_point(pts, p)
         print(f"B={b:<4} N={n:<5} J/token {p['j_per_output_token_mean']}  CI {p['ci95']}  CV {p['cv']}  "
               f"power {p['window_power_w_mean']} W (CV {p['window_power_cv']})  ML.ENERGY "
               f"{p['mlenergy_j_per_output_token']}  wall {wall:.0f} s  flags {p['flags']}  errors {p['errors']}",
@@ -330,22 +343,14 @@ def part_sweep(args, work: Path, summary: dict) -> None:
     pts = summary.setdefault("points", [])
     for variant, wl, group in (("sweep", default, [r for r in recs if not is_lengths(r)]),
                                ("sweep-lengths", lengths, [r for r in recs if is_lengths(r)])):
-        p = {"max_num_seqs": b, "requests_per_pass": n, "variant": variant,
-             "workload": {k: v for k, v in wl.items() if k != "dataset_path"}, "min_window_s": args.sweep_window_s,
-             "rewarm_passes": args.sweep_rewarm_passes, "wall_s": None, **summarise_point(group),
-             "mlenergy_j_per_output_token": MLENERGY_J_PER_TOKEN.get(b)}
-        if p["j_per_output_token_mean"] and p["mlenergy_j_per_output_token"]:
-            p["ratio_to_mlenergy"] = p["j_per_output_token_mean"] / p["mlenergy_j_per_output_token"]
-        p["mlenergy"] = MLENERGY.get(b)
-        p["gap_to_mlenergy"] = gap_to_mlenergy(b, p["j_per_output_token_mean"], p["window_power_w_mean"],
-                                               p["throughput_tok_s_mean"])
-        p["rewarm_first_pass_rel_diff"] = [(r.get("warmup") or {}).get("first_pass_rel_diff")
-                                           for r in group if r.get("status") == "ok"]
-        pts[:] = [q for q in pts if (q["max_num_seqs"], q.get("variant")) != (b, variant)] + [p]
+        p = point_entry(b, n, variant, wl, group, wall_s=None, min_window_s=args.sweep_window_s,
+                        rewarm_passes=args.sweep_rewarm_passes,
+                        rewarm_first_pass_rel_diff=[(r.get("warmup") or {}).get("first_pass_rel_diff")
+                                                    for r in group if r.get("status") == "ok"])
+        put_point(pts, p)
         print(f"sweep {variant:<14} B={b} N={n} J/token {p['j_per_output_token_mean']}  CI {p['ci95']}  CV {p['cv']}  "
               f"power {p['window_power_w_mean']} W (CV {p['window_power_cv']})  tok/s {p['throughput_tok_s_mean']}  "
               f"ML.ENERGY {p['mlenergy_j_per_output_token']}  flags {p['flags']}  errors {p['errors']}", flush=True)
-    pts.sort(key=lambda q: (q["max_num_seqs"], q.get("variant") or ""))
     eff = breakdown(recs, wall, out)
     load = eff["seconds"]["model_load_s"]
     old = summary.get("sweep_efficiency")
