@@ -96,9 +96,7 @@ def warmup_step(new: Sequence[float], *, history: Sequence[float] = (), k: int =
         if len(new) < rewarm_passes:
             return WarmupState(False, None)
         ref = [float(x) for x in list(history)[-k:]]
-        ref_mean = sum(ref) / len(ref)
-        ref_sd = math.sqrt(_mean_var(ref)[1]) if len(ref) > 1 else 0.0
-        if ref_mean > 0 and abs(float(new[-1]) - ref_mean) <= max(cv_target * ref_mean, 2.0 * ref_sd):
+        if _lands_near(float(new[-1]), ref, cv_target)[0]:
             return WarmupState(True, cv_of(ref + list(new)), "earlier")
         # the switch back did not land where this configuration was: warm up as usual, old passes included
     if len(new) < max(min_passes, k if not history else 1):
@@ -120,11 +118,16 @@ def rewarm_check(first_pass_tok_s: float, earlier_tok_s: Sequence[float], *,
     their standard deviations (the same tolerance as the ``earlier`` rule). Returns (agrees, relative
     difference to that mean); no earlier passes -> (True, None): nothing to hold it to."""
     ref = [float(x) for x in earlier_tok_s if x is not None and math.isfinite(float(x))]
-    if not ref or not math.isfinite(float(first_pass_tok_s)):
+    if not ref or not math.isfinite(float(first_pass_tok_s)) or sum(ref) <= 0:
         return True, None
+    return _lands_near(float(first_pass_tok_s), ref, cv_target)
+
+
+def _lands_near(x: float, ref: list[float], cv_target: float) -> tuple[bool, float | None]:
+    """Whether ``x`` lies within ``cv_target`` of the mean of ``ref`` or within two of its standard deviations
+    (the re-warm tolerance), and its relative difference to that mean (None for a mean <= 0: never near)."""
     m = sum(ref) / len(ref)
     if m <= 0:
-        return True, None
+        return False, None
     sd = math.sqrt(_mean_var(ref)[1]) if len(ref) > 1 else 0.0
-    diff = float(first_pass_tok_s) - m
-    return abs(diff) <= max(cv_target * m, 2.0 * sd), diff / m
+    return abs(x - m) <= max(cv_target * m, 2.0 * sd), (x - m) / m
