@@ -17,7 +17,13 @@
 #   containers      issue 20: process vs docker runner (Podman, GPU passed in) + the no-GPU control
 #   probe           benchmarks/container_probe.py: kernel-launch and syscall loops on the host and in
 #                   containers (joulebench's isolation; seccomp unconfined) -> $OUT/container-probe.jsonl
-#   vllm-install    scripts/vllm-gpu-install.sh over the stashed pieces -> .venvs/vllm
+#   vllm-install    scripts/vllm-gpu-install.sh over the stashed pieces -> .venvs/vllm; then restores vLLM's
+#                   compile cache where one was brought (.vcN/vllm-cache.tar.zst.part-*, from `cache-save` on an
+#                   earlier machine of the same GPU kind): a server start then skips the 3.5-4.4 minutes of
+#                   compilation (vLLM recompiles by itself where the cache does not fit its versions)
+#   cache-save      vLLM's compile cache and Triton's kernel cache, after a vllm stage, as
+#                   $OUT/vllm-cache.tar.zst.part-* (15 MB pieces: a call brings at most 16 MiB a file) and
+#                   $OUT/vllm-cache.count; bring them home and put them in .vc1/, .vc2/ ... for the next machine
 #   vllm PART... [--opt V ...]   benchmarks/vllm_gpu.py --parts PART... (mlenergy, twoclass, sweep, overhead) with
 #                   its options (e.g. --points 512:1536); also $OUT/vllm-traces-PARTS.tar.gz: every trial
 #                   record, the sampler timeline and requests trace of the first trial of each study and of
@@ -79,6 +85,9 @@ while [ $# -gt 0 ]; do
     # .vpN/vsite.count (optional): how many vLLM pieces there are; with all stashed, mark the set complete
     # (a background vllm-install waits for that mark)
     for c in .vp*/vsite.count; do [ -f "$c" ] && cp "$c" "$JB_WORK/stash/vsite.count"; done
+    # vLLM's compile cache from an earlier machine (cache-save), restored by vllm-install
+    mkdir -p "$JB_WORK/vcstash"
+    for p in .vc*/vllm-cache.tar.zst.part-* .vc*/vllm-cache.count; do [ -f "$p" ] && cp "$p" "$JB_WORK/vcstash/"; done
     if [ -f "$JB_WORK/stash/vsite.count" ]; then
       have=$(compgen -G "$JB_WORK/stash/vsite.tar.zst.part-*" | wc -l)
       [ "$have" -ge "$(cat "$JB_WORK/stash/vsite.count")" ] && touch "$JB_WORK/stash/.complete" \
@@ -127,6 +136,26 @@ while [ $# -gt 0 ]; do
     wait_pieces vllm-install "${VLLM_PIECES_WAIT:-0}" test -f "$JB_WORK/stash/.complete"
     JB_ZSTD=$JB_WORK/zstd bash scripts/vllm-gpu-install.sh "$JB_WORK"/stash/vsite.tar.zst.part-* \
       --site "$JB_WORK/vsite" 2>&1 | tee "$OUT/vllm-install.log" | tail -5
+    vc=$JB_WORK/vcstash
+    if [ -f "$vc/vllm-cache.count" ] && [ ! -f "$vc/.restored" ]; then
+      have=$(compgen -G "$vc/vllm-cache.tar.zst.part-*" | wc -l)
+      if [ "$have" -ge "$(cat "$vc/vllm-cache.count")" ]; then
+        cat "$vc"/vllm-cache.tar.zst.part-* | "$JB_WORK/zstd" -dc | tar -xf - -C "$HOME" \
+          && touch "$vc/.restored" && echo "vllm-install: compile cache restored ($have pieces)"
+      else
+        echo "vllm-install: compile cache incomplete ($have of $(cat "$vc/vllm-cache.count") pieces): not restored"
+      fi
+    fi
+    ;;
+  cache-save)
+    dirs=()
+    for d in .cache/vllm/torch_compile_cache .triton/cache; do [ -d "$HOME/$d" ] && dirs+=("$d"); done
+    if [ ${#dirs[@]} -eq 0 ]; then echo "cache-save: no compile cache under $HOME"; else
+      rm -f "$OUT"/vllm-cache.tar.zst.part-*
+      tar -cf - -C "$HOME" "${dirs[@]}" | "$JB_WORK/zstd" -q -T0 -10 | split -b 15000000 -a 2 - "$OUT/vllm-cache.tar.zst.part-"
+      compgen -G "$OUT/vllm-cache.tar.zst.part-*" | wc -l > "$OUT/vllm-cache.count"
+      echo "cache-save: ${dirs[*]} -> $(cat "$OUT/vllm-cache.count") pieces, $(cat "$OUT"/vllm-cache.tar.zst.part-* | wc -c) bytes"
+    fi
     ;;
   vllm)
     parts=()
@@ -271,7 +300,7 @@ PYEOF
       echo "bg: a background run is still going (pid $(cat "$JB_WORK/bg.pid")): collect it first"; exit 1
     fi
     rm -rf "$JB_WORK/repo"; mkdir -p "$JB_WORK/repo" "$JB_WORK/out"
-    tar -cf - --exclude=./.git --exclude='./.vp[0-9]' --exclude='./.sg[0-9]' --exclude=./.venvs --exclude=./.venv . \
+    tar -cf - --exclude=./.git --exclude='./.vp[0-9]' --exclude='./.sg[0-9]' --exclude='./.vc[0-9]' --exclude=./.venvs --exclude=./.venv . \
       | tar -xf - -C "$JB_WORK/repo"
     [ -d .venvs ] && cp -a .venvs "$JB_WORK/repo/"
     ( cd "$JB_WORK/repo" && exec env OUT="$JB_WORK/out" VLLM_PIECES_WAIT="${VLLM_PIECES_WAIT:-900}" \
