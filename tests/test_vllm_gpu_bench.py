@@ -114,3 +114,40 @@ def test_sweep_part_runs_one_server_for_both_workloads_on_vllm_cpu(tmp_path):
     assert s["per_request"]["conservation_max_rel_error"] < 1e-9
     recs = [json.loads(p.read_text()) for p in (tmp_path / "w" / "served-sweep" / "trials").glob("*.json")]
     assert len({r["load_s"] for r in recs}) == 1                          # loaded once
+
+
+@pytest.mark.slow
+@pytest.mark.vllm
+def test_mlenergy_part_passes_rewarm_passes_to_the_study_and_the_point(tmp_path):
+    """``--rewarm-passes 0`` (the mlenergy part): the repeats after the first start their windows without a
+    re-warm pass where the first warm-up converged; the point says so and keeps each window's first-pass
+    check (None for a trial that was warmed)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from .test_vllm_backend import require_engine
+
+    require_engine("vllm")
+    out = tmp_path / "summary.json"
+    env = {**os.environ, "PYTHONPATH": str(vllm_gpu.ROOT / "src")}
+    env.pop("JOULEBENCH_FAKE_NVML", None)
+    proc = subprocess.run([sys.executable, str(vllm_gpu.ROOT / "benchmarks" / "vllm_gpu.py"), "--smoke",
+                           "--parts", "mlenergy", "--points", "2:6", "--repeats", "2", "--rewarm-passes", "0",
+                           "--variant", "rw0", "--work-dir", str(tmp_path / "w"), "--json", str(out)],
+                          capture_output=True, text=True, timeout=900, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    (p,) = json.loads(out.read_text())["points"]
+    assert p["variant"] == "rw0" and p["rewarm_passes"] == 0 and p["repeats"] == 2 and not p["errors"]
+    recs = [json.loads(f.read_text()) for f in sorted((tmp_path / "w").glob("*/trials/*.json"))]
+    assert len(p["rewarm_first_pass_rel_diff"]) == len(recs) == 2
+    for r, diff in zip(sorted(recs, key=lambda r: r["repeat"]), p["rewarm_first_pass_rel_diff"]):
+        assert r["warmup"]["first_pass_rel_diff"] == diff
+        # skipped only after a converged warm-up; then the first pass was checked
+        assert (diff is not None) == bool(r["warmup"]["skipped"])
+    assert not recs[0]["warmup"]["skipped"]          # the first repeat always warms up
+    import yaml
+
+    study = yaml.safe_load((tmp_path / "w" / "b2-rw0" / "study.yaml").read_text())
+    assert study["measurement"]["warmup"]["rewarm_passes"] == 0
