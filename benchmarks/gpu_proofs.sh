@@ -20,7 +20,8 @@
 #   vllm-install    scripts/vllm-gpu-install.sh over the stashed pieces -> .venvs/vllm; then restores vLLM's
 #                   compile cache where one was brought (.vcN/vllm-cache.tar.zst.part-*, from `cache-save` on an
 #                   earlier machine of the same GPU kind): a server start then skips the 3.5-4.4 minutes of
-#                   compilation (vLLM recompiles by itself where the cache does not fit its versions)
+#                   compilation (vLLM keys its cache by configuration and versions and compiles again where a
+#                   key differs; no machine has restored one yet)
 #   cache-save      vLLM's compile cache and Triton's kernel cache, after a vllm stage, as
 #                   $OUT/vllm-cache.tar.zst.part-* (15 MB pieces: a call brings at most 16 MiB a file) and
 #                   $OUT/vllm-cache.count; bring them home and put them in .vc1/, .vc2/ ... for the next machine

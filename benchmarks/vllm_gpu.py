@@ -241,15 +241,13 @@ def part_mlenergy(args, work: Path, summary: dict) -> None:
         study["engine"]["max_num_seqs"] = b
         study["workload"] = workload(args, n)
         study["repeats"] = {"min": args.repeats, "max": args.repeats}
-        extra = {}
         if args.rewarm_passes is not None:
             # repeats after the first without (or with fewer) re-warm passes: each window's first pass is held
             # to the point's earlier windows (warmup.first_pass_rel_diff, flag rewarm_drift)
             study["measurement"]["warmup"]["rewarm_passes"] = args.rewarm_passes
-            extra = {"rewarm_passes": args.rewarm_passes}
         recs, wall = run(study, work / f"b{b}{'-' + args.variant if args.variant else ''}")
-        if extra:
-            extra["rewarm_first_pass_rel_diff"] = first_pass_diffs(recs)
+        extra = {} if args.rewarm_passes is None else {"rewarm_passes": args.rewarm_passes,
+                                                       "rewarm_first_pass_rel_diff": first_pass_diffs(recs)}
         p = point_entry(b, n, args.variant or None, study["workload"], recs, wall_s=wall, **extra)
         put_point(pts, p)
         print(f"B={b:<4} N={n:<5} J/token {p['j_per_output_token_mean']}  CI {p['ci95']}  CV {p['cv']}  "
