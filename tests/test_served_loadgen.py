@@ -136,7 +136,10 @@ def test_recipes_build_argument_lists_not_shell_strings():
     v = recipes.VLLM.build_command("/venv/bin/python", "/m", "127.0.0.1", 8123,
                                    {"dtype": "bfloat16", "enforce_eager": True, "enable_prefix_caching": False,
                                     "max_num_seqs": 4, "engine_args": {"swap_space": 1}})
-    assert v[:3] == ["/venv/bin/python", "-m", "vllm.entrypoints.openai.api_server"]
+    # `vllm serve` (the api_server module's entry point ignores --api-server-count), the model as its own
+    # argument after the subcommand, the launcher a fixed program with no part of the study in it
+    assert v[:2] == ["/venv/bin/python", "-c"] and v[2] == recipes.VLLM_SERVE_PROGRAM and v[3:5] == ["serve", "/m"]
+    assert "--model" not in v and "cli.main import main" in recipes.VLLM_SERVE_PROGRAM
     assert ["--port", "8123"] == v[v.index("--port"):v.index("--port") + 2]
     assert "--enforce-eager" in v and "--no-enable-prefix-caching" in v
     assert v[v.index("--dtype") + 1] == "bfloat16" and v[v.index("--max-num-seqs") + 1] == "4"

