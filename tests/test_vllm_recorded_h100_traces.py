@@ -124,7 +124,8 @@ def test_stream_stats_on_gpu_traces_and_by_hand():
 
 
 def test_b512_records_show_the_load_generator_near_a_whole_core():
-    """The third run's five B = 512 records (--api-server-count 4): the worker, which runs the load generator,
+    """The third run's five B = 512 records (they asked for --api-server-count 4, which the server's entry point
+    then ignored: one API server ran): the worker, which runs the load generator,
     is the busiest process of the trial's tree and is flagged; its share matches the result file's table."""
     recs = [json.loads(p.read_text()) for p in sorted((REPO / "tests" / "fixtures" / "vllm" / "h100_b512_api4"
                                                        / "trials").glob("*.json"))]
@@ -141,3 +142,25 @@ def test_b512_records_show_the_load_generator_near_a_whole_core():
         command = rec["load_notes"]["command"]
         assert command[command.index("--api-server-count") + 1] == "4"
         assert rec["steady_state"]["running_batch_mean"] > 0.98 * 512
+
+
+def test_fifth_run_points_agree_with_their_repeats():
+    """The fifth 2026-12-07 run (new load generator): each point's mean, CV and ML.ENERGY ratio follow from its
+    five repeats, and the meter overhead's verdict from its interval."""
+    vllm_gpu = load_benchmark("vllm_gpu")
+    pts = {(p["max_num_seqs"], p.get("variant")): p for p in RESULT["points"]}
+    for key, ml in (((64, "newclient"), 0.1186), ((64, "lengths"), 0.1186), ((512, "newclient-api4"), 0.0702)):
+        p = pts[key]
+        xs = p["j_per_output_token"]
+        assert p["repeats"] == len(xs) == 5 and p["failed"] == 0 and p["run"].startswith("fifth")
+        assert p["j_per_output_token_mean"] == pytest.approx(sum(xs) / 5, rel=1e-12)
+        assert p["cv"] == pytest.approx(vllm_gpu.cv(xs), rel=1e-9)
+        assert p["ratio_to_mlenergy"] == pytest.approx(p["j_per_output_token_mean"] / ml, rel=1e-9)
+        assert max(p["conservation_rel_errors"]) < 1e-9
+    assert pts[(64, "newclient")]["cv"] < 0.01 and pts[(64, "lengths")]["cv"] < 0.01
+    assert pts[(512, "newclient-api4")]["cv"] > 0.01                    # B = 512 not yet within 1 %
+    assert pts[(512, "newclient-api4")]["api_servers_running"] == 1
+    assert 0.8 < pts[(64, "lengths")]["ratio_to_mlenergy"] < 1.2        # ML.ENERGY-like lengths: gap < 20 %
+    mo = RESULT["meter_overhead_ratio"]
+    assert mo["inside_1pct"] == (0.99 <= mo["ci95"][0] and mo["ci95"][1] <= 1.01) is True
+    assert mo["steady_window"]["inside_1pct"] is False and mo["earlier"]["pairs"] == 8
