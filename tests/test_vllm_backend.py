@@ -82,9 +82,15 @@ DRIVER = textwrap.dedent("""
 def run_backend(python: str, backend: str, model: str, params: dict, runs: list[dict], tmp_path: Path,
                 timeout_s: float = 420, env: dict | None = None) -> dict:
     """Load and generate with a real engine inside its own environment (a child interpreter)."""
-    script = tmp_path / "driver.py"
-    script.write_text(DRIVER)
     cfg = {"backend": backend, "model": model, "params": params, "runs": runs, "prompts": PROMPTS}
+    return run_driver(python, DRIVER, cfg, tmp_path, timeout_s=timeout_s, env=env)
+
+
+def run_driver(python: str, driver: str, cfg: dict, tmp_path: Path, timeout_s: float = 420,
+               env: dict | None = None) -> dict:
+    """Run a driver program with its config in the engine's interpreter; what it printed after ``@@result``."""
+    script = tmp_path / "driver.py"
+    script.write_text(driver)
     env = dict(os.environ) | dict(env or {})
     env.setdefault("JOULEBENCH_CACHE", str(tmp_path.parent / "jb-cache"))
     proc = subprocess.run([python, str(script), json.dumps(cfg)], capture_output=True, text=True,
@@ -268,19 +274,12 @@ def test_vllm_served_passes_do_not_reuse_the_prefix_cache_of_earlier_passes(tmp_
     cache would serve the measured pass the prefill an earlier pass did. Seen on the real engine's own
     counter (vllm:prefix_cache_hits), with the isolation off as the control."""
     py = require_engine("vllm")
-    script = tmp_path / "passes.py"
-    script.write_text(PASS_DRIVER)
     # distinct prompts of a few hundred tokens each (several full KV blocks), no shared prefix between them
     prompts = [f"{i} " + " ".join(f"word{(i * 7919 + k) % 1000}" for k in range(120)) for i in range(4)]
     cfg = {"model": MODEL, "prompts": prompts,
            "params": {"mode": "served", "dtype": "bfloat16", "max_num_seqs": 2,
                       "enable_prefix_caching": True}}
-    env = dict(os.environ, JOULEBENCH_CACHE=str(tmp_path.parent / "jb-cache"))
-    proc = subprocess.run([py, str(script), json.dumps(cfg)], capture_output=True, text=True, timeout=420,
-                          env=env, cwd=tmp_path)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@result ")), None)
-    assert proc.returncode == 0 and line, f"driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    out = json.loads(line[len("@@result "):])
+    out = run_driver(py, PASS_DRIVER, cfg, tmp_path)
     isolated_1, isolated_2, plain_1, plain_2 = out["deltas"]
     assert out["notes"]["pass_isolation"] == "cache_salt"
     # isolated passes: the second finds nothing of the first in the cache (the prompts share no prefix)
@@ -336,17 +335,10 @@ def test_vllm_served_api_server_count_starts_that_many_api_servers(tmp_path):
     vllm.entrypoints.openai.api_server, whose entry point ignores the flag: on the H100 a study that asked for
     four API servers ran one (benchmarks/results/vllm-mlenergy-h100-2026-12-07.json, the fifth run)."""
     py = require_engine("vllm")
-    script = tmp_path / "api_servers.py"
-    script.write_text(API_SERVERS_DRIVER)
     cfg = {"model": MODEL, "prompts": PROMPTS,
            "params": {"mode": "served", "dtype": "bfloat16", "max_num_seqs": 4,
                       "engine_args": {"api_server_count": 2}}}
-    env = dict(os.environ, JOULEBENCH_CACHE=str(tmp_path.parent / "jb-cache"))
-    proc = subprocess.run([py, str(script), json.dumps(cfg)], capture_output=True, text=True, timeout=420,
-                          env=env, cwd=tmp_path)
-    line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("@@result ")), None)
-    assert proc.returncode == 0 and line, f"driver failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}"
-    out = json.loads(line[len("@@result "):])
+    out = run_driver(py, API_SERVERS_DRIVER, cfg, tmp_path)
     cmd = out["notes"]["command"]
     assert cmd[cmd.index("--api-server-count") + 1] == "2"
     # vLLM titles its processes (setproctitle): VLLM::APIServer_0, _1 beside VLLM::EngineCore
