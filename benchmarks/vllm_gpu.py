@@ -193,6 +193,11 @@ def summarise_point(recs: list[dict]) -> dict:
         # summary alone says which process a host_cpu_busy flag was about
         "host_cpu_busiest": [[[b.get("role") or b.get("name"), round(float(b.get("cpu_share") or 0.0), 3)]
                               for b in ((r.get("host_cpu") or {}).get("busiest") or [])[:3]] for r in ok],
+        # each repeat's processes by name, busiest first: [name, how many, their share of a core together]
+        # (four API servers show as one name with 4)
+        "host_cpu_by_name": [sorted(([n, int(e["processes"]), round(float(e["cpu_share"]), 3)]
+                                     for n, e in ((r.get("host_cpu") or {}).get("by_name") or {}).items()),
+                                    key=lambda x: -x[2])[:5] for r in ok],
         "throughput_tok_s": [r.get("throughput_tok_s") for r in ok],
         # per repeat, the GPU over the window (sampler timeline): SM clock, utilisation, share at the power cap
         "gpu_timeline": [((r.get("devices") or [{}])[0] or {}).get("timeline") for r in ok],

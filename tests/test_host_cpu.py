@@ -59,3 +59,17 @@ def test_roles_name_the_processes_that_are_all_called_python():
     assert [b.get("role") for b in use["busiest"]] == ["joulebench worker (load generator)", "engine server", None]
     (flag,) = host_cpu_flags(use)
     assert flag.detail == "python (pid 10, joulebench worker (load generator)) 92% of a core"
+
+
+def test_by_name_counts_the_processes_of_each_name():
+    """Several API server processes of one server (vLLM titles them VLLM::APIServer_N; /proc's comm keeps 15
+    characters) add up under one name with their count."""
+    before = {1: ("python", 1.0), 2: ("VLLM::APIServe", 0.0), 3: ("VLLM::APIServe", 0.0), 4: ("VLLM::EngineCor", 2.0)}
+    after = {1: ("python", 1.5), 2: ("VLLM::APIServe", 2.5), 3: ("VLLM::APIServe", 3.0), 4: ("VLLM::EngineCor", 8.0),
+             5: ("VLLM::APIServe", 2.0)}
+    use = cpu_usage(before, after, 10.0)
+    assert use["by_name"]["VLLM::APIServe"] == {"processes": 3, "cpu_share": pytest.approx(0.75)}
+    assert use["by_name"]["VLLM::EngineCor"] == {"processes": 1, "cpu_share": pytest.approx(0.6)}
+    assert use["by_name"]["python"]["processes"] == 1
+    assert sum(e["processes"] for e in use["by_name"].values()) == use["processes"] == 5
+    assert sum(e["cpu_share"] for e in use["by_name"].values()) == pytest.approx(use["cores_mean"])

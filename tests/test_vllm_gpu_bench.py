@@ -66,7 +66,8 @@ def test_engine_args_from_the_command_line_are_typed():
 
 def test_point_summary_names_the_busiest_processes_per_repeat():
     """A summary that comes home without its records still says which process kept a core busy (the H100 B = 512
-    records with four API servers: the worker and load generator at 0.91 of a core, vLLM's engine core at 0.63)."""
+    records that asked for four API servers, of which one ran: the worker and load generator at 0.91 of a core,
+    vLLM's engine core at 0.63), and how many processes of each name there were."""
     import json
 
     recs = [json.loads(p.read_text()) for p in
@@ -76,6 +77,14 @@ def test_point_summary_names_the_busiest_processes_per_repeat():
     first = p["host_cpu_busiest"][0]
     assert first[0] == ["python", 0.909] and first[2] == ["VLLM::EngineCor", 0.634]
     assert p["throughput_tok_s"][0] == pytest.approx(16806.3, abs=0.1)
+    assert p["host_cpu_by_name"] == [[]] * 5          # these records predate host_cpu's by_name
+    # a repeat with four API server processes (host_cpu as the worker writes it)
+    from joulebench.system.proc import cpu_usage
+
+    after = {1: ("python", 5.0), 2: ("VLLM::EngineCor", 6.0), **{10 + i: ("VLLM::APIServe", 2.0 + i) for i in range(4)}}
+    rec = dict(recs[0], host_cpu=cpu_usage({}, after, 10.0))
+    (by_name,) = vllm_gpu.summarise_point([rec])["host_cpu_by_name"]
+    assert by_name == [["VLLM::APIServe", 4, 1.4], ["VLLM::EngineCor", 1, 0.6], ["python", 1, 0.5]]
 
 
 @pytest.mark.slow
