@@ -195,9 +195,8 @@ def summarise_point(recs: list[dict]) -> dict:
                               for b in ((r.get("host_cpu") or {}).get("busiest") or [])[:3]] for r in ok],
         # each repeat's processes by name, busiest first: [name, how many, their share of a core together]
         # (four API servers show as one name with 4)
-        "host_cpu_by_name": [sorted(([n, int(e["processes"]), round(float(e["cpu_share"]), 3)]
-                                     for n, e in ((r.get("host_cpu") or {}).get("by_name") or {}).items()),
-                                    key=lambda x: -x[2])[:5] for r in ok],
+        "host_cpu_by_name": [[[e["name"], int(e["processes"]), round(float(e["cpu_share"]), 3)]
+                              for e in ((r.get("host_cpu") or {}).get("by_name") or [])[:5]] for r in ok],
         "throughput_tok_s": [r.get("throughput_tok_s") for r in ok],
         # per repeat, the GPU over the window (sampler timeline): SM clock, utilisation, share at the power cap
         "gpu_timeline": [((r.get("devices") or [{}])[0] or {}).get("timeline") for r in ok],

@@ -68,8 +68,9 @@ def test_by_name_counts_the_processes_of_each_name():
     after = {1: ("python", 1.5), 2: ("VLLM::APIServe", 2.5), 3: ("VLLM::APIServe", 3.0), 4: ("VLLM::EngineCor", 8.0),
              5: ("VLLM::APIServe", 2.0)}
     use = cpu_usage(before, after, 10.0)
-    assert use["by_name"]["VLLM::APIServe"] == {"processes": 3, "cpu_share": pytest.approx(0.75)}
-    assert use["by_name"]["VLLM::EngineCor"] == {"processes": 1, "cpu_share": pytest.approx(0.6)}
-    assert use["by_name"]["python"]["processes"] == 1
-    assert sum(e["processes"] for e in use["by_name"].values()) == use["processes"] == 5
-    assert sum(e["cpu_share"] for e in use["by_name"].values()) == pytest.approx(use["cores_mean"])
+    # a list, busiest first (a record's shape does not depend on the process names)
+    assert use["by_name"] == [{"name": "VLLM::APIServe", "processes": 3, "cpu_share": pytest.approx(0.75)},
+                              {"name": "VLLM::EngineCor", "processes": 1, "cpu_share": pytest.approx(0.6)},
+                              {"name": "python", "processes": 1, "cpu_share": pytest.approx(0.05)}]
+    assert sum(e["processes"] for e in use["by_name"]) == use["processes"] == 5
+    assert sum(e["cpu_share"] for e in use["by_name"]) == pytest.approx(use["cores_mean"])

@@ -29,6 +29,7 @@ ADDED_SINCE_PREVIOUS_RELEASE = {
     "requests_trace", "load_notes", "load_notes.device",
     "host_cpu", "host_cpu.cpu_s", "host_cpu.cores_mean", "host_cpu.processes", "host_cpu.busiest",
     "host_cpu.busiest[].pid", "host_cpu.busiest[].name", "host_cpu.busiest[].cpu_share", "host_cpu.busiest[].role",
+    "host_cpu.by_name", "host_cpu.by_name[].name", "host_cpu.by_name[].processes", "host_cpu.by_name[].cpu_share",
     # a repeat run without a re-warm pass (warmup.rewarm_passes: 0) and its first-pass check
     "warmup.skipped", "warmup.first_pass_rel_diff", "warmup.first_pass_agrees",
     # each device over the window, from the sampler timeline (clocks, utilisation, power cap)

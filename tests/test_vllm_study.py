@@ -102,8 +102,11 @@ def test_vllm_served_study_with_fake_gpu_attributes_energy_to_requests_and_class
     steady, whole = rec["steady_state"], rec["whole_window"]
     assert steady["batch"] == 2 and steady["segments"] >= 1 and steady["running_batch_mean"] > 0
     assert 0 < steady["duration_s"] < whole["duration_s"], steady
-    # 300 W over the steady segments, read live at their edges (each read within ~1 ms of its hook's time)
-    assert steady["energy_j"] == pytest.approx(300.0 * steady["duration_s"], rel=0.02, abs=0.1 * steady["segments"])
+    # 300 W over the steady segments, read live at their edges: each read comes a little after its hook's time
+    # (about 1 ms here; on a loaded 2-core CI runner once 11.5 ms more at the start edge than at the end, 3.2 % of
+    # a 0.36 s window; on a GPU a window lasts seconds). 20 ms of net lag a segment is allowed; a read at the
+    # pass's end instead of its steady edges would be off by the tail's whole length.
+    assert steady["energy_j"] == pytest.approx(300.0 * steady["duration_s"], rel=0.02, abs=6.0 * steady["segments"])
     assert steady["energy_j"] > 0 and rec["energy_per_output_token_j"] > 0
     assert rec["energy_j"] == steady["energy_j"]
     # forced per-class lengths, exactly: 4 short x 3 + 4 long x 12 tokens per pass

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import signal
 from pathlib import Path
+from typing import Any
 
 
 def pid_alive(pid: int) -> bool:
@@ -99,7 +100,7 @@ def cpu_usage(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
     server loop that the run waits on). Processes present at both readings count; a process that started inside
     the window counts from zero. ``roles`` names what a pid is (the worker and its load generator, the engine's
     server, the sampler): a process's name alone is often just "python". ``by_name`` sums the processes of each
-    name (how many, their shares together): a server with several front-end processes (vLLM's ``api_server_count``
+    name (a list, busiest first: name, how many, their shares together): a server with several front-end processes (vLLM's ``api_server_count``
     titles them ``VLLM::APIServer_N``) shows as one name with its count."""
     if duration_s <= 0 or not after:
         return None
@@ -109,12 +110,12 @@ def cpu_usage(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
         used.append((max(0.0, t1 - t0), pid, name))
     used.sort(reverse=True)
     total = sum(u for u, _, _ in used)
-    by_name: dict[str, dict[str, float | int]] = {}
+    by_name: dict[str, dict[str, Any]] = {}
     for u, _, name in used:
-        entry = by_name.setdefault(name, {"processes": 0, "cpu_share": 0.0})
+        entry = by_name.setdefault(name, {"name": name, "processes": 0, "cpu_share": 0.0})
         entry["processes"] += 1
         entry["cpu_share"] += u / duration_s
     return {"cpu_s": total, "cores_mean": total / duration_s, "processes": len(used),
             "busiest": [{"pid": pid, "name": name, "cpu_share": u / duration_s,
                          **({"role": roles[pid]} if roles and pid in roles else {})} for u, pid, name in used[:top]],
-            "by_name": by_name}
+            "by_name": sorted(by_name.values(), key=lambda e: -e["cpu_share"])}
