@@ -289,31 +289,22 @@ def test_vllm_served_passes_do_not_reuse_the_prefix_cache_of_earlier_passes(tmp_
 
 
 API_SERVERS_DRIVER = textwrap.dedent("""
-    import json, os, sys
+    import json, sys
     from pathlib import Path
     from joulebench.backends import get_backend_class
     from joulebench.backends.base import Request
     from joulebench.models import parse_model
+    from joulebench.system.proc import descendants
 
-    def tree(root):
-        # every process under root: {pid: (parent, title)}
-        procs = {}
-        for d in Path("/proc").iterdir():
-            if d.name.isdigit():
-                try:
-                    stat = (d / "stat").read_text()
-                    title = (d / "cmdline").read_bytes().split(b"\\0")[0].decode(errors="replace")
-                except OSError:
-                    continue
-                procs[int(d.name)] = (int(stat.rsplit(")", 1)[1].split()[1]), title)
-        out, todo = {}, [root]
-        while todo:
-            p = todo.pop()
-            for pid, (ppid, title) in procs.items():
-                if ppid == p and pid not in out:
-                    out[pid] = title
-                    todo.append(pid)
-        return out
+    def titles_below(root):
+        # the process titles (first word of the command line) of every process under root
+        out = []
+        for pid in descendants(root) - {root}:
+            try:
+                out.append(Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\\0")[0].decode(errors="replace"))
+            except OSError:
+                continue
+        return sorted(out)
 
     cfg = json.loads(sys.argv[1])
     cls = get_backend_class("vllm")
@@ -321,7 +312,7 @@ API_SERVERS_DRIVER = textwrap.dedent("""
     info = backend.load(parse_model(cfg["model"]))
     res = backend.generate([Request(i, p) for i, p in enumerate(cfg["prompts"])],
                            {"max_output_tokens": 5, "force_output_tokens": True, "concurrency": 4})
-    titles = sorted(tree(info.notes["server_pid"]).values())
+    titles = titles_below(info.notes["server_pid"])
     notes = json.loads(json.dumps(info.notes, default=str))
     backend.close()
     print("@@result " + json.dumps({"titles": titles, "notes": notes,

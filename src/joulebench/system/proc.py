@@ -100,8 +100,8 @@ def cpu_usage(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, 
     server loop that the run waits on). Processes present at both readings count; a process that started inside
     the window counts from zero. ``roles`` names what a pid is (the worker and its load generator, the engine's
     server, the sampler): a process's name alone is often just "python". ``by_name`` sums the processes of each
-    name (a list, busiest first: name, how many, their shares together): a server with several front-end processes (vLLM's ``api_server_count``
-    titles them ``VLLM::APIServer_N``) shows as one name with its count."""
+    name (a list, busiest first: name, how many, their shares together): a server with several front-end
+    processes (vLLM's ``api_server_count`` titles them ``VLLM::APIServer_N``) shows as one name with its count."""
     if duration_s <= 0 or not after:
         return None
     used = []
